@@ -1,0 +1,1330 @@
+#!/usr/bin/env python3
+"""claude-bottle: run a coding agent in a Docker container whose only way out is an egress proxy.
+
+A *bottle* is an agent container on a per-session `--internal` network plus a pipelock sidecar that
+sits on that network and on an egress bridge. The agent reaches only the hosts its bottle allows,
+git over SSH tunnels through the same proxy, and every container and network the session created is
+removed when it ends, fails or is interrupted.
+
+    python3 claude_bottle.py start implementer            # preflight, y/N, run Claude Code
+    python3 claude_bottle.py start --dry-run              # print the plan and docker commands
+    python3 claude_bottle.py start --yes -- bash -lc 'curl -sI https://api.anthropic.com'
+    python3 claude_bottle.py check                        # validate every agent (pre-commit)
+
+One stdlib-only file (Python >= 3.11) that shells out to the `docker` CLI; copy it anywhere and run it.
+Exit status: the agent command's own status; 2 usage or config error; 1 runtime failure;
+128+N when interrupted by signal N (130 for Ctrl-C); 3 an unexpected bug.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+# ---- Constants ----
+
+# Always allowed in every bottle: what Claude Code needs to log in and talk to the API.
+DEFAULT_HOSTS = (
+    "api.anthropic.com",
+    "api.openai.com",
+    "claude.ai",
+    "claude.com",
+    "console.anthropic.com",
+    "mcp-proxy.anthropic.com",
+    "platform.claude.com",
+)
+
+# The official pipelock image. Pinned to a release tag: pin a digest here once it is verified
+# against the registry (`docker buildx imagetools inspect`), or override per run.
+PIPELOCK_IMAGE = "ghcr.io/luckypipewrench/pipelock:2.3.0"
+PIPELOCK_IMAGE_ENV = "CLAUDE_BOTTLE_PIPELOCK_IMAGE"
+PROXY_PORT = 8888
+PIPELOCK_CONFIG_DIR = "/etc/pipelock"
+# The official image runs as root unless told otherwise; nobody:nogroup is enough for it.
+SIDECAR_USER = "65534:65534"
+HEALTH_TIMEOUT = 30.0
+
+# Tunnel lifetimes written into pipelock's config. pipelock's defaults (300 s absolute, 120 s idle)
+# cut a long `git clone`; four hours and thirty quiet minutes cover a large clone or install.
+MAX_TUNNEL_SECONDS = 4 * 3600
+IDLE_TIMEOUT_SECONDS = 1800
+# pipelock's default is 60 requests a minute per domain; a package install makes hundreds.
+MAX_REQUESTS_PER_MINUTE = 6000
+
+AGENT_UID = 1000
+AGENT_HOME = "/home/claude"
+AGENT_WORKDIR = "/workspace"
+AGENT_SSH_AUTH_SOCK = "/run/claude-bottle/ssh-agent.sock"
+AGENT_PIDS_LIMIT = 4096
+SIDECAR_PIDS_LIMIT = 512
+# Passed through by name when an agent does not list its own `env`: how Claude Code authenticates.
+DEFAULT_ENV = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN")
+
+LABEL = "claude-bottle"
+SESSION_LABEL = f"{LABEL}.session"
+CONFIG_NAME = "claude-bottle.toml"
+DEFAULT_BOTTLE = "default"
+DEFAULT_AGENT = "claude"
+
+CLAUDE_CODE_VERSION = "2.1.114"
+AGENT_DOCKERFILE = f"""\
+# claude-bottle built-in agent image. Its tag is a hash of this text: an unchanged image is never rebuilt.
+FROM debian:bookworm-slim AS base
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends \\
+      bash ca-certificates curl git jq less openssh-client procps socat \\
+ && rm -rf /var/lib/apt/lists/*
+RUN useradd --create-home --uid {AGENT_UID} --user-group --shell /bin/bash claude \\
+ && install -d -o claude -g claude -m 0755 {AGENT_WORKDIR} \\
+ && install -d -o claude -g claude -m 0700 {AGENT_HOME}/.ssh
+
+FROM base AS claude
+ARG CLAUDE_CODE_VERSION={CLAUDE_CODE_VERSION}
+USER claude
+# The native installer scans the working directory; never run it from /.
+WORKDIR {AGENT_HOME}
+RUN curl -fsSL https://claude.ai/install.sh | bash -s "${{CLAUDE_CODE_VERSION}}" \\
+ && printf '{{"hasCompletedOnboarding": true}}\\n' > {AGENT_HOME}/.claude.json
+ENV PATH={AGENT_HOME}/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
+    DISABLE_AUTOUPDATER=1 \\
+    DISABLE_UPDATES=1 \\
+    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1
+WORKDIR {AGENT_WORKDIR}
+CMD ["claude"]
+"""
+AGENT_IMAGE = "claude-bottle/agent:" + hashlib.sha256(AGENT_DOCKERFILE.encode()).hexdigest()[:12]
+
+
+# ---- Errors ----
+
+class BottleError(Exception):
+    """An expected failure: its message is shown as one line, and `status` is the exit status."""
+
+    status = 1
+
+
+class ConfigError(BottleError):
+    """Bad input (command line, config file, environment): exit 2, nothing created."""
+
+    status = 2
+
+
+class DockerError(BottleError):
+    """A docker command failed."""
+
+    def __init__(self, argv, returncode, stderr):
+        self.argv, self.returncode, self.stderr = argv, returncode, stderr
+        detail = "; ".join(line.strip() for line in stderr.strip().splitlines() if line.strip())
+        super().__init__(f"`{shlex.join(argv)}` failed (exit {returncode}): {detail or 'no output'}")
+
+
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived: unwind so teardown runs, then exit 128+signum."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# ---- Validation: everything that reaches YAML, ssh_config or argv passes through here ----
+
+_DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_HOST_RE = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+_SLUG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_SSH_ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SSH_USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_DOCKER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,255}")
+# Words ssh_config reads as directives; refused as aliases and users so a value can never read as one.
+_SSH_KEYWORDS = frozenset(k.lower() for k in (
+    "Host", "Match", "Include", "HostName", "User", "Port", "ProxyCommand", "ProxyJump", "LocalCommand",
+    "PermitLocalCommand", "RemoteCommand", "IdentityFile", "IdentityAgent", "CertificateFile",
+    "ForwardAgent", "LocalForward", "RemoteForward", "DynamicForward", "SendEnv", "SetEnv",
+    "KnownHostsCommand", "UserKnownHostsFile", "StrictHostKeyChecking", "ControlPath", "ControlMaster",
+    "PKCS11Provider", "SecurityKeyProvider", "Tunnel", "TunnelDevice",
+))
+# Set by claude-bottle itself; passing the host's value through would undo the proxy settings.
+RESERVED_ENV = frozenset((
+    "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY",
+    "all_proxy", "NODE_USE_ENV_PROXY", "CLAUDE_CODE_PROXY_RESOLVES_HOSTS", "SSH_AUTH_SOCK", "HOME",
+))
+
+
+def _printable(value: str) -> str:
+    """The value as a safe, single-line Python literal for an error message."""
+    return repr(value)[:80]
+
+
+def check_host(value, field: str, *, wildcard: bool) -> str:
+    """Return the lower-cased host pattern, or raise ConfigError naming `field`.
+
+    Accepted: a DNS name (`github.com`, `web`), `*.domain` when `wildcard`, or a dotted IPv4 address.
+    Everything pipelock would silently never match (`host:port`, a URL, `*`, `a.*.com`) is refused.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"{field}: expected a hostname string, got {type(value).__name__}")
+    # Non-ASCII first: str.lower() folds some look-alikes (the Kelvin sign) into ASCII letters.
+    if not value.isascii():
+        raise ConfigError(f"{field}: {_printable(value)} has non-ASCII characters; write the "
+                          f"punycode form (xn--...)")
+    host = value.lower()
+    fix = "write a bare hostname like 'github.com'" + (" or '*.github.com'" if wildcard else "")
+    if host.startswith("*."):
+        if not wildcard:
+            raise ConfigError(f"{field}: {_printable(value)} is a wildcard; name one host here")
+        rest = host[2:]
+        if _HOST_RE.fullmatch(rest) and "." not in rest:
+            raise ConfigError(f"{field}: {_printable(value)} covers a whole top-level domain; "
+                              f"name a domain like '*.example.com'")
+        if _HOST_RE.fullmatch(rest) and all(p.isdigit() for p in rest.split(".")):
+            raise ConfigError(f"{field}: {_printable(value)} puts a wildcard on an IP address; {fix}")
+    else:
+        rest = host
+    if len(value) > 253 or not _HOST_RE.fullmatch(rest):
+        if "://" in value or "/" in value:
+            hint = "drop the scheme and path"
+        elif ":" in value:
+            hint = "drop the port (pipelock allows a host on every port)"
+        elif "*" in value:
+            hint = "a wildcard may only be a leading '*.'"
+        else:
+            hint = fix
+        raise ConfigError(f"{field}: {_printable(value)} is not a hostname; {hint}")
+    labels = rest.split(".")
+    if all(p.isdigit() for p in labels):
+        if len(labels) != 4 or any(int(p) > 255 or (len(p) > 1 and p[0] == "0") for p in labels):
+            raise ConfigError(f"{field}: {_printable(value)} is neither a hostname nor an IPv4 address")
+    elif labels[-1].isdigit():
+        raise ConfigError(f"{field}: {_printable(value)} is not a hostname (its last label is a number)")
+    return host
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """pipelock's rule: `host` matches itself; `*.domain` matches the domain and every subdomain."""
+    if pattern.startswith("*."):
+        return host == pattern[2:] or host.endswith(pattern[1:])
+    return host == pattern
+
+
+def check_slug(value, field: str) -> str:
+    if not isinstance(value, str) or not value.isascii() or not _SLUG_RE.fullmatch(value):
+        raise ConfigError(f"{field}: {_printable(value)} is not a safe name; use letters, digits, '-' "
+                          f"and '_' (at most 64, starting with a letter or digit)")
+    return value
+
+
+def check_env_name(value, field: str) -> str:
+    if not isinstance(value, str) or not _ENV_RE.fullmatch(value):
+        raise ConfigError(f"{field}: {_printable(value)} is not an environment variable name; "
+                          f"use letters, digits and '_'")
+    if value in RESERVED_ENV:
+        raise ConfigError(f"{field}: {value} is set by claude-bottle itself; remove it from env")
+    return value
+
+
+def check_image(value, field: str) -> str:
+    if not isinstance(value, str) or not _IMAGE_RE.fullmatch(value):
+        raise ConfigError(f"{field}: {_printable(value)} is not an image reference; "
+                          f"write one like 'registry.example/team/agent:1.2'")
+    return value
+
+
+def check_ssh_alias(value, field: str) -> str:
+    if not isinstance(value, str) or not _SSH_ALIAS_RE.fullmatch(value) or value.lower() in _SSH_KEYWORDS:
+        raise ConfigError(f"{field}: {_printable(value)} is not a usable SSH alias; use letters, digits, "
+                          f"'.', '-' and '_' (no patterns, spaces or ssh_config keywords)")
+    return value
+
+
+def check_ssh_user(value, field: str) -> str:
+    if not isinstance(value, str) or not _SSH_USER_RE.fullmatch(value) or value.lower() in _SSH_KEYWORDS:
+        raise ConfigError(f"{field}: {_printable(value)} is not a user name; write one like 'git'")
+    return value
+
+
+def check_int(value, field: str, low: int, high: int) -> int:
+    # TOML booleans are Python bools, which are ints; refuse them explicitly.
+    if type(value) is not int or not low <= value <= high:
+        raise ConfigError(f"{field}: {_printable(value)} is not a whole number from {low} to {high}")
+    return value
+
+
+# ---- Configuration: claude-bottle.toml ----
+
+@dataclass(frozen=True)
+class SshHost:
+    alias: str
+    hostname: str
+    user: str | None = None
+    port: int = 22
+
+
+@dataclass(frozen=True)
+class Bottle:
+    name: str
+    allow: tuple = ()
+    trusted: tuple = ()
+    ssh: tuple = ()
+    egress_network: str | None = None
+    max_tunnel_seconds: int = MAX_TUNNEL_SECONDS
+    idle_timeout_seconds: int = IDLE_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    name: str
+    bottle: str = DEFAULT_BOTTLE
+    image: str | None = None
+    env: tuple = DEFAULT_ENV
+    command: tuple | None = None
+    workspace: str | None = None
+    source: str = "built-in"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str | None = None
+    bottles: dict = dataclasses.field(default_factory=lambda: {DEFAULT_BOTTLE: Bottle(DEFAULT_BOTTLE)})
+    agents: dict = dataclasses.field(default_factory=dict)
+
+
+BOTTLE_KEYS = ("allow", "trusted", "ssh", "egress_network", "max_tunnel_seconds", "idle_timeout_seconds")
+SSH_KEYS = ("Host", "Hostname", "User", "Port")
+AGENT_KEYS = ("bottle", "image", "env", "command", "workspace")
+
+
+def _check_keys(where: str, table: dict, allowed) -> None:
+    for key in table:
+        if key not in allowed:
+            import difflib
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"expected one of: {', '.join(allowed)}"
+            raise ConfigError(f"{where}: unknown key {_printable(key)}; {hint}")
+
+
+def _table(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
+    return value
+
+
+def _list(value, where: str) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {type(value).__name__}; "
+                          f"write it like [\"a\", \"b\"]")
+    return value
+
+
+def _parse_bottle(name: str, table, origin: str) -> Bottle:
+    where = f"{origin}: [bottles.{name}]"
+    check_slug(name, f"{origin}: bottle name")
+    table = _table(table, where)
+    _check_keys(where, table, BOTTLE_KEYS)
+    allow = tuple(check_host(h, f"{where} allow", wildcard=True)
+                  for h in _list(table.get("allow", []), f"{where} allow"))
+    trusted = tuple(check_host(h, f"{where} trusted", wildcard=True)
+                    for h in _list(table.get("trusted", []), f"{where} trusted"))
+    ssh, aliases = [], set()
+    for i, entry in enumerate(_list(table.get("ssh", []), f"{where} ssh"), 1):
+        at = f"{origin}: [[bottles.{name}.ssh]] #{i}"
+        entry = _table(entry, at)
+        _check_keys(at, entry, SSH_KEYS)
+        for key in ("Host", "Hostname"):
+            if key not in entry:
+                raise ConfigError(f"{at}: missing {key}; every ssh entry needs Host and Hostname")
+        alias = check_ssh_alias(entry["Host"], f"{at} Host")
+        if alias in aliases:
+            raise ConfigError(f"{at} Host: alias {alias!r} is defined twice; give each entry its own Host")
+        aliases.add(alias)
+        ssh.append(SshHost(
+            alias=alias,
+            hostname=check_host(entry["Hostname"], f"{at} Hostname", wildcard=False),
+            user=check_ssh_user(entry["User"], f"{at} User") if "User" in entry else None,
+            port=check_int(entry.get("Port", 22), f"{at} Port", 1, 65535),
+        ))
+    egress = table.get("egress_network")
+    if egress is not None and (not isinstance(egress, str) or not _DOCKER_NAME_RE.fullmatch(egress)):
+        raise ConfigError(f"{where} egress_network: {_printable(egress)} is not a docker network name")
+    return Bottle(
+        name=name, allow=allow, trusted=trusted, ssh=tuple(ssh), egress_network=egress,
+        max_tunnel_seconds=check_int(table.get("max_tunnel_seconds", MAX_TUNNEL_SECONDS),
+                                     f"{where} max_tunnel_seconds", 1, 7 * 86400),
+        idle_timeout_seconds=check_int(table.get("idle_timeout_seconds", IDLE_TIMEOUT_SECONDS),
+                                       f"{where} idle_timeout_seconds", 1, 7 * 86400),
+    )
+
+
+def _parse_agent(name: str, table, origin: str, bottles: dict) -> AgentSpec:
+    where = f"{origin}: [agents.{name}]"
+    check_slug(name, f"{origin}: agent name")
+    table = _table(table, where)
+    _check_keys(where, table, AGENT_KEYS)
+    bottle = check_slug(table.get("bottle", DEFAULT_BOTTLE), f"{where} bottle")
+    if bottle not in bottles:
+        raise ConfigError(f"{where} bottle: no bottle named {bottle!r}; define [bottles.{bottle}] "
+                          f"or use one of: {', '.join(sorted(bottles))}")
+    command = table.get("command")
+    if command is not None:
+        command = _list(command, f"{where} command")
+        if not command or not all(isinstance(c, str) and "\0" not in c for c in command):
+            raise ConfigError(f"{where} command: expected a non-empty list of strings like [\"claude\", \"-p\"]")
+        command = tuple(command)
+    workspace = table.get("workspace")
+    if workspace is not None and (not isinstance(workspace, str) or not workspace or "\n" in workspace):
+        raise ConfigError(f"{where} workspace: expected a directory path")
+    return AgentSpec(
+        name=name,
+        bottle=bottle,
+        image=check_image(table["image"], f"{where} image") if "image" in table else None,
+        env=tuple(dict.fromkeys(check_env_name(e, f"{where} env")
+                                for e in _list(table.get("env", list(DEFAULT_ENV)), f"{where} env"))),
+        command=command,
+        workspace=workspace,
+        source=f"{origin} [agents.{name}]",
+    )
+
+
+def parse_config(data: dict, origin: str = CONFIG_NAME) -> Config:
+    """Validate a parsed TOML document into a Config; every mistake names `origin` and the key."""
+    _check_keys(origin, data, ("bottles", "agents"))
+    bottles = {DEFAULT_BOTTLE: Bottle(DEFAULT_BOTTLE)}
+    for name, table in _table(data.get("bottles", {}), f"{origin}: [bottles]").items():
+        bottles[name] = _parse_bottle(name, table, origin)
+    agents = {}
+    for name, table in _table(data.get("agents", {}), f"{origin}: [agents]").items():
+        agents[name] = _parse_agent(name, table, origin, bottles)
+    return Config(path=origin, bottles=bottles, agents=agents)
+
+
+def load_config(path) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}; fix the syntax") from None
+    return parse_config(data, str(path))
+
+
+def find_project(cwd: Path) -> Path:
+    """The repository root above `cwd` (the directory holding `.git`), else `cwd` itself."""
+    for d in (cwd, *cwd.parents):
+        if (d / ".git").exists():
+            return d
+    return cwd
+
+
+def find_config(cwd: Path, explicit: str | None, environ) -> Path | None:
+    """`--config`, else claude-bottle.toml from `cwd` up to the repository root, else the user's."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise ConfigError(f"--config: no such file: {explicit}")
+        return p
+    for d in (cwd, *cwd.parents):
+        if (d / CONFIG_NAME).is_file():
+            return d / CONFIG_NAME
+        if (d / ".git").exists():
+            break
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME", "~"), ".config")
+    user = Path(base).expanduser() / "claude-bottle" / "config.toml"
+    return user if user.is_file() else None
+
+
+# ---- The plan: plain data, resolved before anything is created ----
+
+@dataclass(frozen=True)
+class Plan:
+    session: str
+    agent: str
+    agent_source: str
+    bottle: str
+    image: str
+    build_image: bool
+    pipelock_image: str
+    workspace: str
+    git_protect: tuple
+    env: tuple
+    env_unset: tuple
+    hosts: tuple
+    trusted: tuple
+    ssh: tuple
+    ssh_agent: str | None
+    egress_network: str | None
+    command: tuple
+    tty: bool
+    max_tunnel_seconds: int
+    idle_timeout_seconds: int
+    config_path: str | None
+    owner: str
+
+    @property
+    def agent_container(self) -> str:
+        return f"{LABEL}-{self.session}"
+
+    @property
+    def sidecar(self) -> str:
+        return f"{LABEL}-{self.session}-pipelock"
+
+    @property
+    def internal_network(self) -> str:
+        return f"{LABEL}-{self.session}-internal"
+
+    @property
+    def egress(self) -> str:
+        """The network the sidecar reaches out on: the bottle's own, or one made for this session."""
+        return self.egress_network or f"{LABEL}-{self.session}-egress"
+
+    @property
+    def created_networks(self) -> tuple:
+        """(name, internal) for each network this session creates, in creation order."""
+        own = () if self.egress_network else ((self.egress, False),)
+        return ((self.internal_network, True), *own)
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.sidecar}:{PROXY_PORT}"
+
+
+def session_id(agent: str, suffix: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", agent.lower()).strip("-")[:24].strip("-") or "agent"
+    return f"{slug}-{suffix}"
+
+
+def known_agents(config: Config, project: Path) -> list:
+    names = set(config.agents)
+    agents_dir = project / ".claude" / "agents"
+    if agents_dir.is_dir():
+        names.update(p.stem for p in agents_dir.glob("*.md") if _SLUG_RE.fullmatch(p.stem))
+    return sorted(names)
+
+
+def resolve_agent(config: Config, name: str | None, project: Path) -> AgentSpec:
+    """`[agents.NAME]`, else `.claude/agents/NAME.md` (run as `claude --agent NAME`), else an error."""
+    agent_file = None
+    if name is not None:
+        check_slug(name, "agent")
+        agent_file = project / ".claude" / "agents" / f"{name}.md"
+    if name is None:
+        spec = config.agents.get(DEFAULT_AGENT, AgentSpec(DEFAULT_AGENT))
+    elif name in config.agents:
+        spec = config.agents[name]
+    elif agent_file.is_file():
+        spec = AgentSpec(name, source=f".claude/agents/{name}.md")
+    else:
+        known = ", ".join(known_agents(config, project)) or "none"
+        raise ConfigError(f"agent: no agent named {name!r} (known agents: {known}); define [agents.{name}] "
+                          f"in {CONFIG_NAME} or add .claude/agents/{name}.md")
+    if spec.command is None:
+        uses_file = agent_file is not None and agent_file.is_file()
+        spec = dataclasses.replace(spec, command=("claude", "--agent", name) if uses_file else ("claude",))
+    return spec
+
+
+def resolve_workspace(path: str, base: Path, environ) -> Path:
+    ws = (base / Path(path).expanduser()).resolve()
+    if not ws.is_dir():
+        raise ConfigError(f"workspace: {ws} does not exist or is not a directory; "
+                          f"pass --workspace with a project directory")
+    home = environ.get("HOME")
+    if ws == Path(ws.anchor) or (home and Path(home).resolve().is_relative_to(ws)):
+        raise ConfigError(f"workspace: {ws} would give the agent your whole home directory; "
+                          f"run from a project directory or pass --workspace")
+    if "\n" in str(ws) or "\0" in str(ws):
+        raise ConfigError("workspace: the path contains a newline; rename the directory")
+    return ws
+
+
+def _trust_covered(trusted: str, hosts) -> bool:
+    if trusted.startswith("*."):
+        return any(p == trusted or (p.startswith("*.") and host_matches(p, trusted[2:])) for p in hosts)
+    return any(host_matches(p, trusted) for p in hosts)
+
+
+def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, suffix: str,
+                 tty: bool = False, command=None, workspace: str | None = None,
+                 extra_allow=(), owner: str = "") -> Plan:
+    """Resolve agent -> bottle -> image, hosts, SSH hosts, mounts and env names. Reads no docker state."""
+    project = find_project(cwd)
+    spec = resolve_agent(config, agent_name, project)
+    bottle = config.bottles[spec.bottle]
+    if workspace is not None:
+        ws = resolve_workspace(workspace, cwd, environ)
+    elif spec.workspace is not None:
+        ws = resolve_workspace(spec.workspace, Path(config.path).parent if config.path else cwd, environ)
+    else:
+        ws = resolve_workspace(str(project), cwd, environ)
+    extra = tuple(check_host(h, "--allow", wildcard=True) for h in extra_allow)
+    hosts = tuple(sorted({*DEFAULT_HOSTS, *bottle.allow, *extra, *(s.hostname for s in bottle.ssh)}))
+    for t in bottle.trusted:
+        if not _trust_covered(t, hosts):
+            raise ConfigError(f"{config.path}: [bottles.{bottle.name}] trusted: {t!r} is not allowed by the "
+                              f"bottle; add it to allow as well")
+    image_override = environ.get(PIPELOCK_IMAGE_ENV)
+    pipelock_image = check_image(image_override, PIPELOCK_IMAGE_ENV) if image_override else PIPELOCK_IMAGE
+    git_protect = ()
+    if (ws / ".git").is_dir():
+        git_protect = (".git/hooks",) + ((".git/config",) if (ws / ".git" / "config").is_file() else ())
+    return Plan(
+        session=session_id(spec.name, suffix),
+        agent=spec.name,
+        agent_source=spec.source,
+        bottle=bottle.name,
+        image=spec.image or AGENT_IMAGE,
+        build_image=spec.image is None,
+        pipelock_image=pipelock_image,
+        workspace=str(ws),
+        git_protect=git_protect,
+        env=tuple(n for n in spec.env if n in environ),
+        env_unset=tuple(n for n in spec.env if n not in environ),
+        hosts=hosts,
+        trusted=tuple(sorted(set(bottle.trusted))),
+        ssh=bottle.ssh,
+        ssh_agent=(environ.get("SSH_AUTH_SOCK") or None) if bottle.ssh else None,
+        egress_network=bottle.egress_network,
+        command=tuple(command) if command else spec.command,
+        tty=tty,
+        max_tunnel_seconds=bottle.max_tunnel_seconds,
+        idle_timeout_seconds=bottle.idle_timeout_seconds,
+        config_path=config.path,
+        owner=owner,
+    )
+
+
+# ---- Renderers: pure functions from the plan to text and argv ----
+
+def egress_line(hosts) -> str:
+    """`9 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +6 more)`"""
+    shown = ", ".join(hosts[:3])
+    more = len(hosts) - min(len(hosts), 3)
+    return f"{len(hosts)} host{'' if len(hosts) == 1 else 's'} allowed ({shown}{f', +{more} more' if more else ''})"
+
+
+def ssh_line(ssh) -> str:
+    return ", ".join(f"{s.alias} -> {s.hostname}:{s.port}" for s in ssh) or "none"
+
+
+def render_pipelock_yaml(plan: Plan) -> str:
+    # json.dumps gives a double-quoted scalar that YAML reads back verbatim, whatever the text.
+    q = json.dumps
+    lines = [
+        f"# pipelock config for claude-bottle session {plan.session}; generated, hostnames only.",
+        "version: 1",
+        "mode: strict",
+        "api_allowlist:",
+        *(f"  - {q(h)}" for h in plan.hosts),
+    ]
+    if plan.trusted:
+        lines += ["trusted_domains:", *(f"  - {q(h)}" for h in plan.trusted)]
+    lines += [
+        "fetch_proxy:",
+        f"  listen: {q(f'0.0.0.0:{PROXY_PORT}')}",
+        "  monitoring:",
+        f"    max_requests_per_minute: {MAX_REQUESTS_PER_MINUTE}",
+        "forward_proxy:",
+        "  enabled: true",
+        f"  max_tunnel_seconds: {int(plan.max_tunnel_seconds)}",
+        f"  idle_timeout_seconds: {int(plan.idle_timeout_seconds)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_ssh_config(plan: Plan) -> str:
+    lines = [f"# SSH config for claude-bottle session {plan.session}: every host tunnels through pipelock."]
+    for s in plan.ssh:
+        lines += ["", f"Host {s.alias}", f"  HostName {s.hostname}"]
+        if s.user:
+            lines.append(f"  User {s.user}")
+        lines += [
+            f"  Port {int(s.port)}",
+            f"  ProxyCommand socat - PROXY:{plan.sidecar}:%h:%p,proxyport={PROXY_PORT}",
+            # The bottle starts with no known_hosts; pin on first use for the session's lifetime.
+            "  StrictHostKeyChecking accept-new",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def render_summary(plan: Plan) -> list:
+    env = ", ".join(plan.env) or "none"
+    if plan.env_unset:
+        env += f" (not set here, so not passed: {', '.join(plan.env_unset)})"
+    git = f"; {' and '.join(plan.git_protect)} read-only" if plan.git_protect else ""
+    image = plan.image + (" (built-in; built if missing)" if plan.build_image else "")
+    nets = [f"{name} ({'internal' if internal else 'egress bridge'})" for name, internal in plan.created_networks]
+    egress_note = f"; egress via existing network {plan.egress_network}" if plan.egress_network else ""
+    return [
+        f"claude-bottle {__version__}: session {plan.session}",
+        f"  agent:      {plan.agent} ({plan.agent_source})",
+        f"  bottle:     {plan.bottle}" + (f" ({plan.config_path})" if plan.config_path else " (built-in)"),
+        f"  image:      {image}",
+        f"  command:    {shlex.join(plan.command)}",
+        f"  workspace:  {plan.workspace} -> {AGENT_WORKDIR} (read-write{git})",
+        f"  env:        {env}",
+        f"  egress:     {egress_line(plan.hosts)}",
+        f"  trusted:    {', '.join(plan.trusted) or 'none'} (may resolve to private addresses)",
+        f"  ssh:        {ssh_line(plan.ssh)}" + (" (host ssh-agent forwarded)" if plan.ssh_agent else ""),
+        f"  pipelock:   {plan.pipelock_image}",
+        f"  containers: {plan.agent_container} (agent), {plan.sidecar} (pipelock sidecar)",
+        f"  networks:   {', '.join(nets)}{egress_note}",
+    ]
+
+
+def _labels(plan: Plan, role: str) -> list:
+    pairs = [(SESSION_LABEL, plan.session), (f"{LABEL}.role", role), (f"{LABEL}.agent", plan.agent),
+             (f"{LABEL}.bottle", plan.bottle), (f"{LABEL}.owner", plan.owner)]
+    return [arg for k, v in pairs for arg in ("--label", f"{k}={v}")]
+
+
+def mount_arg(source: str, target: str, readonly: bool = False) -> str:
+    """A `--mount` value; docker reads it as CSV, so quote fields holding a comma or a quote."""
+    fields = ["type=bind", f"source={source}", f"target={target}"] + (["readonly"] if readonly else [])
+    return ",".join(f'"{f.replace(chr(34), chr(34) * 2)}"' if ("," in f or '"' in f) else f for f in fields)
+
+
+def proxy_env(plan: Plan) -> list:
+    url = plan.proxy_url
+    return [
+        ("HTTPS_PROXY", url), ("HTTP_PROXY", url), ("https_proxy", url), ("http_proxy", url),
+        ("NO_PROXY", "localhost,127.0.0.1,::1"), ("no_proxy", "localhost,127.0.0.1,::1"),
+        # Node's fetch ignores the proxy variables without this; Claude Code is a Node program.
+        ("NODE_USE_ENV_PROXY", "1"),
+        # The agent has no DNS to the outside: let the proxy resolve names.
+        ("CLAUDE_CODE_PROXY_RESOLVES_HOSTS", "1"),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+        ("DISABLE_AUTOUPDATER", "1"),
+        ("DISABLE_UPDATES", "1"),
+        ("CLAUDE_BOTTLE_SESSION", plan.session),
+    ]
+
+
+def image_inspect_argv(image: str) -> list:
+    return ["image", "inspect", "--format", "{{.Id}}", image]
+
+
+def build_argv(image: str) -> list:
+    return ["build", "--tag", image, "--label", f"{LABEL}.image=agent", "-"]
+
+
+def network_inspect_argv(name: str) -> list:
+    return ["network", "inspect", "--format", "{{.Name}}", name]
+
+
+def network_create_argv(plan: Plan, name: str, internal: bool) -> list:
+    role = "internal" if internal else "egress"
+    return ["network", "create", *(["--internal"] if internal else []), *_labels(plan, role), name]
+
+
+def sidecar_run_argv(plan: Plan, private_dir: str) -> list:
+    return [
+        "run", "--detach", "--name", plan.sidecar, *_labels(plan, "pipelock"),
+        "--network", plan.egress,
+        "--user", SIDECAR_USER, "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--pids-limit", str(SIDECAR_PIDS_LIMIT),
+        # The directory, not the file: pipelock watches it and reloads a replaced config.
+        "--mount", mount_arg(os.path.join(private_dir, "pipelock"), PIPELOCK_CONFIG_DIR, readonly=True),
+        plan.pipelock_image,
+        "run", "--config", f"{PIPELOCK_CONFIG_DIR}/pipelock.yaml", "--listen", f"0.0.0.0:{PROXY_PORT}",
+    ]
+
+
+def network_connect_argv(plan: Plan) -> list:
+    return ["network", "connect", plan.internal_network, plan.sidecar]
+
+
+def health_argv(plan: Plan) -> list:
+    # The official image has no shell: run its own binary.
+    return ["exec", plan.sidecar, "/pipelock", "healthcheck"]
+
+
+def agent_create_argv(plan: Plan, private_dir: str) -> list:
+    argv = [
+        "create", "--name", plan.agent_container, *_labels(plan, "agent"),
+        "--network", plan.internal_network,
+        # No DNS path out, whatever the engine version: the embedded resolver may forward only to the
+        # container's own loopback, where nothing listens. The sidecar's name still resolves.
+        "--dns", "127.0.0.1", "--dns-option", "timeout:1", "--dns-option", "attempts:1",
+        "--user", f"{AGENT_UID}:{AGENT_UID}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--pids-limit", str(AGENT_PIDS_LIMIT), "--init", "--interactive", *(["--tty"] if plan.tty else []),
+        "--workdir", AGENT_WORKDIR,
+        "--mount", mount_arg(plan.workspace, AGENT_WORKDIR),
+    ]
+    for rel in plan.git_protect:
+        argv += ["--mount", mount_arg(os.path.join(plan.workspace, rel), f"{AGENT_WORKDIR}/{rel}", readonly=True)]
+    if plan.ssh_agent:
+        argv += ["--mount", mount_arg(os.path.join(private_dir, "ssh-agent.sock"), AGENT_SSH_AUTH_SOCK),
+                 "--env", f"SSH_AUTH_SOCK={AGENT_SSH_AUTH_SOCK}"]
+    for name, value in proxy_env(plan):
+        argv += ["--env", f"{name}={value}"]
+    # By name only: docker reads the value from its own environment, so it never shows in argv.
+    for name in plan.env:
+        argv += ["--env", name]
+    return [*argv, plan.image, *plan.command]
+
+
+def ssh_copy_argv(plan: Plan) -> list:
+    return ["cp", "-", f"{plan.agent_container}:/"]
+
+
+def start_argv(plan: Plan) -> list:
+    return ["start", "--attach", "--interactive", plan.agent_container]
+
+
+def rm_containers_argv(names) -> list:
+    return ["rm", "--force", *names]
+
+
+def rm_networks_argv(names) -> list:
+    return ["network", "rm", *names]
+
+
+def planned_commands(plan: Plan, private_dir: str) -> list:
+    """Every docker command a real start runs, in order, as (argv, note); teardown included."""
+    cmds = []
+    if plan.egress_network:
+        cmds.append((network_inspect_argv(plan.egress_network), "the bottle's egress_network must exist"))
+    if plan.build_image:
+        cmds += [(image_inspect_argv(plan.image), "reuse the agent image when it exists"),
+                 (build_argv(plan.image), "only when it is missing; the embedded Dockerfile on stdin")]
+    cmds += [(network_create_argv(plan, name, internal), "") for name, internal in plan.created_networks]
+    cmds += [
+        (sidecar_run_argv(plan, private_dir), ""),
+        (network_connect_argv(plan), ""),
+        (health_argv(plan), "repeated until healthy"),
+        (agent_create_argv(plan, private_dir), ""),
+    ]
+    if plan.ssh:
+        cmds.append((ssh_copy_argv(plan), f"a tar stream: {AGENT_HOME}/.ssh/config, owner {AGENT_UID}, mode 0600"))
+    cmds += [
+        (start_argv(plan), "attached to your terminal"),
+        (rm_containers_argv([plan.agent_container, plan.sidecar]), "teardown"),
+        (rm_networks_argv([n for n, _ in reversed(plan.created_networks)]), "teardown"),
+    ]
+    return cmds
+
+
+def ssh_tar(plan: Plan) -> bytes:
+    """The SSH config as a tar for `docker cp -`, owned by the agent's uid: ssh refuses a foreign owner."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        ssh_dir = tarfile.TarInfo(f"{AGENT_HOME.lstrip('/')}/.ssh")
+        ssh_dir.type, ssh_dir.mode = tarfile.DIRTYPE, 0o700
+        ssh_dir.uid = ssh_dir.gid = AGENT_UID
+        tar.addfile(ssh_dir)
+        data = render_ssh_config(plan).encode()
+        config = tarfile.TarInfo(f"{ssh_dir.name}/config")
+        config.size, config.mode, config.mtime = len(data), 0o600, int(time.time())
+        config.uid = config.gid = AGENT_UID
+        tar.addfile(config, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def plan_json(plan: Plan, private_dir: str) -> dict:
+    data = dataclasses.asdict(plan)
+    data.update(
+        version=__version__,
+        containers={"agent": plan.agent_container, "pipelock": plan.sidecar},
+        networks={"internal": plan.internal_network, "egress": plan.egress,
+                  "created": [n for n, _ in plan.created_networks]},
+        egress_line=egress_line(plan.hosts),
+        files={"pipelock/pipelock.yaml": render_pipelock_yaml(plan), "ssh_config": render_ssh_config(plan)},
+        docker_commands=[{"argv": ["docker", *argv], "note": note} for argv, note in planned_commands(plan, private_dir)],
+    )
+    return data
+
+
+# ---- The docker seam: every docker call goes through here ----
+
+VERBOSE = False
+
+
+def log(message: str) -> None:
+    if VERBOSE:
+        print(f"claude-bottle: {message}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"claude-bottle: warning: {message}", file=sys.stderr, flush=True)
+
+
+def docker(*args, check: bool = True, input: bytes | None = None,
+           capture: bool = True) -> subprocess.CompletedProcess:
+    """Run `docker ARGS`; raise DockerError on failure when `check`. Output is text when captured."""
+    argv = ["docker", *args]
+    log(f"+ {shlex.join(argv)}")
+    try:
+        proc = subprocess.run(argv, input=input, stdin=None if input is not None else subprocess.DEVNULL,
+                              stdout=subprocess.PIPE if capture else sys.stderr,
+                              stderr=subprocess.PIPE if capture else None)
+    except FileNotFoundError:
+        raise BottleError("docker: command not found; install Docker (https://docs.docker.com/engine/install/) "
+                          "and make sure `docker` is on PATH") from None
+    out = (proc.stdout or b"").decode(errors="replace") if capture else ""
+    err = (proc.stderr or b"").decode(errors="replace") if capture else ""
+    if "Cannot connect to the Docker daemon" in err:
+        raise BottleError(f"docker: the daemon does not answer ({err.strip().splitlines()[-1]}); start Docker "
+                          f"and try again")
+    if check and proc.returncode != 0:
+        raise DockerError(argv, proc.returncode, err)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _only_missing(stderr: str) -> bool:
+    """True when every complaint in `stderr` is that the thing to remove is already gone."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    return all(re.search(r"no such (container|network)|not found", ln, re.I) for ln in lines)
+
+
+# ---- Session lifecycle: private files, teardown stack, sidecar, agent ----
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Teardown:
+    """A stack of undo steps, popped in reverse on every exit path: agent, sidecar, networks, temp dir.
+
+    Removals of the same kind that end up next to each other run as one docker call. A step that fails
+    is reported and the rest still run; a missing resource counts as removed; signals are ignored while
+    it runs, so a second Ctrl-C cannot strand anything.
+    """
+
+    def __init__(self):
+        self.steps = []
+        self.procs = []
+
+    def container(self, name: str) -> None:
+        self.steps.append(("container", name))
+
+    def network(self, name: str) -> None:
+        self.steps.append(("network", name))
+
+    def callback(self, fn, *args) -> None:
+        self.steps.append(("call", (fn, args)))
+
+    def adopt(self, proc: subprocess.Popen) -> None:
+        """Wait for `proc` after the containers are gone (e.g. `docker start --attach`)."""
+        self.procs.append(proc)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in HANDLED_SIGNALS}
+        try:
+            self.run()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        return False
+
+    def run(self) -> None:
+        while self.steps:
+            kind, arg = self.steps.pop()
+            if kind == "call":
+                fn, args = arg
+                try:
+                    fn(*args)
+                except Exception as e:
+                    warn(f"teardown step {getattr(fn, '__name__', fn)} failed: {e}")
+                continue
+            names = [arg]
+            while self.steps and self.steps[-1][0] == kind:
+                names.append(self.steps.pop()[1])
+            argv = rm_containers_argv(names) if kind == "container" else rm_networks_argv(names)
+            try:
+                r = docker(*argv, check=False)
+            except BottleError as e:
+                warn(f"could not remove {kind} {', '.join(names)}: {e}")
+                continue
+            if r.returncode != 0 and not _only_missing(r.stderr):
+                warn(f"could not remove {kind} {', '.join(names)}: {r.stderr.strip()}")
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def share_with(path: str, uid: int, private_mode: int, open_mode: int) -> None:
+    """Let the container user `uid` read `path`, a bind-mount source inside the 0700 private dir.
+
+    As root, hand it to `uid` and keep it private. As `uid` itself, keep it private. Otherwise it must be
+    readable by others; the 0700 parent still keeps every other host user out, and the container sees it
+    only through its bind mount.
+    """
+    euid = os.geteuid()
+    if euid == 0:
+        os.chown(path, uid, uid)
+        os.chmod(path, private_mode)
+    elif euid == uid:
+        os.chmod(path, private_mode)
+    else:
+        os.chmod(path, open_mode)
+
+
+def _write_private(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_private_files(plan: Plan, private_dir: str) -> None:
+    """pipelock/pipelock.yaml for the sidecar (uid 65534) and ssh_config, into the 0700 dir."""
+    pipelock_dir = os.path.join(private_dir, "pipelock")
+    os.mkdir(pipelock_dir, 0o700)
+    config = os.path.join(pipelock_dir, "pipelock.yaml")
+    _write_private(config, render_pipelock_yaml(plan))
+    sidecar_uid = int(SIDECAR_USER.split(":")[0])
+    share_with(config, sidecar_uid, 0o600, 0o644)
+    share_with(pipelock_dir, sidecar_uid, 0o700, 0o755)
+    _write_private(os.path.join(private_dir, "ssh_config"), render_ssh_config(plan))
+
+
+def make_private_dir() -> str:
+    return tempfile.mkdtemp(prefix="claude-bottle-")  # mode 0700
+
+
+def remove_private_dir(path: str) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class SshAgentRelay:
+    """Serves the host's ssh-agent to the bottle through a socket in the private dir.
+
+    ssh-agent refuses a client whose uid differs from its own, and the agent container runs as uid
+    1000; the relay connects as the user instead. It passes only what ssh needs to authenticate (list
+    keys, sign, extensions), so the bottle can use the keys but never add, remove, lock or export them.
+    """
+
+    ALLOWED = frozenset((11, 13, 27))  # REQUEST_IDENTITIES, SIGN_REQUEST, EXTENSION
+    FAILURE = b"\0\0\0\1\5"
+    MAX_MESSAGE = 256 * 1024
+
+    def __init__(self, upstream: str, path: str):
+        import threading
+        self.upstream, self.path = upstream, path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        share_with(path, AGENT_UID, 0o600, 0o666)
+        self.sock.listen(16)
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="ssh-agent-relay")
+        self._thread.start()
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def _serve(self) -> None:
+        import threading
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    @classmethod
+    def _read_message(cls, sock) -> bytes | None:
+        head = cls._read_exact(sock, 4)
+        if head is None:
+            return None
+        size = int.from_bytes(head, "big")
+        if not 0 < size <= cls.MAX_MESSAGE:
+            return None
+        body = cls._read_exact(sock, size)
+        return None if body is None else head + body
+
+    @staticmethod
+    def _read_exact(sock, n: int) -> bytes | None:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    def _relay(self, conn) -> None:
+        try:
+            with conn, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as up:
+                up.connect(self.upstream)
+                while (request := self._read_message(conn)) is not None:
+                    if request[4] not in self.ALLOWED:
+                        conn.sendall(self.FAILURE)
+                        continue
+                    up.sendall(request)
+                    reply = self._read_message(up)
+                    if reply is None:
+                        return
+                    conn.sendall(reply)
+        except OSError:
+            return
+
+
+def require_network(name: str) -> None:
+    r = docker(*network_inspect_argv(name), check=False)
+    if r.returncode != 0:
+        raise ConfigError(f"egress_network: docker network {name!r} does not exist; create it "
+                          f"(docker network create {name}) or remove egress_network from the bottle")
+
+
+def ensure_agent_image(plan: Plan) -> None:
+    """Build the built-in image unless its tag (a hash of the Dockerfile) already exists."""
+    if docker(*image_inspect_argv(plan.image), check=False).returncode == 0:
+        return
+    print(f"claude-bottle: building the agent image {plan.image} (once; later starts reuse it)",
+          file=sys.stderr, flush=True)
+    docker(*build_argv(plan.image), input=AGENT_DOCKERFILE.encode(), capture=False)
+
+
+def wait_healthy(plan: Plan, timeout: float = HEALTH_TIMEOUT) -> None:
+    """Poll pipelock's own health check with a short backoff until it answers; no fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        r = docker(*health_argv(plan), check=False)
+        if r.returncode == 0:
+            return
+        # 126/127: no /pipelock in the image; "not running": it exited. Neither gets better by waiting.
+        if r.returncode in (126, 127) or "is not running" in r.stderr or time.monotonic() >= deadline:
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+    logs = docker("logs", "--tail", "5", plan.sidecar, check=False)
+    tail = " | ".join(ln.strip() for ln in (logs.stdout + logs.stderr).splitlines() if ln.strip())[-400:]
+    raise BottleError(f"the pipelock sidecar {plan.sidecar} did not become healthy "
+                      f"({(r.stderr.strip() or 'no answer')[-200:]}); its log: {tail or 'empty'}")
+
+
+def run_session(plan: Plan) -> int:
+    """Create the bottle, run the agent attached to this terminal, and always tear everything down."""
+    with Teardown() as td:
+        private_dir = make_private_dir()
+        td.callback(remove_private_dir, private_dir)
+        write_private_files(plan, private_dir)
+        if plan.egress_network:
+            require_network(plan.egress_network)
+        if plan.build_image:
+            ensure_agent_image(plan)
+        # Each undo is pushed before its create: the names are unique to the session and a missing
+        # resource counts as removed, so an interrupt or a half-done create can never strand one.
+        for name, internal in plan.created_networks:
+            td.network(name)
+            docker(*network_create_argv(plan, name, internal))
+        td.container(plan.sidecar)
+        docker(*sidecar_run_argv(plan, private_dir))
+        docker(*network_connect_argv(plan))
+        wait_healthy(plan)
+        if plan.git_protect:
+            # Mount over a hooks dir that exists, or the agent could create one and plant hooks in it.
+            os.makedirs(os.path.join(plan.workspace, ".git", "hooks"), exist_ok=True)
+        if plan.ssh_agent:
+            relay = SshAgentRelay(plan.ssh_agent, os.path.join(private_dir, "ssh-agent.sock"))
+            td.callback(relay.close)
+        td.container(plan.agent_container)
+        docker(*agent_create_argv(plan, private_dir))
+        if plan.ssh:
+            docker(*ssh_copy_argv(plan), input=ssh_tar(plan))
+        log(f"+ docker {shlex.join(start_argv(plan))}")
+        proc = subprocess.Popen(["docker", *start_argv(plan)])
+        td.adopt(proc)
+        return proc.wait()
+
+
+# ---- Commands ----
+
+def _load(args) -> Config:
+    path = find_config(Path.cwd(), args.config, os.environ)
+    return load_config(path) if path else Config()
+
+
+def _plan(args, config: Config, agent: str | None, command=None) -> Plan:
+    return resolve_plan(
+        config, agent, cwd=Path.cwd(), environ=os.environ, suffix=os.urandom(3).hex(),
+        tty=sys.stdin.isatty() and sys.stdout.isatty(), command=command,
+        workspace=getattr(args, "workspace", None), extra_allow=getattr(args, "allow", None) or (),
+        owner=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+def confirm(prompt: str = "Start this bottle? [y/N] ") -> bool:
+    if not sys.stdin.isatty():
+        raise ConfigError("stdin is not a terminal, so claude-bottle cannot ask before starting; "
+                          "pass --yes to start without asking")
+    try:
+        answer = input(prompt)
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def dry_run(plan: Plan, as_json: bool) -> int:
+    private_dir = make_private_dir()
+    try:
+        # The same write as a real start, so a dry run proves the files can be made.
+        write_private_files(plan, private_dir)
+        if as_json:
+            print(json.dumps(plan_json(plan, private_dir), indent=2))
+            return 0
+        print("\n".join(render_summary(plan)))
+        print("\ndocker commands a start runs, in order (dry run: none was run):")
+        for argv, note in planned_commands(plan, private_dir):
+            print(f"  {shlex.join(['docker', *argv])}" + (f"  # {note}" if note else ""))
+        return 0
+    finally:
+        remove_private_dir(private_dir)
+
+
+def cmd_start(args, command) -> int:
+    plan = _plan(args, _load(args), args.agent, command)
+    if args.dry_run:
+        return dry_run(plan, args.json)
+    if args.json:
+        raise ConfigError("--json: only with --dry-run; add --dry-run to print the plan as JSON")
+    if not args.quiet:
+        print("\n".join(render_summary(plan)), flush=True)
+    if not args.yes and not confirm():
+        print("Not started.", file=sys.stderr)
+        return 1
+    return run_session(plan)
+
+
+def cmd_check(args, command) -> int:
+    """Resolve the plan of every agent the project knows, as `start --dry-run` would, all at once."""
+    config = _load(args)
+    project = find_project(Path.cwd())
+    names = [None, *(n for n in known_agents(config, project) if n != DEFAULT_AGENT)]
+    results = []
+    for name in names:
+        plan = _plan(args, config, name)
+        render_pipelock_yaml(plan), render_ssh_config(plan)
+        results.append(plan)
+    if args.json:
+        print(json.dumps([{"agent": p.agent, "bottle": p.bottle, "hosts": list(p.hosts),
+                           "ssh": [dataclasses.asdict(s) for s in p.ssh]} for p in results], indent=2))
+        return 0
+    where = config.path or "no config file; built-in defaults"
+    print(f"claude-bottle: {len(results)} agent{'s' if len(results) != 1 else ''} ok ({where})")
+    for p in results:
+        print(f"  {p.agent:<20} bottle={p.bottle:<12} {egress_line(p.hosts)}; ssh: {ssh_line(p.ssh)}")
+    return 0
+
+
+# ---- Command line ----
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(f"{message}; see `{self.prog} --help`")
+
+
+EXAMPLES = """\
+examples:
+  claude_bottle.py start                         Claude Code in this project, default bottle
+  claude_bottle.py start implementer             the agent [agents.implementer] or .claude/agents/implementer.md
+  claude_bottle.py start implementer --dry-run   show the plan and every docker command; run nothing
+  claude_bottle.py start --yes -- bash           a shell in the bottle instead of Claude Code
+  claude_bottle.py check                         validate every agent in claude-bottle.toml (pre-commit)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="claude-bottle", description="Run a coding agent in a Docker bottle whose only "
+                     "way out is a pipelock egress proxy.", epilog=EXAMPLES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"claude-bottle {__version__}")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    common = _Parser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help=f"config file (default: {CONFIG_NAME} from here up "
+                        "to the repository root, else ~/.config/claude-bottle/config.toml)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log every docker command")
+
+    start = sub.add_parser("start", parents=[common], help="run an agent in a bottle",
+                           description="Run AGENT (default: plain Claude Code) in a bottle. "
+                           "Put `-- COMMAND ...` last to run that command instead.",
+                           epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    start.add_argument("agent", nargs="?", metavar="AGENT")
+    start.add_argument("--dry-run", action="store_true", help="print the plan and docker commands; run nothing")
+    start.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    start.add_argument("-y", "--yes", action="store_true", help="start without asking")
+    start.add_argument("-q", "--quiet", action="store_true", help="do not print the preflight summary")
+    start.add_argument("--workspace", metavar="DIR", help="directory mounted at /workspace "
+                       "(default: the repository root)")
+    start.add_argument("--allow", action="append", metavar="HOST", help="also allow HOST for this session")
+    start.set_defaults(func=cmd_start)
+
+    check = sub.add_parser("check", parents=[common], help="validate the config and every agent's plan",
+                           description="Resolve every agent's plan as `start --dry-run` would; "
+                           "exit 2 on any error. Meant for pre-commit.")
+    check.add_argument("--json", action="store_true", help="print the agents as JSON")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv=None) -> int:
+    global VERBOSE
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
+    old = {s: signal.signal(s, _raise_interrupted) for s in HANDLED_SIGNALS}
+    try:
+        args = build_parser().parse_args(argv)
+        VERBOSE = args.verbose
+        if command is not None and args.cmd != "start":
+            raise ConfigError("-- COMMAND: only `start` runs a command; remove it")
+        if command == []:
+            raise ConfigError("-- COMMAND: nothing after --; write e.g. `-- bash`")
+        return args.func(args, command)
+    except BottleError as e:
+        print(f"claude-bottle: error: {e}", file=sys.stderr)
+        return e.status
+    except Interrupted as e:
+        print(f"claude-bottle: interrupted by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        print(f"claude-bottle: unexpected error (a bug); please report it with the lines above", file=sys.stderr)
+        return 3
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
