@@ -1,0 +1,108 @@
+"""A fake `docker` for unit tests: put first on PATH, it records every call and answers from rules.
+
+Each call appends one JSON line to $FAKE_DOCKER_LOG: argv (without "docker"), the number of stdin
+bytes, and the values of the variables named by `--env NAME` as docker would read them. Rules in
+$FAKE_DOCKER_RULES (JSON list) pick the answer for the first argv prefix that matches:
+    {"match": ["exec"], "rc": 1, "stderr": "...", "stdout": "...", "times": 2}
+`times` limits how often a rule fires. `start` without a rule blocks until the agent container is
+removed (`rm --force` records it), as `docker start --attach` does, or exits with $FAKE_DOCKER_START_RC.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCRIPT = r'''
+import json, os, sys, time
+argv = sys.argv[1:]
+state = os.environ["FAKE_DOCKER_STATE"]
+stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+passed = {}
+for i, a in enumerate(argv[:-1]):
+    if a == "--env" and "=" not in argv[i + 1]:
+        passed[argv[i + 1]] = os.environ.get(argv[i + 1])
+with open(os.environ["FAKE_DOCKER_LOG"], "a") as f:
+    f.write(json.dumps({"argv": argv, "stdin": len(stdin), "env": passed}) + "\n")
+if argv[:2] == ["rm", "--force"]:
+    for name in argv[2:]:
+        open(os.path.join(state, "removed-" + name), "w").close()
+rules = json.loads(os.environ.get("FAKE_DOCKER_RULES", "[]"))
+for n, rule in enumerate(rules):
+    if argv[:len(rule["match"])] != rule["match"]:
+        continue
+    if "times" in rule:
+        counter = os.path.join(state, "rule-%d" % n)
+        used = int(open(counter).read()) if os.path.exists(counter) else 0
+        if used >= rule["times"]:
+            continue
+        open(counter, "w").write(str(used + 1))
+    sys.stdout.write(rule.get("stdout", ""))
+    sys.stderr.write(rule.get("stderr", ""))
+    sys.exit(rule.get("rc", 0))
+if argv[:1] == ["start"]:
+    rc = os.environ.get("FAKE_DOCKER_START_RC")
+    if rc is not None:
+        sys.exit(int(rc))
+    marker = os.path.join(state, "removed-" + argv[-1])
+    deadline = time.time() + 60
+    while not os.path.exists(marker) and time.time() < deadline:
+        time.sleep(0.02)
+    sys.exit(137)
+if argv[:1] == ["run"]:
+    print("0123456789ab")
+'''
+
+
+class FakeDocker:
+    """A temp dir with a fake `docker` and its log; `env()` gives the environment to run the CLI in."""
+
+    def __init__(self):
+        self._tmp = tempfile.TemporaryDirectory(prefix="fake-docker-")
+        root = Path(self._tmp.name)
+        self.bin = root / "bin"
+        self.state = root / "state"
+        self.log = root / "calls.jsonl"
+        self.tmpdir = root / "tmp"
+        for d in (self.bin, self.state, self.tmpdir):
+            d.mkdir()
+        exe = self.bin / "docker"
+        exe.write_text(f"#!{sys.executable}\n{SCRIPT}")
+        exe.chmod(0o755)
+        self.log.touch()
+
+    def close(self):
+        self._tmp.cleanup()
+
+    def env(self, rules=(), start_rc=None, **extra) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLAUDE_BOTTLE_", "FAKE_DOCKER_"))}
+        env.update(
+            PATH=f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
+            # A guard: should anything reach a real docker, it finds no daemon.
+            DOCKER_HOST="unix:///nonexistent/claude-bottle-unit-test.sock",
+            FAKE_DOCKER_LOG=str(self.log),
+            FAKE_DOCKER_STATE=str(self.state),
+            FAKE_DOCKER_RULES=json.dumps(list(rules)),
+            TMPDIR=str(self.tmpdir),
+        )
+        env.pop("SSH_AUTH_SOCK", None)
+        if start_rc is not None:
+            env["FAKE_DOCKER_START_RC"] = str(start_rc)
+        env.update(extra)
+        return env
+
+    def calls(self) -> list:
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def argvs(self) -> list:
+        return [c["argv"] for c in self.calls()]
+
+    def wait_for_call(self, prefix, timeout=20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(a[:len(prefix)] == prefix for a in self.argvs()):
+                return True
+            time.sleep(0.02)
+        return False

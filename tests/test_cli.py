@@ -1,0 +1,369 @@
+"""The CLI as users run it: the real file as a subprocess, a fake `docker` first on PATH.
+
+These tests assert the exact ordered docker calls of a start (teardown included), what happens when a
+step fails or a signal arrives, that --dry-run makes no docker call, and the exit-status contract.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+from tests.fakedocker import FakeDocker
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = ROOT / "claude_bottle.py"
+SECRET = "sk-ant-test-0123456789-SECRET-VALUE"
+
+
+class CliTest(unittest.TestCase):
+    def setUp(self):
+        self.fake = FakeDocker()
+        self.addCleanup(self.fake.close)
+        tmp = tempfile.TemporaryDirectory(prefix="cb-project-")
+        self.addCleanup(tmp.cleanup)
+        self.project = Path(tmp.name).resolve()
+        (self.project / ".git" / "hooks").mkdir(parents=True)
+        (self.project / ".git" / "config").write_text("[core]\n")
+        home = tempfile.TemporaryDirectory(prefix="cb-home-")
+        self.addCleanup(home.cleanup)
+        self.home = Path(home.name)
+
+    def write_config(self, text: str) -> Path:
+        path = self.project / "claude-bottle.toml"
+        path.write_text(text)
+        return path
+
+    def env(self, rules=(), start_rc=None, **extra):
+        return self.fake.env(rules, start_rc, HOME=str(self.home), **extra)
+
+    def cli(self, *args, env=None, cwd=None, timeout=60, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(CLI), *args], cwd=cwd or self.project,
+                              env=env or self.env(), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout, **kw)
+
+    def assertOneLineError(self, proc, status, *needles):
+        self.assertEqual(proc.returncode, status, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, proc.stderr)
+        self.assertTrue(lines[0].startswith("claude-bottle: error: "), lines[0])
+        for needle in needles:
+            self.assertIn(needle, lines[0])
+
+    def sid(self) -> str:
+        first = next(a for a in self.fake.argvs() if a[:2] == ["network", "create"])
+        return re.fullmatch(r"claude-bottle-(.+)-internal", first[-1]).group(1)
+
+
+class HelpAndVersion(CliTest):
+    def test_help_has_examples(self):
+        proc = self.cli("--help")
+        self.assertEqual(proc.returncode, 0)
+        self.assertIn("examples:", proc.stdout)
+        self.assertIn("start implementer --dry-run", proc.stdout)
+        self.assertEqual(self.fake.calls(), [])
+
+    def test_start_help(self):
+        proc = self.cli("start", "--help")
+        self.assertEqual(proc.returncode, 0)
+        for flag in ("--dry-run", "--yes", "--config", "--json", "--verbose"):
+            self.assertIn(flag, proc.stdout)
+
+    def test_version(self):
+        proc = self.cli("--version")
+        self.assertEqual(proc.returncode, 0)
+        self.assertRegex(proc.stdout, r"^claude-bottle \d+\.\d+\.\d+\n$")
+
+    def test_usage_error_is_exit_2(self):
+        self.assertOneLineError(self.cli("start", "--no-such-flag"), 2, "--no-such-flag")
+        self.assertOneLineError(self.cli("frobnicate"), 2)
+        self.assertOneLineError(self.cli("start", "--"), 2, "-- COMMAND")
+        self.assertOneLineError(self.cli("check", "--", "ls"), 2, "-- COMMAND")
+        self.assertEqual(self.fake.calls(), [])
+
+    def test_file_works_alone(self):
+        # The curl-and-run install: the file by itself in an empty directory.
+        with tempfile.TemporaryDirectory() as d:
+            alone = Path(d) / "claude_bottle.py"
+            shutil.copy(CLI, alone)
+            self.assertTrue(os.access(alone, os.X_OK))
+            env = self.env()
+            proc = subprocess.run([str(alone), "--help"], cwd=d, env=env, capture_output=True, text=True)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            proc = subprocess.run([str(alone), "start", "--dry-run"], cwd=d, env=env, capture_output=True,
+                                  text=True)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertIn("7 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +4 more)", proc.stdout)
+        self.assertEqual(self.fake.calls(), [])
+
+
+class DryRun(CliTest):
+    def test_no_docker_call_and_no_leftover(self):
+        self.write_config('[bottles.web]\nallow = ["pypi.org", "registry.npmjs.org"]\n'
+                          '[[bottles.web.ssh]]\nHost = "github"\nHostname = "github.com"\nUser = "git"\n'
+                          '[agents.implementer]\nbottle = "web"\nenv = ["ANTHROPIC_API_KEY"]\n')
+        proc = self.cli("start", "implementer", "--dry-run", env=self.env(ANTHROPIC_API_KEY=SECRET))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(self.fake.calls(), [])
+        self.assertEqual(list(self.fake.tmpdir.iterdir()), [], "the private temp dir must be removed")
+        out = proc.stdout
+        self.assertIn("10 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +7 more)", out)
+        self.assertIn("github -> github.com:22", out)
+        self.assertIn("ANTHROPIC_API_KEY", out)
+        self.assertNotIn(SECRET, out + proc.stderr)
+        for verb in ("docker network create --internal", "docker run --detach", "docker network connect",
+                     "docker create", "docker cp -", "docker start --attach", "docker rm --force",
+                     "docker network rm"):
+            self.assertIn(verb, out)
+
+    def test_json(self):
+        proc = self.cli("start", "--dry-run", "--json", env=self.env(ANTHROPIC_API_KEY=SECRET))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        plan = json.loads(proc.stdout)
+        self.assertEqual(plan["agent"], "claude")
+        self.assertEqual(plan["egress_line"],
+                         "7 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +4 more)")
+        self.assertEqual(plan["env"], ["ANTHROPIC_API_KEY"])
+        self.assertTrue(all(c["argv"][0] == "docker" for c in plan["docker_commands"]))
+        self.assertNotIn(SECRET, proc.stdout)
+        self.assertEqual(self.fake.calls(), [])
+
+    def test_config_error_exits_2(self):
+        self.write_config('[bottles.web]\nalow = ["github.com"]\n')
+        proc = self.cli("start", "--dry-run")
+        self.assertOneLineError(proc, 2, "claude-bottle.toml", "alow", "did you mean 'allow'?")
+        self.assertEqual(self.fake.calls(), [])
+
+    def test_unknown_agent_lists_known(self):
+        self.write_config('[agents.implementer]\n')
+        (self.project / ".claude" / "agents").mkdir(parents=True)
+        (self.project / ".claude" / "agents" / "reviewer.md").write_text("---\nname: reviewer\n---\n")
+        proc = self.cli("start", "nobody", "--dry-run")
+        self.assertOneLineError(proc, 2, "known agents: implementer, reviewer")
+
+    def test_claude_agent_file(self):
+        (self.project / ".claude" / "agents").mkdir(parents=True)
+        (self.project / ".claude" / "agents" / "reviewer.md").write_text("---\nname: reviewer\n---\n")
+        proc = self.cli("start", "reviewer", "--dry-run", "--json")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(json.loads(proc.stdout)["command"], ["claude", "--agent", "reviewer"])
+
+    def test_check_every_agent(self):
+        self.write_config('[bottles.web]\nallow = ["github.com"]\n[agents.a]\nbottle = "web"\n[agents.b]\n')
+        proc = self.cli("check")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("3 agents ok", proc.stdout)
+        self.assertEqual(self.fake.calls(), [])
+        self.write_config('[agents.a]\nbottle = "missing"\n')
+        self.assertOneLineError(self.cli("check"), 2, "bottle", "missing")
+
+
+class Start(CliTest):
+    # What a normal start runs, in order, with the built-in image already present.
+    EXPECTED_VERBS = [
+        ["image", "inspect"], ["network", "create"], ["network", "create"], ["run", "--detach"],
+        ["network", "connect"], ["exec"], ["create", "--name"], ["start", "--attach"],
+        ["rm", "--force"], ["network", "rm"],
+    ]
+
+    def test_normal_run_exact_calls(self):
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(start_rc=0))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        calls = self.fake.argvs()
+        self.assertEqual([a[:1] if a[0] == "exec" else a[:2] for a in calls], self.EXPECTED_VERBS)
+        sid = self.sid()
+        self.assertRegex(sid, r"^claude-[0-9a-f]{6}$")
+        agent, sidecar = f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"
+        internal, egress = f"claude-bottle-{sid}-internal", f"claude-bottle-{sid}-egress"
+        self.assertIn("--internal", calls[1])
+        self.assertEqual(calls[1][-1], internal)
+        self.assertNotIn("--internal", calls[2])
+        self.assertEqual(calls[2][-1], egress)
+        self.assertEqual(calls[4], ["network", "connect", internal, sidecar])
+        self.assertEqual(calls[5], ["exec", sidecar, "/pipelock", "healthcheck"])
+        self.assertEqual(calls[7], ["start", "--attach", "--interactive", agent])
+        self.assertEqual(calls[8], ["rm", "--force", agent, sidecar])
+        self.assertEqual(calls[9], ["network", "rm", egress, internal])
+        for argv in calls[1:4] + [calls[6]]:
+            self.assertIn(f"claude-bottle.session={sid}", argv)
+        self.assertEqual(list(self.fake.tmpdir.iterdir()), [], "the private temp dir must be removed")
+
+    def test_real_run_matches_dry_run(self):
+        """--dry-run promises exactly the commands a start runs (bar the conditional build)."""
+        self.write_config('[[bottles.default.ssh]]\nHost = "gh"\nHostname = "github.com"\n')
+        proc = self.cli("start", "--dry-run", "--json", "--", "true")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        plan = json.loads(proc.stdout)
+        promised = [c["argv"][1:] for c in plan["docker_commands"] if c["argv"][1] != "build"]
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(start_rc=0))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+
+        def normal(argvs, sid):
+            text = json.dumps(argvs).replace(sid, "SID")
+            text = re.sub(r"claude-bottle\.owner=[^\"]*", "claude-bottle.owner=OWNER", text)
+            return json.loads(re.sub(r"/claude-bottle-[a-z0-9_]{8}/", "/PRIVATE/", text))
+
+        self.assertEqual(normal(self.fake.argvs(), self.sid()), normal(promised, plan["session"]))
+        cp = next(c for c in self.fake.calls() if c["argv"][0] == "cp")
+        self.assertGreater(cp["stdin"], 0, "the ssh config goes in as a tar stream on stdin")
+
+    def test_builds_missing_image_once(self):
+        rules = [{"match": ["image", "inspect"], "rc": 1, "stderr": "Error: No such image"}]
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, start_rc=0))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        build = next(c for c in self.fake.calls() if c["argv"][0] == "build")
+        self.assertEqual(build["argv"][-1], "-")
+        self.assertGreater(build["stdin"], 500, "the embedded Dockerfile arrives on stdin")
+        self.assertRegex(build["argv"][2], r"^claude-bottle/agent:[0-9a-f]{12}$")
+
+    def test_custom_image_skips_build(self):
+        self.write_config('[agents.x]\nimage = "example.test/agent:1"\n')
+        proc = self.cli("start", "x", "--yes", "--", "true", env=self.env(start_rc=0))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertFalse(any(a[0] in ("build", "image") for a in self.fake.argvs()))
+
+    def test_agent_status_is_passed_through(self):
+        for status in (1, 7, 42):
+            with self.subTest(status=status):
+                self.fake.log.write_text("")
+                proc = self.cli("start", "--yes", "--", "false", env=self.env(start_rc=status))
+                self.assertEqual(proc.returncode, status, proc.stderr)
+                self.assertEqual([a[:2] for a in self.fake.argvs()][-2:], [["rm", "--force"], ["network", "rm"]])
+
+    def test_secret_passed_by_name_only(self):
+        self.write_config('[agents.x]\nenv = ["ANTHROPIC_API_KEY", "UNSET_VAR"]\n')
+        proc = self.cli("start", "x", "--yes", "-v", "--", "true",
+                        env=self.env(start_rc=0, ANTHROPIC_API_KEY=SECRET))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        create = next(c for c in self.fake.calls() if c["argv"][0] == "create")
+        self.assertIn("ANTHROPIC_API_KEY", create["argv"])
+        self.assertNotIn("UNSET_VAR", create["argv"])
+        self.assertEqual(create["env"]["ANTHROPIC_API_KEY"], SECRET, "docker reads the value from its env")
+        everything = json.dumps(self.fake.calls()).replace(json.dumps(create["env"]), "") + proc.stdout + proc.stderr
+        self.assertNotIn(SECRET, everything)
+
+    def test_sidecar_fails_to_start_networks_removed(self):
+        # The original tool's smoke test: the pipelock image cannot be had.
+        image = "127.0.0.1:1/nothing@sha256:" + "0" * 64
+        rules = [{"match": ["run"], "rc": 125, "stderr": "Unable to find image; connection refused\n"}]
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, CLAUDE_BOTTLE_PIPELOCK_IMAGE=image))
+        self.assertOneLineError(proc, 1, "docker run", "connection refused")
+        sid = self.sid()
+        calls = self.fake.argvs()
+        self.assertEqual([a[:2] for a in calls], [
+            ["image", "inspect"], ["network", "create"], ["network", "create"], ["run", "--detach"],
+            ["rm", "--force"], ["network", "rm"]])
+        self.assertIn(image, calls[3])
+        self.assertEqual(calls[4], ["rm", "--force", f"claude-bottle-{sid}-pipelock"])
+        self.assertEqual(calls[5], ["network", "rm", f"claude-bottle-{sid}-egress", f"claude-bottle-{sid}-internal"])
+        self.assertEqual(list(self.fake.tmpdir.iterdir()), [])
+
+    def test_sidecar_never_healthy(self):
+        rules = [{"match": ["exec"], "rc": 1, "stderr": "Error: container abc is not running\n"},
+                 {"match": ["logs"], "stdout": '{"event":"startup"}\n', "stderr": "yaml: unmarshal errors\n"}]
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(rules))
+        self.assertOneLineError(proc, 1, "did not become healthy", "yaml: unmarshal errors")
+        verbs = [a[:2] for a in self.fake.argvs()]
+        self.assertEqual(verbs[-3:], [["logs", "--tail"], ["rm", "--force"], ["network", "rm"]])
+        self.assertNotIn(["create", "--name"], verbs)
+
+    def test_health_polls_until_ready(self):
+        rules = [{"match": ["exec"], "rc": 1, "stderr": "health check failed: connection refused\n", "times": 3}]
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, start_rc=0))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(sum(a[0] == "exec" for a in self.fake.argvs()), 4)
+
+    def test_failed_teardown_step_does_not_skip_the_rest(self):
+        rules = [{"match": ["rm"], "rc": 1, "stderr": "Error response from daemon: something broke\n"}]
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, start_rc=0))
+        self.assertEqual(proc.returncode, 0)
+        self.assertIn("warning: could not remove container", proc.stderr)
+        self.assertEqual(self.fake.argvs()[-1][:2], ["network", "rm"])
+
+    def test_missing_resource_counts_as_removed(self):
+        rules = [{"match": ["rm"], "rc": 1, "stderr": "Error response from daemon: No such container: x\n"},
+                 {"match": ["network", "rm"], "rc": 1, "stderr": "Error: network claude-bottle-x not found\n"}]
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, start_rc=0))
+        self.assertEqual(proc.returncode, 0)
+        self.assertNotIn("warning", proc.stderr)
+
+    def test_egress_network_must_exist(self):
+        self.write_config('[bottles.default]\negress_network = "corp-egress"\n')
+        rules = [{"match": ["network", "inspect"], "rc": 1, "stderr": "Error: No such network: corp-egress\n"}]
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(rules))
+        self.assertOneLineError(proc, 2, "egress_network", "corp-egress")
+        self.assertEqual([a[:2] for a in self.fake.argvs()], [["network", "inspect"]])
+
+    def test_egress_network_used_not_created(self):
+        self.write_config('[bottles.default]\negress_network = "corp-egress"\n')
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(start_rc=0))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        sid = self.sid()
+        calls = self.fake.argvs()
+        self.assertEqual(sum(a[:2] == ["network", "create"] for a in calls), 1)
+        run = next(a for a in calls if a[0] == "run")
+        self.assertEqual(run[run.index("--network") + 1], "corp-egress")
+        self.assertEqual(calls[-1], ["network", "rm", f"claude-bottle-{sid}-internal"])
+
+    def test_no_tty_needs_yes(self):
+        proc = self.cli("start", "--", "true")
+        self.assertOneLineError(proc, 2, "--yes")
+        self.assertEqual(self.fake.calls(), [])
+
+    def test_missing_docker(self):
+        env = self.env()
+        env["PATH"] = str(self.project)  # no docker anywhere
+        proc = subprocess.run([sys.executable, str(CLI), "start", "--yes", "--", "true"], cwd=self.project,
+                              env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        self.assertOneLineError(proc, 1, "docker: command not found")
+
+    def test_daemon_down(self):
+        rules = [{"match": [], "rc": 1, "stderr": "Cannot connect to the Docker daemon at unix:///x. "
+                                                  "Is the docker daemon running?\n"}]
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(rules))
+        self.assertOneLineError(proc, 1, "daemon does not answer")
+        self.assertEqual(len(self.fake.calls()), 1)
+
+
+class Signals(CliTest):
+    """SIGINT, SIGTERM and SIGHUP mid-session: the same ordered teardown, exit 128+N."""
+
+    def interrupt(self, signum):
+        proc = subprocess.Popen([sys.executable, str(CLI), "start", "--yes", "--", "sleep", "600"],
+                                cwd=self.project, env=self.env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertTrue(self.fake.wait_for_call(["start", "--attach"]), "the agent never started")
+            time.sleep(0.1)
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        return proc.returncode, err
+
+    def test_signals(self):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with self.subTest(signal=signum.name):
+                self.fake.log.write_text("")
+                for marker in self.fake.state.iterdir():
+                    marker.unlink()
+                status, err = self.interrupt(signum)
+                self.assertEqual(status, 128 + signum, err)
+                self.assertIn(f"interrupted by {signum.name}", err)
+                verbs = [a[:2] for a in self.fake.argvs()]
+                self.assertEqual(verbs[-2:], [["rm", "--force"], ["network", "rm"]])
+                sid = self.sid()
+                self.assertEqual(self.fake.argvs()[-2],
+                                 ["rm", "--force", f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"])
+                self.assertEqual(list(self.fake.tmpdir.iterdir()), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
