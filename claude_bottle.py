@@ -467,6 +467,7 @@ class Plan:
     env: tuple
     env_unset: tuple
     hosts: tuple
+    bottle_allow: tuple
     trusted: tuple
     ssh: tuple
     ssh_agent: str | None
@@ -598,6 +599,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         env=tuple(n for n in spec.env if n in environ),
         env_unset=tuple(n for n in spec.env if n not in environ),
         hosts=hosts,
+        bottle_allow=bottle.allow,
         trusted=tuple(sorted(set(bottle.trusted))),
         ssh=bottle.ssh,
         ssh_agent=(environ.get("SSH_AUTH_SOCK") or None) if bottle.ssh else None,
@@ -789,6 +791,10 @@ def start_argv(plan: Plan) -> list:
     return ["start", "--attach", "--interactive", plan.agent_container]
 
 
+def logs_argv(plan: Plan) -> list:
+    return ["logs", plan.sidecar]
+
+
 def rm_containers_argv(names) -> list:
     return ["rm", "--force", *names]
 
@@ -816,6 +822,7 @@ def planned_commands(plan: Plan, private_dir: str) -> list:
         cmds.append((ssh_copy_argv(plan), f"a tar stream: {AGENT_HOME}/.ssh/config, owner {AGENT_UID}, mode 0600"))
     cmds += [
         (start_argv(plan), "attached to your terminal"),
+        (logs_argv(plan), "teardown: pipelock's decisions, for the egress report"),
         (rm_containers_argv([plan.agent_container, plan.sidecar]), "teardown"),
         (rm_networks_argv([n for n, _ in reversed(plan.created_networks)]), "teardown"),
     ]
@@ -852,6 +859,82 @@ def plan_json(plan: Plan, private_dir: str) -> dict:
         docker_commands=[{"argv": ["docker", *argv], "note": note} for argv, note in planned_commands(plan, private_dir)],
     )
     return data
+
+
+def parse_events(text: str) -> list:
+    """pipelock's audit log: JSON lines on stdout; anything else (banners) is skipped."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and "event" in event:
+                events.append(event)
+    return events
+
+
+def event_host(event: dict) -> str | None:
+    if event.get("target"):
+        host = str(event["target"]).rsplit(":", 1)[0] if ":" in str(event["target"]) else str(event["target"])
+        return host.strip("[]").lower() or None
+    if event.get("url"):
+        from urllib.parse import urlsplit
+        try:
+            return urlsplit(str(event["url"])).hostname
+        except ValueError:
+            return None
+    return None
+
+
+def egress_report(events) -> dict:
+    """Hosts reached (with counts) and requests blocked (host, scanner, reason, count)."""
+    reached, blocked = {}, {}
+    for event in events:
+        host = event_host(event)
+        if host is None:
+            continue
+        if event["event"] in ("tunnel_open", "forward_http"):
+            reached[host] = reached.get(host, 0) + 1
+        elif event["event"] == "blocked":
+            key = (host, str(event.get("scanner", "")), str(event.get("reason", "")))
+            blocked[key] = blocked.get(key, 0) + 1
+    return {
+        "reached": [{"host": h, "count": n} for h, n in sorted(reached.items())],
+        "blocked": [{"host": h, "scanner": sc, "reason": r, "count": n} for (h, sc, r), n in sorted(blocked.items())],
+    }
+
+
+def _toml_list(items) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def render_report(plan: Plan, report: dict) -> list:
+    lines = [f"claude-bottle: egress report for session {plan.session}"]
+    reached = ", ".join(f"{r['host']} ({r['count']})" for r in report["reached"])
+    lines.append(f"  reached: {reached or 'nothing'}")
+    if not report["blocked"]:
+        lines.append("  blocked: nothing")
+        return lines
+    for i, b in enumerate(report["blocked"]):
+        lines.append(f"  {'blocked: ' if i == 0 else '         '}{b['host']} ({b['count']}) {b['scanner']}: {b['reason']}")
+    valid = []
+    for b in report["blocked"]:
+        try:
+            valid.append(check_host(b["host"], "blocked host", wildcard=False))
+        except ConfigError:
+            continue
+    denied = sorted({h for h in valid if not any(host_matches(p, h) for p in plan.hosts)})
+    untrusted = sorted({h for h in valid if h not in denied and not any(host_matches(t, h) for t in plan.trusted)})
+    where = plan.config_path or CONFIG_NAME
+    if denied:
+        lines.append(f"  to allow {', '.join(denied)}, set in {where}:")
+        lines.append(f"    [bottles.{plan.bottle}] allow = {_toml_list([*plan.bottle_allow, *denied])}")
+    if untrusted:
+        lines.append(f"  to let {', '.join(untrusted)} resolve to private addresses, set in {where}:")
+        lines.append(f"    [bottles.{plan.bottle}] trusted = {_toml_list([*plan.trusted, *untrusted])}")
+    return lines
 
 
 # ---- The docker seam: every docker call goes through here ----
@@ -1126,12 +1209,26 @@ def wait_healthy(plan: Plan, timeout: float = HEALTH_TIMEOUT) -> None:
                       f"({(r.stderr.strip() or 'no answer')[-200:]}); its log: {tail or 'empty'}")
 
 
-def run_session(plan: Plan) -> int:
+def report_egress(plan: Plan, report_json: str | None, quiet: bool) -> None:
+    """Summarise pipelock's decisions for the session; runs before the sidecar is removed."""
+    r = docker(*logs_argv(plan), check=False)
+    report = egress_report(parse_events(r.stdout))
+    if report_json:
+        with open(report_json, "w", encoding="utf-8") as f:
+            json.dump({"session": plan.session, **report}, f, indent=2)
+    if not quiet or report["blocked"]:
+        print("\n".join(render_report(plan, report)), file=sys.stderr, flush=True)
+
+
+def run_session(plan: Plan, report_json: str | None = None, quiet: bool = False) -> int:
     """Create the bottle, run the agent attached to this terminal, and always tear everything down."""
     with Teardown() as td:
         private_dir = make_private_dir()
         td.callback(remove_private_dir, private_dir)
         write_private_files(plan, private_dir)
+        if plan.ssh_agent:
+            relay = SshAgentRelay(plan.ssh_agent, os.path.join(private_dir, "ssh-agent.sock"))
+            td.callback(relay.close)
         if plan.egress_network:
             require_network(plan.egress_network)
         if plan.build_image:
@@ -1148,11 +1245,11 @@ def run_session(plan: Plan) -> int:
         if plan.git_protect:
             # Mount over a hooks dir that exists, or the agent could create one and plant hooks in it.
             os.makedirs(os.path.join(plan.workspace, ".git", "hooks"), exist_ok=True)
-        if plan.ssh_agent:
-            relay = SshAgentRelay(plan.ssh_agent, os.path.join(private_dir, "ssh-agent.sock"))
-            td.callback(relay.close)
         td.container(plan.agent_container)
         docker(*agent_create_argv(plan, private_dir))
+        # Pushed last so it runs first: the log is read before the sidecar goes, and the agent and
+        # the sidecar are still removed by one call.
+        td.callback(report_egress, plan, report_json, quiet)
         if plan.ssh:
             docker(*ssh_copy_argv(plan), input=ssh_tar(plan))
         log(f"+ docker {shlex.join(start_argv(plan))}")
@@ -1216,7 +1313,7 @@ def cmd_start(args, command) -> int:
     if not args.yes and not confirm():
         print("Not started.", file=sys.stderr)
         return 1
-    return run_session(plan)
+    return run_session(plan, args.report_json, args.quiet)
 
 
 def cmd_check(args, command) -> int:
@@ -1278,10 +1375,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--dry-run", action="store_true", help="print the plan and docker commands; run nothing")
     start.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     start.add_argument("-y", "--yes", action="store_true", help="start without asking")
-    start.add_argument("-q", "--quiet", action="store_true", help="do not print the preflight summary")
+    start.add_argument("-q", "--quiet", action="store_true", help="print neither the preflight summary nor an "
+                       "egress report without blocks")
     start.add_argument("--workspace", metavar="DIR", help="directory mounted at /workspace "
                        "(default: the repository root)")
     start.add_argument("--allow", action="append", metavar="HOST", help="also allow HOST for this session")
+    start.add_argument("--report-json", metavar="PATH", help="write the egress report as JSON to PATH")
     start.set_defaults(func=cmd_start)
 
     check = sub.add_parser("check", parents=[common], help="validate the config and every agent's plan",

@@ -170,15 +170,16 @@ class Start(CliTest):
     EXPECTED_VERBS = [
         ["image", "inspect"], ["network", "create"], ["network", "create"], ["run", "--detach"],
         ["network", "connect"], ["exec"], ["create", "--name"], ["start", "--attach"],
-        ["rm", "--force"], ["network", "rm"],
+        ["logs", "claude-bottle-SID-pipelock"], ["rm", "--force"], ["network", "rm"],
     ]
 
     def test_normal_run_exact_calls(self):
         proc = self.cli("start", "--yes", "--", "true", env=self.env(start_rc=0))
         self.assertEqual(proc.returncode, 0, proc.stderr)
         calls = self.fake.argvs()
-        self.assertEqual([a[:1] if a[0] == "exec" else a[:2] for a in calls], self.EXPECTED_VERBS)
         sid = self.sid()
+        self.assertEqual([a[:1] if a[0] == "exec" else a[:2] for a in calls],
+                         json.loads(json.dumps(self.EXPECTED_VERBS).replace("SID", sid)))
         self.assertRegex(sid, r"^claude-[0-9a-f]{6}$")
         agent, sidecar = f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"
         internal, egress = f"claude-bottle-{sid}-internal", f"claude-bottle-{sid}-egress"
@@ -189,8 +190,9 @@ class Start(CliTest):
         self.assertEqual(calls[4], ["network", "connect", internal, sidecar])
         self.assertEqual(calls[5], ["exec", sidecar, "/pipelock", "healthcheck"])
         self.assertEqual(calls[7], ["start", "--attach", "--interactive", agent])
-        self.assertEqual(calls[8], ["rm", "--force", agent, sidecar])
-        self.assertEqual(calls[9], ["network", "rm", egress, internal])
+        self.assertEqual(calls[8], ["logs", sidecar])
+        self.assertEqual(calls[9], ["rm", "--force", agent, sidecar])
+        self.assertEqual(calls[10], ["network", "rm", egress, internal])
         for argv in calls[1:4] + [calls[6]]:
             self.assertIn(f"claude-bottle.session={sid}", argv)
         self.assertEqual(list(self.fake.tmpdir.iterdir()), [], "the private temp dir must be removed")

@@ -1,0 +1,228 @@
+"""Shared pieces of the end-to-end tests: the real engine, locally built images, "outside" hosts.
+
+Every test drives `claude_bottle.py start --yes ... -- COMMAND` on the real Docker engine. The outside
+world is ours: a user-defined bridge (the bottle's `egress_network`) holding two HTTP servers, a TCP
+echo service and an sshd git server. No test sends traffic to any other address.
+
+Without a working docker the tests skip with a one-line reason, unless CI is set: then they fail.
+`CLAUDE_BOTTLE_E2E=0` skips them on purpose (`make unit`).
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+from tests.e2e import images
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = ROOT / "claude_bottle.py"
+TEST_LABEL = "claude-bottle-test=1"
+
+
+def docker(*args, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def require_engine() -> dict:
+    """Build the test images when missing; skip (or fail under CI) when the engine cannot be used."""
+    if os.environ.get("CLAUDE_BOTTLE_E2E") == "0":
+        raise unittest.SkipTest("e2e: CLAUDE_BOTTLE_E2E=0")
+    reason = None
+    if shutil.which("docker") is None:
+        reason = "no docker CLI on PATH"
+    elif subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
+        reason = "the Docker daemon does not answer"
+    if reason:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"e2e: {reason}, and CI is set: the end-to-end tests must run")
+        raise unittest.SkipTest(f"e2e: {reason}")
+    return images.ensure_images(verbose=True)
+
+
+def session_of(text: str) -> str:
+    m = re.search(r"^claude-bottle \S+: session (\S+)$", text, re.M)
+    if not m:
+        raise AssertionError(f"no session line in:\n{text}")
+    return m.group(1)
+
+
+def leftovers(session: str | None = None) -> list:
+    """Containers and networks of claude-bottle still present (of one session, or any)."""
+    flt = ["--filter", f"label=claude-bottle.session={session}"] if session else ["--filter", "label=claude-bottle.session"]
+    names = docker("ps", "-a", "--format", "{{.Names}}", *flt).stdout.split()
+    names += docker("network", "ls", "--format", "{{.Name}}", *flt).stdout.split()
+    if session is None:
+        # Also by name, labelled or not: `docker network ls | grep claude-bottle` must come out empty.
+        names += [n for n in docker("network", "ls", "--format", "{{.Name}}").stdout.split() if "claude-bottle" in n]
+        names += [n for n in docker("ps", "-a", "--format", "{{.Names}}").stdout.split() if "claude-bottle" in n]
+    return sorted(set(names))
+
+
+class World:
+    """The outside: one bridge network with web, other, echo and git hosts, torn down at the end."""
+
+    def __init__(self, images_: dict):
+        self.images = images_
+        self.debian = images_["debian"]
+        self.pipelock = images_["pipelock"]
+        self.tag = os.urandom(3).hex()
+        self.network = f"cbtest-{self.tag}-outside"
+        self.containers = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="cbtest-"))
+        self.ssh_agent_pid = None
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self, name: str, aliases, script: str, env=()):
+        full = f"cbtest-{self.tag}-{name}"
+        argv = ["run", "--detach", "--name", full, "--label", TEST_LABEL, "--network", self.network]
+        for alias in aliases:
+            argv += ["--network-alias", alias]
+        for e in env:
+            argv += ["--env", e]
+        self.containers.append(full)
+        docker(*argv, self.debian, "sh", "-c", script)
+        return full
+
+    def _create(self):
+        docker("network", "create", "--label", TEST_LABEL, self.network)
+        web_script = ("mkdir -p /srv/www && echo hello-from-web > /srv/www/index.html && cd /srv/www && "
+                      "(socat TCP-LISTEN:9000,fork,reuseaddr EXEC:cat &) && exec python3 -m http.server 8000")
+        self.web = self._run("web", ["web", "notrusted", "sub.example.test"], web_script)
+        self.other = self._run("other", ["other"], web_script.replace("hello-from-web", "hello-from-other"))
+        self._ssh_setup()
+        self.git = self._run("git", ["git"], GIT_SERVER, env=[f"PUBKEY={self.pubkey}"])
+        for ctr, probe in ((self.web, "curl -sf http://127.0.0.1:8000/ >/dev/null"),
+                           (self.other, "curl -sf http://127.0.0.1:8000/ >/dev/null"),
+                           (self.git, "test -e /tmp/ready && nc -z 127.0.0.1 22")):
+            self._wait(ctr, probe)
+        self.web_ip = self.ip(self.web)
+
+    def _wait(self, ctr: str, probe: str, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if docker("exec", ctr, "sh", "-c", probe, check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{ctr} never became ready: {docker('logs', ctr, check=False).stderr[-500:]}")
+
+    def _ssh_setup(self):
+        """A key in an ssh-agent on the host; the private key file never leaves this temp dir."""
+        key = self.tmp / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cbtest", "-f", str(key)], check=True)
+        self.pubkey = (self.tmp / "id_ed25519.pub").read_text().strip()
+        self.agent_sock = str(self.tmp / "agent.sock")
+        out = subprocess.run(["ssh-agent", "-a", self.agent_sock], capture_output=True, text=True, check=True).stdout
+        self.ssh_agent_pid = int(re.search(r"SSH_AGENT_PID=(\d+)", out).group(1))
+        subprocess.run(["ssh-add", "-q", str(key)], env={**os.environ, "SSH_AUTH_SOCK": self.agent_sock},
+                       check=True, capture_output=True)
+
+    def ip(self, ctr: str) -> str:
+        fmt = "{{json .NetworkSettings.Networks}}"
+        return json.loads(docker("inspect", "--format", fmt, ctr).stdout)[self.network]["IPAddress"]
+
+    def close(self):
+        if self.containers:
+            docker("rm", "--force", *self.containers, check=False)
+        docker("network", "rm", self.network, check=False)
+        if self.ssh_agent_pid:
+            try:
+                os.kill(self.ssh_agent_pid, 15)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ---- Projects and runs ----
+
+    def project(self, config: str) -> Path:
+        """A project directory the agent (uid 1000) can use, holding `config` as claude-bottle.toml."""
+        path = Path(tempfile.mkdtemp(prefix="cbtest-project-", dir=self.tmp))
+        (path / "claude-bottle.toml").write_text(config)
+        if os.geteuid() == 0:
+            os.chown(path, 1000, 1000)
+        else:
+            path.chmod(0o777)
+        return path
+
+    def config(self, **bottle) -> str:
+        """An `e2e` agent on the test image in an `e2e` bottle whose egress is our outside network."""
+        lines = ["[bottles.e2e]", f'egress_network = "{self.network}"']
+        bottle.setdefault("allow", ["web", "notrusted", "*.example.test", "git"])
+        bottle.setdefault("trusted", ["web", "git", "sub.example.test"])
+        for key, value in bottle.items():
+            if key != "ssh":
+                lines.append(f"{key} = {json.dumps(value)}")
+        for entry in bottle.get("ssh", [{"Host": "gitserver", "Hostname": "git", "User": "git"}]):
+            lines.append("[[bottles.e2e.ssh]]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in entry.items()]
+        lines += ["[agents.e2e]", 'bottle = "e2e"', f'image = "{self.debian}"', 'env = ["CBTEST_TOKEN"]']
+        return "\n".join(lines) + "\n"
+
+    def env(self, **extra) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDE_BOTTLE_")}
+        env.pop("SSH_AUTH_SOCK", None)
+        env["CLAUDE_BOTTLE_PIPELOCK_IMAGE"] = self.pipelock
+        env.update(extra)
+        return env
+
+    def start(self, project: Path, script: str, *args, agent="e2e", env=None, timeout=180):
+        argv = [sys.executable, str(CLI), "start", agent, "--yes", *args, "--", "sh", "-c", script]
+        return subprocess.run(argv, cwd=project, env=env or self.env(), capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def popen(self, project: Path, script: str, *args, agent="e2e", env=None) -> subprocess.Popen:
+        argv = [sys.executable, str(CLI), "start", agent, "--yes", *args, "--", "sh", "-c", script]
+        return subprocess.Popen(argv, cwd=project, env=env or self.env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# The sshd git server: our key authorised for `git`, a bare repository with one commit.
+GIT_SERVER = r"""
+set -e
+ssh-keygen -A >/dev/null
+useradd --create-home --shell /bin/bash git
+usermod -p '*' git
+install -d -o git -g git -m 0700 /home/git/.ssh
+echo "$PUBKEY" > /home/git/.ssh/authorized_keys
+chown git:git /home/git/.ssh/authorized_keys && chmod 0600 /home/git/.ssh/authorized_keys
+mkdir -p /srv/git /tmp/seed
+git init -q --bare -b main /srv/git/repo.git
+cd /tmp/seed && git init -q -b main && echo seed > README && git add README
+git -c user.name=seed -c user.email=seed@example.test commit -qm seed && git push -q /srv/git/repo.git main
+chown -R git:git /srv/git
+mkdir -p /run/sshd
+touch /tmp/ready
+exec /usr/sbin/sshd -D -e
+"""
+
+
+class E2ETest(unittest.TestCase):
+    """Gives each test the module's World and checks that no session is left behind."""
+
+    world: World = None
+
+    def tearDown(self):
+        left = leftovers()
+        self.assertEqual(left, [], "claude-bottle left containers or networks behind")
+
+    def assertNoLeftovers(self, session: str):
+        self.assertEqual(leftovers(session), [])
+        self.assertEqual(docker("network", "inspect", self.world.network, check=False).returncode, 0,
+                         "the user's egress_network must survive the session")
+
+
+def module_world() -> World:
+    return World(require_engine())
