@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Build the local Docker images that claude-bottle's end-to-end tests run.
+
+The machine has no container registry, so every image is made here from Debian's mirror:
+
+- ``claude-bottle-test/debian:<hash>``: a ``debootstrap --variant=minbase`` bookworm root with python3, git,
+  ssh, socat and curl, a user ``claude`` (1000:1000) and ``/workspace``; imported with ``docker import``. It is the
+  agent image and the "outside" hosts (HTTP servers, an sshd git server).
+- ``claude-bottle-test/pipelock:<hash>``: the pipelock stand-in (``standin/pipelock``) at ``/pipelock`` on top of
+  the debian image, laid out like the official image. Set ``CLAUDE_BOTTLE_E2E_PIPELOCK_IMAGE`` to test against
+  another pipelock image (e.g. the official one) instead.
+
+``<hash>`` is the first 12 hex digits of a sha256 over everything that made the image, so a tag that exists is
+up to date and its build is skipped.
+
+Usage: ``python3 tests/e2e/images.py [-q]`` prints ``name=tag`` lines; ``ensure_images()`` from Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+# ---- Inputs ----
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+VARIANT = "minbase"
+PACKAGES = (
+    "python3", "python3-yaml", "git", "openssh-client", "openssh-server", "socat", "curl", "ca-certificates",
+    "iproute2", "netcat-openbsd", "procps",
+)
+DEBIAN_REPO = "claude-bottle-test/debian"
+PIPELOCK_REPO = "claude-bottle-test/pipelock"
+PIPELOCK_IMAGE_ENV = "CLAUDE_BOTTLE_E2E_PIPELOCK_IMAGE"
+LABEL = "claude-bottle-test=1"
+STANDIN = Path(__file__).resolve().parent / "standin" / "pipelock"
+
+# Runs inside the fresh root (chroot). Host keys go because every test generates its own at run time: keys baked
+# into a shared image would be the same for every test host.
+SETUP_SCRIPT = """\
+set -eu
+groupadd --gid 1000 claude
+useradd --uid 1000 --gid 1000 --home-dir /home/claude --create-home --shell /bin/bash claude
+install -d -o 1000 -g 1000 -m 0755 /workspace
+rm -f /etc/ssh/ssh_host_*
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*
+"""
+
+# No LABEL: the parent's label is inherited, and each metadata step of the legacy builder costs ~4 s here.
+PIPELOCK_DOCKERFILE = """\
+FROM {parent}
+COPY pipelock /pipelock
+ENV PYTHONDONTWRITEBYTECODE=1
+ENTRYPOINT ["/pipelock"]
+CMD ["run", "--listen", "0.0.0.0:8888"]
+"""
+
+
+class ImageBuildError(RuntimeError):
+    """An image could not be built; the message says why and what to do."""
+
+
+# ---- Helpers ----
+
+_verbose = False
+_t0 = time.monotonic()
+
+
+def _progress(message: str) -> None:
+    if _verbose:
+        print(f"images: [{time.monotonic() - _t0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _digest(*parts: str | bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        # Length-prefixed so that moving bytes between two parts changes the hash.
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()[:12]
+
+
+def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    _progress("$ " + shlex.join(argv).replace("\n", " ")[:160])
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    except FileNotFoundError:
+        raise ImageBuildError(f"{argv[0]} not found on PATH") from None
+    if proc.returncode != 0:
+        raise ImageBuildError(f"{' '.join(argv)} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc
+
+
+def image_exists(tag: str) -> bool:
+    """True when the local engine has `tag`."""
+    try:
+        proc = subprocess.run(["docker", "image", "inspect", tag], capture_output=True)
+    except FileNotFoundError:
+        raise ImageBuildError("docker not found on PATH") from None
+    return proc.returncode == 0
+
+
+def debian_tag() -> str:
+    inputs = json.dumps({"suite": SUITE, "variant": VARIANT, "mirror": MIRROR, "packages": PACKAGES,
+                         "setup": SETUP_SCRIPT}, sort_keys=True)
+    return f"{DEBIAN_REPO}:{_digest(inputs)}"
+
+
+def pipelock_tag(parent: str) -> str:
+    return f"{PIPELOCK_REPO}:{_digest(STANDIN.read_bytes(), parent, PIPELOCK_DOCKERFILE)}"
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    # Two test runs starting together would otherwise both debootstrap the same image. Locking this very file
+    # leaves nothing behind.
+    with open(__file__, "rb") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _mounts_under(root: str) -> list[str]:
+    found = []
+    with open("/proc/self/mounts") as fh:
+        for line in fh:
+            point = line.split()[1].replace("\\040", " ")
+            if point == root or point.startswith(root + "/"):
+                found.append(point)
+    return sorted(found, reverse=True)
+
+
+def _remove_root(root: str) -> None:
+    # WARNING: a failed debootstrap can leave /proc or /dev binds mounted inside the root; deleting through them
+    # would reach the host's files, so unmount first and refuse to delete while anything is still mounted.
+    for point in _mounts_under(root):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    left = _mounts_under(root)
+    if left:
+        print(f"images: not removing {root}: still mounted: {', '.join(left)}", file=sys.stderr)
+        return
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# ---- Builds ----
+
+def build_debian(tag: str) -> None:
+    if os.geteuid() != 0:
+        raise ImageBuildError("building the debian test image needs root (debootstrap); run the e2e tests as root")
+    if shutil.which("debootstrap") is None:
+        raise ImageBuildError("debootstrap not found; install it with: apt-get install debootstrap")
+    root = tempfile.mkdtemp(prefix="claude-bottle-test-rootfs-")
+    try:
+        started = time.monotonic()
+        _run(["debootstrap", f"--variant={VARIANT}", "--include=" + ",".join(PACKAGES), SUITE, root, MIRROR])
+        _progress(f"debootstrap took {time.monotonic() - started:.1f}s")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
+        _run(["chroot", root, "/bin/sh", "-c", SETUP_SCRIPT], env=env)
+        started = time.monotonic()
+        # Device nodes stay out: Docker gives every container its own /dev.
+        tar = subprocess.Popen(["tar", "--numeric-owner", "--exclude=./dev/*", "--exclude=./proc/*",
+                                "--exclude=./sys/*", "-C", root, "-c", "."],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _run(["docker", "import", "--change", f"LABEL {LABEL}", "--change", 'CMD ["/bin/bash"]', "-", tag],
+                 stdin=tar.stdout)
+        finally:
+            tar.stdout.close()
+            tar_err = tar.stderr.read().decode(errors="replace")
+            tar.stderr.close()
+            if tar.wait() != 0:
+                raise ImageBuildError(f"tar of {root} failed: {tar_err.strip()}")
+        _progress(f"docker import took {time.monotonic() - started:.1f}s")
+    finally:
+        _remove_root(root)
+
+
+def build_pipelock(tag: str, parent: str) -> None:
+    context = tempfile.mkdtemp(prefix="claude-bottle-test-pipelock-")
+    try:
+        shutil.copyfile(STANDIN, os.path.join(context, "pipelock"))
+        os.chmod(os.path.join(context, "pipelock"), 0o755)
+        dockerfile = PIPELOCK_DOCKERFILE.format(parent=parent)
+        # The legacy builder: this engine has no buildx, and it uses the local parent image without pulling.
+        env = dict(os.environ, DOCKER_BUILDKIT="0")
+        started = time.monotonic()
+        _run(["docker", "build", "--quiet", "--tag", tag, "--file", "-", context], input=dockerfile, env=env)
+        _progress(f"docker build took {time.monotonic() - started:.1f}s")
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+
+
+def ensure_images(verbose: bool = False) -> dict[str, str]:
+    """Build whatever test image is missing; return {"debian": tag, "pipelock": tag}."""
+    global _verbose
+    _verbose = verbose
+    images = {}
+    with _build_lock():
+        debian = debian_tag()
+        if image_exists(debian):
+            _progress(f"{debian} exists, skipping")
+        else:
+            _progress(f"building {debian}")
+            build_debian(debian)
+        images["debian"] = debian
+        override = os.environ.get(PIPELOCK_IMAGE_ENV)
+        if override:
+            _progress(f"pipelock image from {PIPELOCK_IMAGE_ENV}: {override}")
+            images["pipelock"] = override
+            return images
+        pipelock = pipelock_tag(debian)
+        if image_exists(pipelock):
+            _progress(f"{pipelock} exists, skipping")
+        else:
+            _progress(f"building {pipelock}")
+            build_pipelock(pipelock, debian)
+        images["pipelock"] = pipelock
+    return images
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the local Docker images for the end-to-end tests.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    try:
+        images = ensure_images(verbose=not args.quiet)
+    except ImageBuildError as exc:
+        print(f"images: error: {exc}", file=sys.stderr)
+        return 1
+    for name, tag in images.items():
+        print(f"{name}={tag}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
