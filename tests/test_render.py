@@ -1,0 +1,555 @@
+"""Renderers against golden files, and the docker argv builders: the pure core, no docker.
+
+Golden files live in fixtures/golden/<config>.{pipelock.yaml,ssh_config,summary.txt}, rendered from
+fixtures/configs/<config>.toml with a fixed session suffix, owner, workspace and environment. To regenerate
+them after an intended change: `UPDATE_GOLDEN=1 python3 -m unittest tests.test_render`, then review the diff.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import claude_bottle as cb  # noqa: E402
+
+try:
+    import yaml
+except ImportError:  # CI may not have PyYAML; only the parse-back assertions need it.
+    yaml = None
+
+FIXTURES = ROOT / "fixtures"
+CONFIGS = FIXTURES / "configs"
+GOLDEN = FIXTURES / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+SUFFIX = "0a1b2c"
+OWNER = "host:1"
+WORKSPACE = "/work/project"
+PRIVATE_DIR = "/tmp/claude-bottle-private"
+SECRET = "sk-test-not-a-secret"
+# Which agent each golden config runs.
+GOLDEN_AGENTS = {"defaults": "reviewer", "two-hosts": "implementer", "ssh": "pusher"}
+# Constants that change for reasons unrelated to rendering (a Dockerfile edit, a release) are normalized.
+NORMALIZE = ((cb.AGENT_IMAGE, "claude-bottle/agent:<dockerfile-hash>"), (f"claude-bottle {cb.__version__}:",
+                                                                         "claude-bottle <version>:"))
+
+
+# ---- A guard: unit tests never reach the real docker ----
+
+_real_docker = None
+
+
+def setUpModule():
+    global _real_docker
+    _real_docker = cb.docker
+
+    def no_docker(*args, **kwargs):
+        raise AssertionError(f"a unit test reached docker: {args}")
+
+    cb.docker = no_docker
+
+
+def tearDownModule():
+    cb.docker = _real_docker
+
+
+def values_after(argv, flag) -> list:
+    """Every value that follows `flag` in argv (`--env A --env B` -> ["A", "B"])."""
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+def has_pair(argv, flag, value) -> bool:
+    return any(a == flag and b == value for a, b in zip(argv, argv[1:]))
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory(prefix="cb-render-")
+        self.addCleanup(tmp.cleanup)
+        self.root = Path(tmp.name).resolve()
+        self.home = self.root / "home"
+        self.home.mkdir()
+        self.project = self.root / "project"
+        (self.project / ".git" / "hooks").mkdir(parents=True)
+        (self.project / ".git" / "config").write_text("[core]\n")
+        self.environ = {"HOME": str(self.home), "ANTHROPIC_API_KEY": SECRET}
+
+    def plan_from(self, name: str, **kw) -> cb.Plan:
+        """The golden plan of fixtures/configs/<name>.toml, with machine-specific fields fixed."""
+        path = CONFIGS / f"{name}.toml"
+        shown = f"fixtures/configs/{name}.toml"
+        kw.setdefault("environ", self.environ)
+        plan = cb.resolve_plan(cb.load_config(path), GOLDEN_AGENTS.get(name), cwd=self.project, suffix=SUFFIX,
+                               tty=False, owner=OWNER, **kw)
+        return dataclasses.replace(plan, workspace=WORKSPACE, config_path=shown,
+                                   agent_source=plan.agent_source.replace(str(path), shown))
+
+    def plan_with(self, toml: str, agent=None, where=None, **kw) -> cb.Plan:
+        path = (where or self.root) / "claude-bottle.toml"
+        path.write_text(toml)
+        kw.setdefault("environ", self.environ)
+        return cb.resolve_plan(cb.load_config(path), agent, cwd=self.project, suffix=SUFFIX, owner=OWNER, **kw)
+
+
+# ---- Golden files ----
+
+class GoldenTest(Base):
+    def check_golden(self, filename: str, text: str) -> None:
+        for real, placeholder in NORMALIZE:
+            text = text.replace(real, placeholder)
+        path = GOLDEN / filename
+        if UPDATE:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return
+        self.assertTrue(path.is_file(), f"{path} is missing; run with UPDATE_GOLDEN=1 to create it")
+        self.assertEqual(text, path.read_text(encoding="utf-8"),
+                         f"{filename} differs from its golden file; if intended, regenerate with UPDATE_GOLDEN=1")
+
+    def test_golden_outputs(self):
+        for name in GOLDEN_AGENTS:
+            with self.subTest(config=name):
+                plan = self.plan_from(name)
+                self.check_golden(f"{name}.pipelock.yaml", cb.render_pipelock_yaml(plan))
+                self.check_golden(f"{name}.ssh_config", cb.render_ssh_config(plan))
+                self.check_golden(f"{name}.summary.txt", "\n".join(cb.render_summary(plan)) + "\n")
+
+    def test_every_golden_file_is_used(self):
+        expected = {f"{n}.{kind}" for n in GOLDEN_AGENTS for kind in ("pipelock.yaml", "ssh_config", "summary.txt")}
+        self.assertEqual({p.name for p in GOLDEN.iterdir()}, expected)
+
+    def test_broken_fixtures_are_config_errors(self):
+        cases = {
+            "broken-typo": ("[bottles.web]", "'alow'", "did you mean 'allow'?"),
+            "broken-type": ("[bottles.web] allow", "expected a list, got str"),
+            "broken-bottle": ("[agents.implementer] bottle", "'wbe'", "default, web"),
+            "broken-syntax": ("invalid TOML", "line 1"),
+            "broken-host": ("[bottles.web] allow", "'https://github.com/x'", "drop the scheme and path"),
+        }
+        for name, needles in cases.items():
+            with self.subTest(config=name):
+                path = CONFIGS / f"{name}.toml"
+                with self.assertRaises(cb.ConfigError) as cm:
+                    cb.load_config(path)
+                msg = str(cm.exception)
+                self.assertEqual(cm.exception.status, 2)
+                self.assertNotIn("\n", msg)
+                for needle in (str(path), *needles):
+                    self.assertIn(needle, msg)
+
+    @unittest.skipUnless(shutil.which("ssh"), "no ssh client here")
+    def test_ssh_reads_the_golden_config_as_intended(self):
+        """`ssh -G` (no network) resolves each alias to its host, user, port and the proxy command."""
+        plan = self.plan_from("ssh")
+        path = self.root / "ssh_config"
+        path.write_text(cb.render_ssh_config(plan))
+        proxy = f"socat - PROXY:{plan.sidecar}:%h:%p,proxyport=8888"
+        for s in plan.ssh:
+            with self.subTest(alias=s.alias):
+                out = subprocess.run(["ssh", "-G", "-F", str(path), s.alias], capture_output=True, text=True,
+                                     stdin=subprocess.DEVNULL, env={"HOME": str(self.home), "PATH": os.defpath},
+                                     timeout=10)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                got = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+                self.assertEqual(got["hostname"], s.hostname)
+                self.assertEqual(got["port"], str(s.port))
+                self.assertEqual(got["proxycommand"], proxy)
+                self.assertEqual(got["stricthostkeychecking"], "accept-new")
+                if s.user:
+                    self.assertEqual(got["user"], s.user)
+
+
+# ---- The egress line and summary ----
+
+class SummaryTest(Base):
+    def test_egress_line_defaults(self):
+        plan = self.plan_from("defaults")
+        self.assertEqual(cb.egress_line(plan.hosts),
+                         "7 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +4 more)")
+
+    def test_egress_line_two_hosts(self):
+        plan = self.plan_from("two-hosts")
+        self.assertEqual(cb.egress_line(plan.hosts),
+                         "9 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +6 more)")
+
+    def test_egress_line_small(self):
+        self.assertEqual(cb.egress_line(("a.example",)), "1 host allowed (a.example)")
+        self.assertEqual(cb.egress_line(("a.example", "b.example", "c.example")),
+                         "3 hosts allowed (a.example, b.example, c.example)")
+        self.assertEqual(cb.egress_line(("a.example", "b.example", "c.example", "d.example")),
+                         "4 hosts allowed (a.example, b.example, c.example, +1 more)")
+        self.assertEqual(cb.egress_line(["a.example", "b.example"]), "2 hosts allowed (a.example, b.example)")
+
+    def test_ssh_line(self):
+        self.assertEqual(cb.ssh_line(()), "none")
+        self.assertEqual(cb.ssh_line(self.plan_from("ssh").ssh),
+                         "github -> github.com:22, corp -> git.corp.example:2222")
+
+    def test_summary_lines_are_single_lines(self):
+        for name in GOLDEN_AGENTS:
+            with self.subTest(config=name):
+                for line in cb.render_summary(self.plan_from(name)):
+                    self.assertNotIn("\n", line)
+                    self.assertTrue(line.isprintable(), repr(line))
+
+    def test_summary_names_env_but_not_values(self):
+        text = "\n".join(cb.render_summary(self.plan_from("two-hosts")))
+        self.assertIn("env:        ANTHROPIC_API_KEY (not set here, so not passed: NPM_TOKEN)", text)
+        self.assertNotIn(SECRET, text)
+
+    def test_summary_mentions_what_matters(self):
+        environ = {**self.environ, "SSH_AUTH_SOCK": "/run/agent.sock"}
+        lines = cb.render_summary(self.plan_from("ssh", environ=environ))
+        text = "\n".join(lines)
+        self.assertIn("(host ssh-agent forwarded)", text)
+        self.assertNotIn("/run/agent.sock", text)
+        self.assertIn("trusted:    git.corp.example (may resolve to private addresses)", text)
+        self.assertIn(f"workspace:  {WORKSPACE} -> /workspace (read-write; .git/hooks and .git/config read-only)",
+                      text)
+
+    def test_summary_with_egress_network(self):
+        plan = self.plan_with('[bottles.b]\negress_network = "corp-egress"\n[agents.a]\nbottle = "b"\n', "a")
+        line = cb.render_summary(plan)[-1]
+        self.assertEqual(line, f"  networks:   {plan.internal_network} (internal); egress via existing network "
+                               f"corp-egress")
+
+
+# ---- pipelock YAML ----
+
+PIPELOCK_KEYS = {"version", "mode", "api_allowlist", "fetch_proxy", "forward_proxy"}
+
+
+def tiny_yaml_keys(text: str) -> dict:
+    """Without PyYAML: top-level keys and the keys of each nested mapping, by indentation (this renderer only)."""
+    tree, path = {}, []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#") or line.lstrip().startswith("- "):
+            continue
+        indent = (len(line) - len(line.lstrip())) // 2
+        key = line.strip().split(":", 1)[0]
+        path = path[:indent] + [key]
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+    return tree
+
+
+class PipelockYamlTest(Base):
+    def test_strict_forward_proxy_and_limits(self):
+        text = cb.render_pipelock_yaml(self.plan_from("defaults"))
+        lines = text.splitlines()
+        self.assertTrue(lines[0].startswith("# pipelock config for claude-bottle session reviewer-0a1b2c"))
+        for line in ("version: 1", "mode: strict", "api_allowlist:", "fetch_proxy:", '  listen: "0.0.0.0:8888"',
+                     "  monitoring:", f"    max_requests_per_minute: {cb.MAX_REQUESTS_PER_MINUTE}",
+                     "forward_proxy:", "  enabled: true", f"  max_tunnel_seconds: {cb.MAX_TUNNEL_SECONDS}",
+                     f"  idle_timeout_seconds: {cb.IDLE_TIMEOUT_SECONDS}"):
+            self.assertIn(line, lines)
+        self.assertNotIn("trusted_domains:", text)
+        self.assertTrue(text.endswith("\n"))
+        self.assertEqual(text.count("---"), 0)  # a second YAML document is a hard error in pipelock
+
+    def test_bottle_lifetimes(self):
+        text = cb.render_pipelock_yaml(self.plan_from("ssh"))
+        self.assertIn("  max_tunnel_seconds: 28800\n", text)
+        self.assertIn("  idle_timeout_seconds: 900\n", text)
+
+    def test_key_set(self):
+        for name in GOLDEN_AGENTS:
+            with self.subTest(config=name):
+                plan = self.plan_from(name)
+                tree = tiny_yaml_keys(cb.render_pipelock_yaml(plan))
+                expected = PIPELOCK_KEYS | ({"trusted_domains"} if plan.trusted else set())
+                self.assertEqual(set(tree), expected)
+                self.assertEqual(set(tree["fetch_proxy"]), {"listen", "monitoring"})
+                self.assertEqual(set(tree["fetch_proxy"]["monitoring"]), {"max_requests_per_minute"})
+                self.assertEqual(set(tree["forward_proxy"]), {"enabled", "max_tunnel_seconds", "idle_timeout_seconds"})
+
+    @unittest.skipIf(yaml is None, "PyYAML is not installed; the line-based key check above still runs")
+    def test_parses_back_to_exactly_the_plan(self):
+        for name in GOLDEN_AGENTS:
+            with self.subTest(config=name):
+                plan = self.plan_from(name)
+                docs = list(yaml.safe_load_all(cb.render_pipelock_yaml(plan)))
+                self.assertEqual(len(docs), 1)
+                expected = {
+                    "version": 1,
+                    "mode": "strict",
+                    "api_allowlist": list(plan.hosts),
+                    "fetch_proxy": {"listen": "0.0.0.0:8888",
+                                    "monitoring": {"max_requests_per_minute": cb.MAX_REQUESTS_PER_MINUTE}},
+                    "forward_proxy": {"enabled": True, "max_tunnel_seconds": plan.max_tunnel_seconds,
+                                      "idle_timeout_seconds": plan.idle_timeout_seconds},
+                }
+                if plan.trusted:
+                    expected["trusted_domains"] = list(plan.trusted)
+                self.assertEqual(docs[0], expected)
+
+
+# ---- SSH config ----
+
+class SshConfigTest(Base):
+    def test_one_block_per_entry(self):
+        plan = self.plan_from("ssh")
+        text = cb.render_ssh_config(plan)
+        blocks = text.split("\n\n")
+        self.assertTrue(blocks[0].startswith("# SSH config for claude-bottle session pusher-0a1b2c"))
+        self.assertEqual(len(blocks), 1 + len(plan.ssh))
+        proxy = "  ProxyCommand socat - PROXY:claude-bottle-pusher-0a1b2c-pipelock:%h:%p,proxyport=8888"
+        self.assertEqual(blocks[1].splitlines(), [
+            "Host github", "  HostName github.com", "  Port 22", proxy, "  StrictHostKeyChecking accept-new"])
+        self.assertEqual(blocks[2].rstrip("\n").splitlines(), [
+            "Host corp", "  HostName git.corp.example", "  User gitlab", "  Port 2222", proxy,
+            "  StrictHostKeyChecking accept-new"])
+
+    def test_no_ssh_hosts(self):
+        text = cb.render_ssh_config(self.plan_from("defaults"))
+        self.assertEqual(text.count("\n"), 1)
+        self.assertNotIn("Host ", text)
+
+    def test_ssh_hostnames_are_allowed(self):
+        plan = self.plan_from("ssh")
+        for s in plan.ssh:
+            self.assertIn(s.hostname, plan.hosts)
+
+
+# ---- Secrets never leave by value ----
+
+class SecretTest(Base):
+    def test_env_values_appear_nowhere(self):
+        sentinel = "sentinel-VALUE-9f8e7d"
+        environ = {**self.environ, "ANTHROPIC_API_KEY": sentinel, "NPM_TOKEN": sentinel + "-npm",
+                   "SSH_AUTH_SOCK": "/run/agent.sock"}
+        for name in GOLDEN_AGENTS:
+            with self.subTest(config=name):
+                plan = self.plan_from(name, environ=environ)
+                self.assertIn("ANTHROPIC_API_KEY", plan.env)
+                outputs = [cb.render_pipelock_yaml(plan), cb.render_ssh_config(plan),
+                           "\n".join(cb.render_summary(plan)), json.dumps(cb.plan_json(plan, PRIVATE_DIR)),
+                           cb.ssh_tar(plan).decode("latin-1")]
+                outputs += [json.dumps(argv) for argv, _ in cb.planned_commands(plan, PRIVATE_DIR)]
+                for out in outputs:
+                    self.assertNotIn(sentinel, out)
+
+
+# ---- docker argv ----
+
+class ArgvTest(Base):
+    def test_agent_create_argv(self):
+        plan = self.plan_from("two-hosts", environ={**self.environ, "NPM_TOKEN": "x"})
+        argv = cb.agent_create_argv(plan, PRIVATE_DIR)
+        self.assertEqual(argv[:3], ["create", "--name", plan.agent_container])
+        self.assertEqual(values_after(argv, "--network"), [plan.internal_network])
+        self.assertTrue(has_pair(argv, "--dns", "127.0.0.1"))
+        self.assertEqual(values_after(argv, "--dns"), ["127.0.0.1"])
+        self.assertTrue(has_pair(argv, "--user", "1000:1000"))
+        self.assertTrue(has_pair(argv, "--cap-drop", "ALL"))
+        self.assertTrue(has_pair(argv, "--security-opt", "no-new-privileges"))
+        self.assertTrue(has_pair(argv, "--workdir", "/workspace"))
+        self.assertNotIn("--privileged", argv)
+        self.assertNotIn("--tty", argv)
+        envs = values_after(argv, "--env")
+        # Passed-through names carry no value; docker reads it from its own environment.
+        self.assertIn("ANTHROPIC_API_KEY", envs)
+        self.assertIn("NPM_TOKEN", envs)
+        for name in plan.env:
+            self.assertFalse(any(e.startswith(f"{name}=") for e in envs), name)
+        proxy = dict(e.split("=", 1) for e in envs if "=" in e)
+        for key in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+            self.assertEqual(proxy[key], plan.proxy_url)
+        self.assertEqual(proxy["CLAUDE_BOTTLE_SESSION"], plan.session)
+        mounts = values_after(argv, "--mount")
+        self.assertEqual(mounts[0], f"type=bind,source={WORKSPACE},target=/workspace")
+        self.assertIn(f"type=bind,source={WORKSPACE}/.git/hooks,target=/workspace/.git/hooks,readonly", mounts)
+        self.assertIn(f"type=bind,source={WORKSPACE}/.git/config,target=/workspace/.git/config,readonly", mounts)
+        self.assertEqual(plan.image, cb.AGENT_IMAGE)
+        # The command waits behind the self-test's gate; the image's own ENTRYPOINT is never used.
+        self.assertTrue(plan.self_test)
+        self.assertEqual(argv[-9:], ["--entrypoint", "/bin/sh", plan.image, "-c", cb.GATE, "claude-bottle-gate",
+                                     "claude", "-p", "run the tests"])
+
+    def test_agent_command_without_self_test(self):
+        plan = dataclasses.replace(self.plan_from("two-hosts"), self_test=False)
+        argv = cb.agent_create_argv(plan, PRIVATE_DIR)
+        self.assertEqual(argv[-5:], ["--entrypoint", "claude", plan.image, "-p", "run the tests"])
+
+    def test_agent_tty_and_ssh_agent(self):
+        environ = {**self.environ, "SSH_AUTH_SOCK": "/run/agent.sock"}
+        plan = dataclasses.replace(self.plan_from("ssh", environ=environ), tty=True)
+        argv = cb.agent_create_argv(plan, PRIVATE_DIR)
+        self.assertIn("--tty", argv)
+        self.assertIn(f"type=bind,source={PRIVATE_DIR}/ssh-agent.sock,target={cb.AGENT_SSH_AUTH_SOCK}",
+                      values_after(argv, "--mount"))
+        self.assertIn(f"SSH_AUTH_SOCK={cb.AGENT_SSH_AUTH_SOCK}", values_after(argv, "--env"))
+        self.assertNotIn("/run/agent.sock", " ".join(argv))
+
+    # Fixed bug: claude-bottle.toml usually sits at the repository root, inside the workspace the agent mounts
+    # read-write: the agent can rewrite its own bottle for the next session (more hosts, another image, a
+    # `workspace` such as ~/.ssh), and a start with --yes never shows it. Mount the config read-only, as
+    # .git/config is.
+    def test_config_inside_the_workspace_is_read_only(self):
+        plan = self.plan_with("[agents.a]\n", "a", where=self.project)
+        self.assertEqual(plan.workspace, str(self.project))
+        mounts = values_after(cb.agent_create_argv(plan, PRIVATE_DIR), "--mount")
+        self.assertIn(f"type=bind,source={self.project}/claude-bottle.toml,target=/workspace/claude-bottle.toml,"
+                      f"readonly", mounts)
+
+    def test_sidecar_run_argv(self):
+        plan = self.plan_from("ssh")
+        argv = cb.sidecar_run_argv(plan, PRIVATE_DIR)
+        self.assertEqual(argv[:4], ["run", "--detach", "--name", plan.sidecar])
+        joined = " ".join(argv)
+        self.assertIn("--user 65534:65534 --read-only --cap-drop ALL", joined)
+        self.assertTrue(has_pair(argv, "--security-opt", "no-new-privileges"))
+        self.assertEqual(values_after(argv, "--network"), [plan.egress])
+        self.assertEqual(values_after(argv, "--mount"),
+                         [f"type=bind,source={PRIVATE_DIR}/pipelock,target=/etc/pipelock,readonly"])
+        # Never the agent's secrets, nor any environment at all.
+        self.assertNotIn("--env", argv)
+        self.assertNotIn("-e", argv)
+        i = argv.index(plan.pipelock_image)
+        self.assertEqual(argv[i + 1:], ["run", "--config", "/etc/pipelock/pipelock.yaml", "--listen", "0.0.0.0:8888"])
+
+    def test_labels(self):
+        plan = self.plan_from("defaults")
+        for argv, role in ((cb.sidecar_run_argv(plan, PRIVATE_DIR), "pipelock"),
+                           (cb.agent_create_argv(plan, PRIVATE_DIR), "agent"),
+                           (cb.network_create_argv(plan, plan.internal_network, True), "internal")):
+            labels = values_after(argv, "--label")
+            self.assertEqual(labels, [f"claude-bottle.session={plan.session}", f"claude-bottle.role={role}",
+                                      "claude-bottle.agent=reviewer", "claude-bottle.bottle=default",
+                                      f"claude-bottle.owner={OWNER}"])
+
+    def test_small_argv_builders(self):
+        plan = self.plan_from("defaults")
+        self.assertEqual(cb.network_create_argv(plan, "n", True)[-1], "n")
+        self.assertIn("--internal", cb.network_create_argv(plan, "n", True))
+        self.assertNotIn("--internal", cb.network_create_argv(plan, "n", False))
+        self.assertEqual(cb.network_connect_argv(plan), ["network", "connect", plan.internal_network, plan.sidecar])
+        self.assertEqual(cb.health_argv(plan), ["exec", plan.sidecar, "/pipelock", "healthcheck"])
+        self.assertEqual(cb.start_argv(plan), ["start", "--attach", "--interactive", plan.agent_container])
+        self.assertEqual(cb.ssh_copy_argv(plan), ["cp", "-", f"{plan.agent_container}:/"])
+        self.assertEqual(cb.rm_containers_argv(["a", "b"]), ["rm", "--force", "a", "b"])
+        self.assertEqual(cb.rm_networks_argv(["a", "b"]), ["network", "rm", "a", "b"])
+
+    def test_mount_arg_quoting(self):
+        cases = [
+            ("/plain/path", "type=bind,source=/plain/path,target=/t"),
+            ("/a,b", 'type=bind,"source=/a,b",target=/t'),
+            ('/a"b', 'type=bind,"source=/a""b",target=/t'),
+            ('/a,"b",c', 'type=bind,"source=/a,""b"",c",target=/t'),
+            ("/a=b c", "type=bind,source=/a=b c,target=/t"),
+        ]
+        for source, expected in cases:
+            with self.subTest(source=source):
+                value = cb.mount_arg(source, "/t")
+                self.assertEqual(value, expected)
+                # docker reads the value with Go's encoding/csv; Python's csv agrees on these.
+                self.assertEqual(next(csv.reader([value])), ["type=bind", f"source={source}", "target=/t"])
+        self.assertEqual(next(csv.reader([cb.mount_arg("/a,b", "/t", readonly=True)]))[-1], "readonly")
+
+    def test_ssh_tar(self):
+        plan = self.plan_from("ssh")
+        with tarfile.open(fileobj=io.BytesIO(cb.ssh_tar(plan))) as tar:
+            members = tar.getmembers()
+            self.assertEqual([m.name for m in members], ["home/claude/.ssh", "home/claude/.ssh/config"])
+            ssh_dir, config = members
+            self.assertTrue(ssh_dir.isdir())
+            self.assertEqual((ssh_dir.mode, ssh_dir.uid, ssh_dir.gid), (0o700, 1000, 1000))
+            self.assertTrue(config.isfile())
+            self.assertEqual((config.mode, config.uid, config.gid), (0o600, 1000, 1000))
+            self.assertEqual(tar.extractfile(config).read().decode(), cb.render_ssh_config(plan))
+
+
+# ---- The ordered command list ----
+
+def kind(argv) -> str:
+    """A short name for a docker command: the subcommand(s) before the first option."""
+    words = []
+    for a in argv:
+        if a.startswith("-") or len(words) == 2:
+            break
+        words.append(a)
+    if words[0] not in ("network", "image"):
+        words = words[:1]
+    return " ".join(words)
+
+
+class PlannedCommandsTest(Base):
+    def kinds(self, plan) -> list:
+        return [kind(argv) for argv, _ in cb.planned_commands(plan, PRIVATE_DIR)]
+
+    def test_order_built_in_image(self):
+        plan = self.plan_from("defaults")
+        cmds = cb.planned_commands(plan, PRIVATE_DIR)
+        self.assertEqual([kind(a) for a, _ in cmds], [
+            "image inspect", "build",
+            "network create", "network create", "run", "network connect", "create",
+            "start", "exec", "inspect", "exec",  # health, addresses, self-test (opens the gate)
+            "logs", "rm", "network rm"])
+        self.assertEqual(cmds[2][0][-1], plan.internal_network)
+        self.assertIn("--internal", cmds[2][0])
+        self.assertEqual(cmds[3][0][-1], plan.egress)
+        self.assertNotIn("--internal", cmds[3][0])
+        self.assertEqual(cmds[8][0], cb.health_argv(plan))
+        self.assertIn("repeated", cmds[8][1])
+        self.assertEqual(cmds[10][0][:4], ["exec", plan.agent_container, "sh", "-c"])
+        self.assertEqual(cmds[-2][0], ["rm", "--force", plan.agent_container, plan.sidecar])
+        # Networks go in reverse: the egress bridge, then the internal one.
+        self.assertEqual(cmds[-1][0], ["network", "rm", plan.egress, plan.internal_network])
+
+    def test_order_with_image_and_ssh(self):
+        plan = self.plan_from("ssh")
+        self.assertEqual(self.kinds(plan), [
+            "network create", "network create", "run", "network connect", "create", "cp",
+            "start", "exec", "inspect", "exec", "logs", "rm", "network rm"])
+
+    def test_order_without_self_test(self):
+        plan = dataclasses.replace(self.plan_from("ssh"), self_test=False)
+        self.assertEqual(self.kinds(plan), [
+            "network create", "network create", "run", "network connect", "create", "cp",
+            "exec", "start", "logs", "rm", "network rm"])
+
+    def test_egress_network_is_inspected_not_created_or_removed(self):
+        plan = self.plan_with('[bottles.b]\negress_network = "corp-egress"\n[agents.a]\nbottle = "b"\n'
+                              'image = "registry.example/a:1"\n', "a")
+        cmds = cb.planned_commands(plan, PRIVATE_DIR)
+        self.assertEqual([kind(a) for a, _ in cmds], [
+            "network inspect", "network create", "run", "network connect", "create",
+            "start", "exec", "inspect", "exec", "logs", "rm", "network rm"])
+        self.assertEqual(cmds[0][0][-1], "corp-egress")
+        self.assertEqual(cmds[1][0][:3], ["network", "create", "--internal"])
+        self.assertEqual(cmds[1][0][-1], plan.internal_network)
+        self.assertEqual(cmds[-1][0], ["network", "rm", plan.internal_network])
+        creates = [a for a, _ in cmds if a[:2] == ["network", "create"]]
+        self.assertEqual(len(creates), 1)
+        self.assertEqual(values_after(cb.sidecar_run_argv(plan, PRIVATE_DIR), "--network"), ["corp-egress"])
+        self.assertNotIn("corp-egress", " ".join(" ".join(a) for a, _ in cmds[1:]
+                                                 if kind(a) in ("network create", "network rm")))
+
+    def test_plan_json(self):
+        plan = self.plan_from("ssh")
+        data = json.loads(json.dumps(cb.plan_json(plan, PRIVATE_DIR)))
+        self.assertEqual(data["egress_line"], cb.egress_line(plan.hosts))
+        self.assertEqual(data["files"]["pipelock/pipelock.yaml"], cb.render_pipelock_yaml(plan))
+        self.assertEqual(data["files"]["ssh_config"], cb.render_ssh_config(plan))
+        self.assertEqual(data["containers"], {"agent": plan.agent_container, "pipelock": plan.sidecar})
+        self.assertEqual(data["networks"]["created"], [n for n, _ in plan.created_networks])
+        self.assertEqual([c["argv"] for c in data["docker_commands"]],
+                         [["docker", *a] for a, _ in cb.planned_commands(plan, PRIVATE_DIR)])
+        self.assertEqual(data["hosts"], list(plan.hosts))
+
+
+if __name__ == "__main__":
+    unittest.main()
