@@ -124,6 +124,10 @@ class ConfigError(BottleError):
     status = 2
 
 
+class DockerUnavailable(BottleError):
+    """No docker CLI, or no daemon answering it."""
+
+
 class DockerError(BottleError):
     """A docker command failed."""
 
@@ -163,12 +167,18 @@ _SSH_KEYWORDS = frozenset(k.lower() for k in (
 RESERVED_ENV = frozenset((
     "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY",
     "all_proxy", "NODE_USE_ENV_PROXY", "CLAUDE_CODE_PROXY_RESOLVES_HOSTS", "SSH_AUTH_SOCK", "HOME",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_AUTOUPDATER", "DISABLE_UPDATES", "CLAUDE_BOTTLE_SESSION",
 ))
 
 
 def _printable(value: str) -> str:
     """The value as a safe, single-line Python literal for an error message."""
     return repr(value)[:80]
+
+
+def _visible(text: str) -> str:
+    """`text` with unprintable characters (newlines, terminal escapes, bidi overrides) escaped: one honest line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def check_host(value, field: str, *, wildcard: bool) -> str:
@@ -361,6 +371,9 @@ def _parse_bottle(name: str, table, origin: str) -> Bottle:
     egress = table.get("egress_network")
     if egress is not None and (not isinstance(egress, str) or not _DOCKER_NAME_RE.fullmatch(egress)):
         raise ConfigError(f"{where} egress_network: {_printable(egress)} is not a docker network name")
+    if egress in ("host", "none"):
+        raise ConfigError(f"{where} egress_network: {egress!r} is one of docker's special networks; name a bridge "
+                          f"network, or remove egress_network to get one per session")
     return Bottle(
         name=name, allow=allow, trusted=trusted, ssh=tuple(ssh), egress_network=egress,
         max_tunnel_seconds=check_int(table.get("max_tunnel_seconds", MAX_TUNNEL_SECONDS),
@@ -386,7 +399,8 @@ def _parse_agent(name: str, table, origin: str, bottles: dict) -> AgentSpec:
             raise ConfigError(f"{where} command: expected a non-empty list of strings like [\"claude\", \"-p\"]")
         command = tuple(command)
     workspace = table.get("workspace")
-    if workspace is not None and (not isinstance(workspace, str) or not workspace or "\n" in workspace):
+    if workspace is not None and (not isinstance(workspace, str) or not workspace or "\n" in workspace
+                                  or "\0" in workspace):
         raise ConfigError(f"{where} workspace: expected a directory path")
     return AgentSpec(
         name=name,
@@ -434,21 +448,32 @@ def find_project(cwd: Path) -> Path:
     return cwd
 
 
+def _owned(path: Path) -> Path:
+    """A config decides what the agent may reach: refuse one that another user could have planted."""
+    uid = path.stat().st_uid
+    if hasattr(os, "geteuid") and uid not in (os.geteuid(), 0):
+        raise ConfigError(f"{path}: owned by uid {uid}, not by you; claude-bottle will not use a config another "
+                          f"user controls (chown it, or pass --config to use it anyway)")
+    return path
+
+
 def find_config(cwd: Path, explicit: str | None, environ) -> Path | None:
     """`--config`, else claude-bottle.toml from `cwd` up to the repository root, else the user's."""
-    if explicit:
+    if explicit is not None:
         p = Path(explicit)
-        if not p.is_file():
-            raise ConfigError(f"--config: no such file: {explicit}")
+        if not explicit or not p.is_file():
+            raise ConfigError(f"--config: no such file: {explicit!r}")
         return p
+    # Outside a repository only cwd itself: a parent such as /tmp may hold anyone's file.
+    project = find_project(cwd)
     for d in (cwd, *cwd.parents):
         if (d / CONFIG_NAME).is_file():
-            return d / CONFIG_NAME
-        if (d / ".git").exists():
+            return _owned(d / CONFIG_NAME)
+        if d == project:
             break
     base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME", "~"), ".config")
     user = Path(base).expanduser() / "claude-bottle" / "config.toml"
-    return user if user.is_file() else None
+    return _owned(user) if user.is_file() else None
 
 
 # ---- The plan: plain data, resolved before anything is created ----
@@ -463,7 +488,8 @@ class Plan:
     build_image: bool
     pipelock_image: str
     workspace: str
-    git_protect: tuple
+    git_dir: bool
+    read_only: tuple
     env: tuple
     env_unset: tuple
     hosts: tuple
@@ -474,6 +500,7 @@ class Plan:
     egress_network: str | None
     command: tuple
     tty: bool
+    self_test: bool
     max_tunnel_seconds: int
     idle_timeout_seconds: int
     config_path: str | None
@@ -532,8 +559,10 @@ def resolve_agent(config: Config, name: str | None, project: Path) -> AgentSpec:
         spec = config.agents[name]
     elif agent_file.is_file():
         spec = AgentSpec(name, source=f".claude/agents/{name}.md")
+    elif name == DEFAULT_AGENT:
+        spec = AgentSpec(DEFAULT_AGENT)
     else:
-        known = ", ".join(known_agents(config, project)) or "none"
+        known = ", ".join(sorted({DEFAULT_AGENT, *known_agents(config, project)}))
         raise ConfigError(f"agent: no agent named {name!r} (known agents: {known}); define [agents.{name}] "
                           f"in {CONFIG_NAME} or add .claude/agents/{name}.md")
     if spec.command is None:
@@ -564,7 +593,7 @@ def _trust_covered(trusted: str, hosts) -> bool:
 
 def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, suffix: str,
                  tty: bool = False, command=None, workspace: str | None = None,
-                 extra_allow=(), owner: str = "") -> Plan:
+                 extra_allow=(), owner: str = "", self_test: bool = True) -> Plan:
     """Resolve agent -> bottle -> image, hosts, SSH hosts, mounts and env names. Reads no docker state."""
     project = find_project(cwd)
     spec = resolve_agent(config, agent_name, project)
@@ -572,7 +601,12 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
     if workspace is not None:
         ws = resolve_workspace(workspace, cwd, environ)
     elif spec.workspace is not None:
-        ws = resolve_workspace(spec.workspace, Path(config.path).parent if config.path else cwd, environ)
+        base = Path(config.path).parent.resolve() if config.path else cwd
+        ws = resolve_workspace(spec.workspace, base, environ)
+        # A config travels with a repository: it may choose a directory of its own, nothing else.
+        if not ws.is_relative_to(base):
+            raise ConfigError(f"{config.path}: [agents.{spec.name}] workspace: {ws} is outside {base}; "
+                              f"name a directory inside it, or pass --workspace")
     else:
         ws = resolve_workspace(str(project), cwd, environ)
     extra = tuple(check_host(h, "--allow", wildcard=True) for h in extra_allow)
@@ -583,9 +617,13 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
                               f"bottle; add it to allow as well")
     image_override = environ.get(PIPELOCK_IMAGE_ENV)
     pipelock_image = check_image(image_override, PIPELOCK_IMAGE_ENV) if image_override else PIPELOCK_IMAGE
-    git_protect = ()
-    if (ws / ".git").is_dir():
-        git_protect = (".git/hooks",) + ((".git/config",) if (ws / ".git" / "config").is_file() else ())
+    # Read-only inside the read-write workspace: what would run on the host later, or change the bottle.
+    git_dir = (ws / ".git").is_dir()
+    read_only = ()
+    if git_dir:
+        read_only = (".git/hooks",) + ((".git/config",) if (ws / ".git" / "config").is_file() else ())
+    if config.path and Path(config.path).resolve().is_relative_to(ws):
+        read_only += (str(Path(config.path).resolve().relative_to(ws)),)
     return Plan(
         session=session_id(spec.name, suffix),
         agent=spec.name,
@@ -595,7 +633,8 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         build_image=spec.image is None,
         pipelock_image=pipelock_image,
         workspace=str(ws),
-        git_protect=git_protect,
+        git_dir=git_dir,
+        read_only=read_only,
         env=tuple(n for n in spec.env if n in environ),
         env_unset=tuple(n for n in spec.env if n not in environ),
         hosts=hosts,
@@ -606,6 +645,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         egress_network=bottle.egress_network,
         command=tuple(command) if command else spec.command,
         tty=tty,
+        self_test=self_test,
         max_tunnel_seconds=bottle.max_tunnel_seconds,
         idle_timeout_seconds=bottle.idle_timeout_seconds,
         config_path=config.path,
@@ -670,7 +710,8 @@ def render_summary(plan: Plan) -> list:
     env = ", ".join(plan.env) or "none"
     if plan.env_unset:
         env += f" (not set here, so not passed: {', '.join(plan.env_unset)})"
-    git = f"; {' and '.join(plan.git_protect)} read-only" if plan.git_protect else ""
+    ro = plan.read_only
+    git = f"; {', '.join(ro[:-1])}{' and ' if len(ro) > 1 else ''}{ro[-1]} read-only" if ro else ""
     image = plan.image + (" (built-in; built if missing)" if plan.build_image else "")
     nets = [f"{name} ({'internal' if internal else 'egress bridge'})" for name, internal in plan.created_networks]
     egress_note = f"; egress via existing network {plan.egress_network}" if plan.egress_network else ""
@@ -679,8 +720,8 @@ def render_summary(plan: Plan) -> list:
         f"  agent:      {plan.agent} ({plan.agent_source})",
         f"  bottle:     {plan.bottle}" + (f" ({plan.config_path})" if plan.config_path else " (built-in)"),
         f"  image:      {image}",
-        f"  command:    {shlex.join(plan.command)}",
-        f"  workspace:  {plan.workspace} -> {AGENT_WORKDIR} (read-write{git})",
+        f"  command:    {_visible(shlex.join(plan.command))}",
+        f"  workspace:  {_visible(plan.workspace)} -> {AGENT_WORKDIR} (read-write{git})",
         f"  env:        {env}",
         f"  egress:     {egress_line(plan.hosts)}",
         f"  trusted:    {', '.join(plan.trusted) or 'none'} (may resolve to private addresses)",
@@ -732,8 +773,12 @@ def network_inspect_argv(name: str) -> list:
 
 
 def network_create_argv(plan: Plan, name: str, internal: bool) -> list:
-    role = "internal" if internal else "egress"
-    return ["network", "create", *(["--internal"] if internal else []), *_labels(plan, role), name]
+    if not internal:
+        return ["network", "create", *_labels(plan, "egress"), name]
+    # WARNING: an internal network still puts its gateway address on a host bridge, and the agent can
+    # reach every host service listening on 0.0.0.0 through it. No address on the bridge, no host.
+    return ["network", "create", "--internal", "--opt", "com.docker.network.bridge.inhibit_ipv4=true",
+            *_labels(plan, "internal"), name]
 
 
 def sidecar_run_argv(plan: Plan, private_dir: str) -> list:
@@ -770,7 +815,10 @@ def agent_create_argv(plan: Plan, private_dir: str) -> list:
         "--workdir", AGENT_WORKDIR,
         "--mount", mount_arg(plan.workspace, AGENT_WORKDIR),
     ]
-    for rel in plan.git_protect:
+    if plan.git_dir:
+        # .git as a mount point of its own: the agent cannot rename it away and plant a new one.
+        argv += ["--mount", mount_arg(os.path.join(plan.workspace, ".git"), f"{AGENT_WORKDIR}/.git")]
+    for rel in plan.read_only:
         argv += ["--mount", mount_arg(os.path.join(plan.workspace, rel), f"{AGENT_WORKDIR}/{rel}", readonly=True)]
     if plan.ssh_agent:
         argv += ["--mount", mount_arg(os.path.join(private_dir, "ssh-agent.sock"), AGENT_SSH_AUTH_SOCK),
@@ -780,7 +828,70 @@ def agent_create_argv(plan: Plan, private_dir: str) -> list:
     # By name only: docker reads the value from its own environment, so it never shows in argv.
     for name in plan.env:
         argv += ["--env", name]
-    return [*argv, plan.image, *plan.command]
+    # The bottle runs its command itself; an image's ENTRYPOINT is never used.
+    if plan.self_test:
+        return [*argv, "--entrypoint", "/bin/sh", plan.image, "-c", GATE, "claude-bottle-gate", *plan.command]
+    return [*argv, "--entrypoint", plan.command[0], plan.image, *plan.command[1:]]
+
+
+# The agent's command waits behind this gate until the self-test, run inside the same container,
+# opens it; a failed self-test tears the bottle down before the command ever runs.
+GATE_FILE = "/tmp/.claude-bottle-self-test-passed"
+GATE = f'while [ ! -e {GATE_FILE} ]; do sleep 0.02; done; exec "$@"'
+
+
+def render_self_test(plan: Plan, outside_ip: str, host_ip: str = "") -> str:
+    """A POSIX sh script, run as the agent inside its container: the proxy answers, nothing else does.
+
+    `outside_ip` is the sidecar's address on the egress side: pipelock listens there too, so an answer
+    means the agent has a route out. `host_ip` is the internal network's gateway, the host itself.
+    Unreachable means silence: an internal network drops what leaves it, so a connection that is
+    refused (or accepted) within the timeout proves a path. A local TCP handshake is done by the
+    kernel in well under a millisecond, so 0.25 s of silence is a wide margin.
+    """
+    q = shlex.quote
+    checks = [("proxy", f"probe {q(f'http://{plan.sidecar}:{PROXY_PORT}/health')} 3"),
+              ("outside", f"probe {q(f'http://{outside_ip}:{PROXY_PORT}/health')} 0.25")]
+    if host_ip:
+        checks.append(("host", f"probe {q(f'http://{host_ip}:{PROXY_PORT}/')} 0.25"))
+    run = "\n".join(f"{call} > /tmp/.claude-bottle-{name} &" for name, call in checks)
+    host_check = (f'read code rc < /tmp/.claude-bottle-host\n'
+                  f'[ "$rc" = 28 ] || fail "the agent reached the host at {host_ip} without the proxy"\n'
+                  if host_ip else "")
+    return f"""\
+fail() {{ echo "$*" >&2; exit 1; }}
+# probe URL TIMEOUT: prints the HTTP status (000: none) and curl's exit status (28: silence)
+probe() {{
+  if command -v curl >/dev/null 2>&1; then
+    code=$(curl --noproxy '*' -s -o /dev/null -w '%{{http_code}}' --connect-timeout "$2" --max-time 3 "$1")
+    echo "$code $?"
+  elif command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import socket, sys, urllib.request as u
+try: print(u.build_opener(u.ProxyHandler({{}})).open(sys.argv[1], timeout=float(sys.argv[2])).status, 0)
+except u.HTTPError as e: print(e.code, 0)
+except Exception as e: print("000", 28 if isinstance(getattr(e, "reason", e), TimeoutError) else 7)' "$1" "$2"
+  else
+    echo "000 127"
+  fi
+}}
+{run}
+wait
+read code rc < /tmp/.claude-bottle-proxy
+[ "$rc" != 127 ] || fail "the agent image has neither curl nor python3 to run the isolation self-test"
+[ "$code" = 200 ] || fail "the pipelock sidecar {plan.sidecar} does not answer the agent (HTTP $code)"
+read code rc < /tmp/.claude-bottle-outside
+[ "$rc" = 28 ] || fail "the agent reached {outside_ip} directly, without the proxy: it has a route out"
+{host_check}rm -f /tmp/.claude-bottle-proxy /tmp/.claude-bottle-outside /tmp/.claude-bottle-host
+touch {GATE_FILE}
+"""
+
+
+def sidecar_inspect_argv(plan: Plan) -> list:
+    return ["inspect", "--format", "{{json .NetworkSettings.Networks}}", plan.sidecar]
+
+
+def self_test_argv(plan: Plan, outside_ip: str, host_ip: str = "") -> list:
+    return ["exec", plan.agent_container, "sh", "-c", render_self_test(plan, outside_ip, host_ip)]
 
 
 def ssh_copy_argv(plan: Plan) -> list:
@@ -804,7 +915,10 @@ def rm_networks_argv(names) -> list:
 
 
 def planned_commands(plan: Plan, private_dir: str) -> list:
-    """Every docker command a real start runs, in order, as (argv, note); teardown included."""
+    """Every docker command a real start runs, as (argv, note); teardown included.
+
+    The order is the order of the phases; commands within a phase run at the same time (see run_session).
+    """
     cmds = []
     if plan.egress_network:
         cmds.append((network_inspect_argv(plan.egress_network), "the bottle's egress_network must exist"))
@@ -815,13 +929,22 @@ def planned_commands(plan: Plan, private_dir: str) -> list:
     cmds += [
         (sidecar_run_argv(plan, private_dir), ""),
         (network_connect_argv(plan), ""),
-        (health_argv(plan), "repeated until healthy"),
-        (agent_create_argv(plan, private_dir), ""),
+        (agent_create_argv(plan, private_dir), "at the same time as the sidecar"),
     ]
     if plan.ssh:
         cmds.append((ssh_copy_argv(plan), f"a tar stream: {AGENT_HOME}/.ssh/config, owner {AGENT_UID}, mode 0600"))
+    if not plan.self_test:
+        cmds.append((health_argv(plan), "repeated until healthy"))
+    cmds.append((start_argv(plan), "attached to your terminal" +
+                 ("; the command waits behind the self-test's gate" if plan.self_test else "")))
+    if plan.self_test:
+        cmds += [
+            (health_argv(plan), "repeated until healthy"),
+            (sidecar_inspect_argv(plan), "its egress-side address and the internal gateway, for the self-test"),
+            (self_test_argv(plan, "<sidecar egress address>", "<internal gateway>"),
+             "isolation self-test inside the agent; opens the gate"),
+        ]
     cmds += [
-        (start_argv(plan), "attached to your terminal"),
         (logs_argv(plan), "teardown: pipelock's decisions, for the egress report"),
         (rm_containers_argv([plan.agent_container, plan.sidecar]), "teardown"),
         (rm_networks_argv([n for n, _ in reversed(plan.created_networks)]), "teardown"),
@@ -940,11 +1063,14 @@ def render_report(plan: Plan, report: dict) -> list:
 # ---- The docker seam: every docker call goes through here ----
 
 VERBOSE = False
+STARTED = time.monotonic()
+# Whether any docker call has got through; until one has, nothing can have been created.
+DOCKER_ANSWERED = False
 
 
 def log(message: str) -> None:
     if VERBOSE:
-        print(f"claude-bottle: {message}", file=sys.stderr, flush=True)
+        print(f"claude-bottle: [{time.monotonic() - STARTED:6.2f}s] {message}", file=sys.stderr, flush=True)
 
 
 def warn(message: str) -> None:
@@ -961,13 +1087,15 @@ def docker(*args, check: bool = True, input: bytes | None = None,
                               stdout=subprocess.PIPE if capture else sys.stderr,
                               stderr=subprocess.PIPE if capture else None)
     except FileNotFoundError:
-        raise BottleError("docker: command not found; install Docker (https://docs.docker.com/engine/install/) "
+        raise DockerUnavailable("docker: command not found; install Docker (https://docs.docker.com/engine/install/) "
                           "and make sure `docker` is on PATH") from None
     out = (proc.stdout or b"").decode(errors="replace") if capture else ""
     err = (proc.stderr or b"").decode(errors="replace") if capture else ""
     if "Cannot connect to the Docker daemon" in err:
-        raise BottleError(f"docker: the daemon does not answer ({err.strip().splitlines()[-1]}); start Docker "
+        raise DockerUnavailable(f"docker: the daemon does not answer ({err.strip().splitlines()[-1]}); start Docker "
                           f"and try again")
+    global DOCKER_ANSWERED
+    DOCKER_ANSWERED = True
     if check and proc.returncode != 0:
         raise DockerError(argv, proc.returncode, err)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
@@ -1041,6 +1169,10 @@ class Teardown:
             argv = rm_containers_argv(names) if kind == "container" else rm_networks_argv(names)
             try:
                 r = docker(*argv, check=False)
+            except DockerUnavailable as e:
+                if DOCKER_ANSWERED:
+                    warn(f"could not remove {kind} {', '.join(names)}: {e}")
+                continue
             except BottleError as e:
                 warn(f"could not remove {kind} {', '.join(names)}: {e}")
                 continue
@@ -1209,6 +1341,35 @@ def wait_healthy(plan: Plan, timeout: float = HEALTH_TIMEOUT) -> None:
                       f"({(r.stderr.strip() or 'no answer')[-200:]}); its log: {tail or 'empty'}")
 
 
+def sidecar_addresses(plan: Plan) -> tuple:
+    """The sidecar's address on the egress side, and the internal network's gateway (or "")."""
+    networks = json.loads(docker(*sidecar_inspect_argv(plan)).stdout or "{}")
+    address = (networks.get(plan.egress) or {}).get("IPAddress")
+    if not address:
+        raise BottleError(f"the pipelock sidecar {plan.sidecar} has no address on {plan.egress}")
+    return address, (networks.get(plan.internal_network) or {}).get("Gateway") or ""
+
+
+def run_self_test(plan: Plan, addresses: tuple, attached: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Check isolation from inside the agent container, whose command waits behind the gate."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        r = docker(*self_test_argv(plan, *addresses), check=False)
+        if r.returncode == 0:
+            return
+        starting = "is not running" in r.stderr or "No such container" in r.stderr
+        if not starting or attached.poll() is not None or time.monotonic() >= deadline:
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    reason = (r.stderr.strip() or r.stdout.strip() or f"exit {r.returncode}").splitlines()[-1]
+    if attached.poll() is not None:
+        reason = f"the agent container stopped (exit {attached.returncode}) before it could be checked"
+    raise BottleError(f"isolation self-test failed, so the agent was not started and the bottle is torn "
+                      f"down: {reason}")
+
+
 def report_egress(plan: Plan, report_json: str | None, quiet: bool) -> None:
     """Summarise pipelock's decisions for the session; runs before the sidecar is removed."""
     r = docker(*logs_argv(plan), check=False)
@@ -1220,8 +1381,55 @@ def report_egress(plan: Plan, report_json: str | None, quiet: bool) -> None:
         print("\n".join(render_report(plan, report)), file=sys.stderr, flush=True)
 
 
+def parallel(*calls) -> list:
+    """Run each `(fn, *args)` in its own thread, wait for all, and re-raise the first failure.
+
+    Interrupted while waiting, it still lets every thread finish (signals ignored) before it re-raises,
+    so nothing is half-created when teardown starts.
+    """
+    import threading
+    results, errors = [None] * len(calls), [None] * len(calls)
+
+    def work(i, fn, args):
+        try:
+            results[i] = fn(*args)
+        except BaseException as e:
+            errors[i] = e
+
+    threads = [threading.Thread(target=work, args=(i, c[0], c[1:]), daemon=True) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in HANDLED_SIGNALS}
+        try:
+            for t in threads:
+                t.join()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        raise
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
+
+
+def _sequence(*calls) -> None:
+    for fn, *args in calls:
+        fn(*args)
+
+
 def run_session(plan: Plan, report_json: str | None = None, quiet: bool = False) -> int:
-    """Create the bottle, run the agent attached to this terminal, and always tear everything down."""
+    """Create the bottle, run the agent attached to this terminal, and always tear everything down.
+
+    Steps that do not depend on each other run at once: the networks; the sidecar and the agent
+    container; the sidecar's health check and the agent's start, whose command waits behind the
+    self-test's gate until the self-test has run inside it. Every undo is pushed before its create: the names are unique to the session and
+    a missing resource counts as removed, so an interrupt or a half-done create can never strand one.
+    """
     with Teardown() as td:
         private_dir = make_private_dir()
         td.callback(remove_private_dir, private_dir)
@@ -1229,32 +1437,38 @@ def run_session(plan: Plan, report_json: str | None = None, quiet: bool = False)
         if plan.ssh_agent:
             relay = SshAgentRelay(plan.ssh_agent, os.path.join(private_dir, "ssh-agent.sock"))
             td.callback(relay.close)
+        if plan.git_dir:
+            # Mount over a hooks dir that exists, or the agent could create one and plant hooks in it.
+            os.makedirs(os.path.join(plan.workspace, ".git", "hooks"), exist_ok=True)
+        # Before anything is created: a missing egress_network is a config error.
         if plan.egress_network:
             require_network(plan.egress_network)
         if plan.build_image:
             ensure_agent_image(plan)
-        # Each undo is pushed before its create: the names are unique to the session and a missing
-        # resource counts as removed, so an interrupt or a half-done create can never strand one.
-        for name, internal in plan.created_networks:
+        for name, _ in plan.created_networks:
             td.network(name)
-            docker(*network_create_argv(plan, name, internal))
+        parallel(*[(docker, *network_create_argv(plan, name, internal)) for name, internal in plan.created_networks])
         td.container(plan.sidecar)
-        docker(*sidecar_run_argv(plan, private_dir))
-        docker(*network_connect_argv(plan))
-        wait_healthy(plan)
-        if plan.git_protect:
-            # Mount over a hooks dir that exists, or the agent could create one and plant hooks in it.
-            os.makedirs(os.path.join(plan.workspace, ".git", "hooks"), exist_ok=True)
         td.container(plan.agent_container)
-        docker(*agent_create_argv(plan, private_dir))
-        # Pushed last so it runs first: the log is read before the sidecar goes, and the agent and
-        # the sidecar are still removed by one call.
-        td.callback(report_egress, plan, report_json, quiet)
+        agent_steps = [(docker, *agent_create_argv(plan, private_dir))]
         if plan.ssh:
-            docker(*ssh_copy_argv(plan), input=ssh_tar(plan))
+            agent_steps.append((lambda: docker(*ssh_copy_argv(plan), input=ssh_tar(plan)),))
+        parallel(
+            (_sequence, (docker, *sidecar_run_argv(plan, private_dir)), (docker, *network_connect_argv(plan))),
+            (_sequence, *agent_steps),
+        )
+        if not plan.self_test:
+            wait_healthy(plan)
         log(f"+ docker {shlex.join(start_argv(plan))}")
         proc = subprocess.Popen(["docker", *start_argv(plan)])
         td.adopt(proc)
+        if plan.self_test:
+            # The agent's container starts while the sidecar comes up; its command waits at the gate.
+            wait_healthy(plan)
+            run_self_test(plan, sidecar_addresses(plan), proc)
+        # Pushed once the agent's command runs, and last, so it runs first: the log is read before the
+        # sidecar goes, and the agent and the sidecar are still removed by one call.
+        td.callback(report_egress, plan, report_json, quiet)
         return proc.wait()
 
 
@@ -1270,7 +1484,7 @@ def _plan(args, config: Config, agent: str | None, command=None) -> Plan:
         config, agent, cwd=Path.cwd(), environ=os.environ, suffix=os.urandom(3).hex(),
         tty=sys.stdin.isatty() and sys.stdout.isatty(), command=command,
         workspace=getattr(args, "workspace", None), extra_allow=getattr(args, "allow", None) or (),
-        owner=f"{socket.gethostname()}:{os.getpid()}",
+        owner=f"{socket.gethostname()}:{os.getpid()}", self_test=not getattr(args, "no_self_test", False),
     )
 
 
@@ -1296,7 +1510,7 @@ def dry_run(plan: Plan, as_json: bool) -> int:
         print("\n".join(render_summary(plan)))
         print("\ndocker commands a start runs, in order (dry run: none was run):")
         for argv, note in planned_commands(plan, private_dir):
-            print(f"  {shlex.join(['docker', *argv])}" + (f"  # {note}" if note else ""))
+            print(f"  {_visible(shlex.join(['docker', *argv]))}" + (f"  # {note}" if note else ""))
         return 0
     finally:
         remove_private_dir(private_dir)
@@ -1380,6 +1594,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--workspace", metavar="DIR", help="directory mounted at /workspace "
                        "(default: the repository root)")
     start.add_argument("--allow", action="append", metavar="HOST", help="also allow HOST for this session")
+    start.add_argument("--no-self-test", action="store_true", help="skip the isolation check inside the "
+                       "agent container before its command runs")
     start.add_argument("--report-json", metavar="PATH", help="write the egress report as JSON to PATH")
     start.set_defaults(func=cmd_start)
 

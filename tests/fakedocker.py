@@ -3,9 +3,10 @@
 Each call appends one JSON line to $FAKE_DOCKER_LOG: argv (without "docker"), the number of stdin
 bytes, and the values of the variables named by `--env NAME` as docker would read them. Rules in
 $FAKE_DOCKER_RULES (JSON list) pick the answer for the first argv prefix that matches:
-    {"match": ["exec"], "rc": 1, "stderr": "...", "stdout": "...", "times": 2}
-`times` limits how often a rule fires. `start` without a rule blocks until the agent container is
+    {"match": ["exec"], "rc": 1, "stderr": "...", "stdout": "...", "times": 2, "contains": "text"}
+`times` limits how often a rule fires; `contains` makes it fire only when the joined argv holds the text. `start` without a rule blocks until the agent container is
 removed (`rm --force` records it), as `docker start --attach` does, or exits with $FAKE_DOCKER_START_RC.
+`inspect` answers with an address on every network it saw created or named with `run --network`.
 """
 
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 
 SCRIPT = r'''
 import json, os, sys, time
+GATE_FILE = "/tmp/.claude-bottle-self-test-passed"
 argv = sys.argv[1:]
 state = os.environ["FAKE_DOCKER_STATE"]
 stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
@@ -29,9 +31,15 @@ with open(os.environ["FAKE_DOCKER_LOG"], "a") as f:
 if argv[:2] == ["rm", "--force"]:
     for name in argv[2:]:
         open(os.path.join(state, "removed-" + name), "w").close()
+networks = os.path.join(state, "networks")
+seen = [argv[-1]] if argv[:2] == ["network", "create"] else []
+seen += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--network" and argv[0] == "run"]
+if seen:
+    with open(networks, "a") as f:
+        f.write("".join(n + "\n" for n in seen))
 rules = json.loads(os.environ.get("FAKE_DOCKER_RULES", "[]"))
 for n, rule in enumerate(rules):
-    if argv[:len(rule["match"])] != rule["match"]:
+    if argv[:len(rule["match"])] != rule["match"] or rule.get("contains", "") not in " ".join(argv):
         continue
     if "times" in rule:
         counter = os.path.join(state, "rule-%d" % n)
@@ -42,17 +50,27 @@ for n, rule in enumerate(rules):
     sys.stdout.write(rule.get("stdout", ""))
     sys.stderr.write(rule.get("stderr", ""))
     sys.exit(rule.get("rc", 0))
+if argv[:1] == ["create"] and "claude-bottle-gate" in argv:
+    open(os.path.join(state, "gated-" + argv[argv.index("--name") + 1]), "w").close()
+if argv[:1] == ["exec"] and GATE_FILE in argv[-1]:
+    open(os.path.join(state, "opened-" + argv[1]), "w").close()
 if argv[:1] == ["start"]:
+    # Like the real gate: a gated command runs once the self-test opened the gate.
+    removed, opened = (os.path.join(state, m + argv[-1]) for m in ("removed-", "opened-"))
+    gated = os.path.exists(os.path.join(state, "gated-" + argv[-1]))
     rc = os.environ.get("FAKE_DOCKER_START_RC")
-    if rc is not None:
-        sys.exit(int(rc))
-    marker = os.path.join(state, "removed-" + argv[-1])
     deadline = time.time() + 60
-    while not os.path.exists(marker) and time.time() < deadline:
+    while time.time() < deadline and not os.path.exists(removed):
+        if rc is not None and (not gated or os.path.exists(opened)):
+            sys.exit(int(rc))
         time.sleep(0.02)
     sys.exit(137)
 if argv[:1] == ["run"]:
     print("0123456789ab")
+if argv[:1] == ["inspect"]:
+    names = open(networks).read().split() if os.path.exists(networks) else []
+    print(json.dumps({n: {"IPAddress": "172.30.0.%d" % (i + 2), "Gateway": "172.30.%d.1" % i}
+                      for i, n in enumerate(names)}))
 '''
 
 

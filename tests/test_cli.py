@@ -58,7 +58,7 @@ class CliTest(unittest.TestCase):
             self.assertIn(needle, lines[0])
 
     def sid(self) -> str:
-        first = next(a for a in self.fake.argvs() if a[:2] == ["network", "create"])
+        first = next(a for a in self.fake.argvs() if a[:3] == ["network", "create", "--internal"])
         return re.fullmatch(r"claude-bottle-(.+)-internal", first[-1]).group(1)
 
 
@@ -146,7 +146,7 @@ class DryRun(CliTest):
         (self.project / ".claude" / "agents").mkdir(parents=True)
         (self.project / ".claude" / "agents" / "reviewer.md").write_text("---\nname: reviewer\n---\n")
         proc = self.cli("start", "nobody", "--dry-run")
-        self.assertOneLineError(proc, 2, "known agents: implementer, reviewer")
+        self.assertOneLineError(proc, 2, "known agents: claude, implementer, reviewer")
 
     def test_claude_agent_file(self):
         (self.project / ".claude" / "agents").mkdir(parents=True)
@@ -166,36 +166,76 @@ class DryRun(CliTest):
 
 
 class Start(CliTest):
-    # What a normal start runs, in order, with the built-in image already present.
-    EXPECTED_VERBS = [
-        ["image", "inspect"], ["network", "create"], ["network", "create"], ["run", "--detach"],
-        ["network", "connect"], ["exec"], ["create", "--name"], ["start", "--attach"],
-        ["logs", "claude-bottle-SID-pipelock"], ["rm", "--force"], ["network", "rm"],
-    ]
+    def phases(self, sid):
+        """What a normal start runs, phase by phase; calls within a phase run at the same time."""
+        agent, sidecar = f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"
+        internal, egress = f"claude-bottle-{sid}-internal", f"claude-bottle-{sid}-egress"
+        return [
+            [["image", "inspect", "--format", "{{.Id}}"]],
+            [["network", "create", "--internal"], ["network", "create", "--label"]],
+            [["run", "--detach", "--name", sidecar], ["network", "connect", internal, sidecar],
+             ["create", "--name", agent]],
+            # The agent's container starts while the sidecar's health is polled.
+            [["start", "--attach", "--interactive", agent], ["exec", sidecar, "/pipelock", "healthcheck"],
+             ["inspect", "--format", "{{json .NetworkSettings.Networks}}", sidecar]],
+            [["exec", agent, "sh", "-c"]],
+            [["logs", sidecar]],
+            [["rm", "--force", agent, sidecar]],
+            [["network", "rm", egress, internal]],
+        ]
+
+    def assertPhases(self, calls, phases):
+        """`calls` are `phases` in order; within a phase, in any order (each matched by its prefix)."""
+        rest = list(calls)
+        for phase in phases:
+            group, rest = rest[:len(phase)], rest[len(phase):]
+            for prefix in phase:
+                match = next((c for c in group if c[:len(prefix)] == prefix), None)
+                self.assertIsNotNone(match, f"expected {prefix} among {group}")
+                group.remove(match)
+        self.assertEqual(rest, [], "calls beyond the expected ones")
 
     def test_normal_run_exact_calls(self):
         proc = self.cli("start", "--yes", "--", "true", env=self.env(start_rc=0))
         self.assertEqual(proc.returncode, 0, proc.stderr)
         calls = self.fake.argvs()
         sid = self.sid()
-        self.assertEqual([a[:1] if a[0] == "exec" else a[:2] for a in calls],
-                         json.loads(json.dumps(self.EXPECTED_VERBS).replace("SID", sid)))
         self.assertRegex(sid, r"^claude-[0-9a-f]{6}$")
-        agent, sidecar = f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"
+        self.assertPhases(calls, self.phases(sid))
+        order = [a[:2] for a in calls]
+        self.assertLess(order.index(["run", "--detach"]), order.index(["network", "connect"]))
         internal, egress = f"claude-bottle-{sid}-internal", f"claude-bottle-{sid}-egress"
-        self.assertIn("--internal", calls[1])
-        self.assertEqual(calls[1][-1], internal)
-        self.assertNotIn("--internal", calls[2])
-        self.assertEqual(calls[2][-1], egress)
-        self.assertEqual(calls[4], ["network", "connect", internal, sidecar])
-        self.assertEqual(calls[5], ["exec", sidecar, "/pipelock", "healthcheck"])
-        self.assertEqual(calls[7], ["start", "--attach", "--interactive", agent])
-        self.assertEqual(calls[8], ["logs", sidecar])
-        self.assertEqual(calls[9], ["rm", "--force", agent, sidecar])
-        self.assertEqual(calls[10], ["network", "rm", egress, internal])
-        for argv in calls[1:4] + [calls[6]]:
+        creates = [a for a in calls if a[:2] == ["network", "create"]]
+        self.assertEqual(sorted(a[-1] for a in creates), [egress, internal])
+        self.assertEqual([a[-1] for a in creates if "--internal" in a], [internal])
+        for argv in creates + [a for a in calls if a[0] in ("run", "create")]:
             self.assertIn(f"claude-bottle.session={sid}", argv)
+        self_test = calls[-4][-1]
+        self.assertIn("http://172.30.0.", self_test, "probes the sidecar's egress-side address")
         self.assertEqual(list(self.fake.tmpdir.iterdir()), [], "the private temp dir must be removed")
+
+    def test_no_self_test(self):
+        proc = self.cli("start", "--yes", "--no-self-test", "--", "true", env=self.env(start_rc=0))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        sid = self.sid()
+        phases = self.phases(sid)
+        # Health before the start; no inspect, no self-test, no gate.
+        self.assertPhases(self.fake.argvs(), phases[:3] + [[phases[3][1]], [phases[3][0]]] + phases[5:])
+        create = next(a for a in self.fake.argvs() if a[0] == "create")
+        self.assertNotIn("claude-bottle-gate", create)
+        self.assertEqual(create[create.index("--entrypoint") + 1], "true")
+        self.assertRegex(create[-1], r"^claude-bottle/agent:[0-9a-f]{12}$", "the command is the entrypoint")
+
+    def test_self_test_failure_tears_down(self):
+        rules = [{"match": ["exec"], "contains": "touch /tmp/.claude-bottle", "rc": 1,
+                  "stderr": "the agent reached 172.30.0.3 directly, without the proxy\n"}]
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, start_rc=0))
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        self.assertIn("isolation self-test failed", proc.stderr)
+        self.assertIn("the agent reached 172.30.0.3 directly", proc.stderr)
+        # The agent's command never ran, so there is no egress report: straight to teardown.
+        self.assertEqual([a[:2] for a in self.fake.argvs()][-3:], [["exec", f"claude-bottle-{self.sid()}"],
+                                                                   ["rm", "--force"], ["network", "rm"]])
 
     def test_real_run_matches_dry_run(self):
         """--dry-run promises exactly the commands a start runs (bar the conditional build)."""
@@ -208,13 +248,20 @@ class Start(CliTest):
         self.assertEqual(proc.returncode, 0, proc.stderr)
 
         def normal(argvs, sid):
+            # The self-test script names addresses known only at run time: compare it apart.
+            argvs = [a[:-1] + ["SCRIPT"] if a[:1] == ["exec"] and a[-2:-1] == ["-c"] else a for a in argvs]
             text = json.dumps(argvs).replace(sid, "SID")
             text = re.sub(r"claude-bottle\.owner=[^\"]*", "claude-bottle.owner=OWNER", text)
-            return json.loads(re.sub(r"/claude-bottle-[a-z0-9_]{8}/", "/PRIVATE/", text))
+            return sorted(json.loads(re.sub(r"/claude-bottle-[a-z0-9_]{8}/", "/PRIVATE/", text)))
 
         self.assertEqual(normal(self.fake.argvs(), self.sid()), normal(promised, plan["session"]))
         cp = next(c for c in self.fake.calls() if c["argv"][0] == "cp")
         self.assertGreater(cp["stdin"], 0, "the ssh config goes in as a tar stream on stdin")
+        calls = self.fake.argvs()
+        self.assertLess(next(i for i, a in enumerate(calls) if a[0] == "create"),
+                        next(i for i, a in enumerate(calls) if a[0] == "cp"))
+        self.assertLess(next(i for i, a in enumerate(calls) if a[0] == "cp"),
+                        next(i for i, a in enumerate(calls) if a[0] == "start"))
 
     def test_builds_missing_image_once(self):
         rules = [{"match": ["image", "inspect"], "rc": 1, "stderr": "Error: No such image"}]
@@ -258,13 +305,14 @@ class Start(CliTest):
         proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, CLAUDE_BOTTLE_PIPELOCK_IMAGE=image))
         self.assertOneLineError(proc, 1, "docker run", "connection refused")
         sid = self.sid()
+        agent, sidecar = f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"
         calls = self.fake.argvs()
-        self.assertEqual([a[:2] for a in calls], [
-            ["image", "inspect"], ["network", "create"], ["network", "create"], ["run", "--detach"],
-            ["rm", "--force"], ["network", "rm"]])
-        self.assertIn(image, calls[3])
-        self.assertEqual(calls[4], ["rm", "--force", f"claude-bottle-{sid}-pipelock"])
-        self.assertEqual(calls[5], ["network", "rm", f"claude-bottle-{sid}-egress", f"claude-bottle-{sid}-internal"])
+        self.assertPhases(calls, [
+            [["image", "inspect"]], [["network", "create"], ["network", "create"]],
+            [["run", "--detach", "--name", sidecar], ["create", "--name", agent]],
+            [["rm", "--force", agent, sidecar]],
+            [["network", "rm", f"claude-bottle-{sid}-egress", f"claude-bottle-{sid}-internal"]]])
+        self.assertIn(image, next(a for a in calls if a[0] == "run"))
         self.assertEqual(list(self.fake.tmpdir.iterdir()), [])
 
     def test_sidecar_never_healthy(self):
@@ -274,13 +322,13 @@ class Start(CliTest):
         self.assertOneLineError(proc, 1, "did not become healthy", "yaml: unmarshal errors")
         verbs = [a[:2] for a in self.fake.argvs()]
         self.assertEqual(verbs[-3:], [["logs", "--tail"], ["rm", "--force"], ["network", "rm"]])
-        self.assertNotIn(["create", "--name"], verbs)
+        self.assertNotIn(["exec", f"claude-bottle-{self.sid()}"], verbs, "the agent's gate stayed shut")
 
     def test_health_polls_until_ready(self):
         rules = [{"match": ["exec"], "rc": 1, "stderr": "health check failed: connection refused\n", "times": 3}]
         proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, start_rc=0))
         self.assertEqual(proc.returncode, 0, proc.stderr)
-        self.assertEqual(sum(a[0] == "exec" for a in self.fake.argvs()), 4)
+        self.assertEqual(sum(a[-1] == "healthcheck" for a in self.fake.argvs()), 4)
 
     def test_failed_teardown_step_does_not_skip_the_rest(self):
         rules = [{"match": ["rm"], "rc": 1, "stderr": "Error response from daemon: something broke\n"}]
