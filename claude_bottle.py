@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from dataclasses import dataclass
@@ -1101,6 +1102,16 @@ def docker(*args, check: bool = True, input: bytes | None = None,
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
+def docker_popen(*args, **kwargs) -> subprocess.Popen:
+    """Start `docker ARGS` without waiting: attached sessions and followed logs."""
+    argv = ["docker", *args]
+    log(f"+ {shlex.join(argv)}")
+    try:
+        return subprocess.Popen(argv, **kwargs)
+    except FileNotFoundError:
+        raise DockerUnavailable("docker: command not found; install Docker and make sure `docker` is on PATH") from None
+
+
 def _only_missing(stderr: str) -> bool:
     """True when every complaint in `stderr` is that the thing to remove is already gone."""
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
@@ -1114,6 +1125,19 @@ def _raise_interrupted(signum, frame):
 
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class signals_ignored:
+    """Ignore SIGINT, SIGTERM and SIGHUP for a while (main thread only: signals go there)."""
+
+    def __enter__(self):
+        main = threading.current_thread() is threading.main_thread()
+        self.old = {s: signal.signal(s, signal.SIG_IGN) for s in HANDLED_SIGNALS} if main else {}
+
+    def __exit__(self, *exc):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+        return False
 
 
 class Teardown:
@@ -1145,12 +1169,8 @@ class Teardown:
         return self
 
     def __exit__(self, *exc):
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in HANDLED_SIGNALS}
-        try:
+        with signals_ignored():
             self.run()
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
         return False
 
     def run(self) -> None:
@@ -1243,7 +1263,6 @@ class SshAgentRelay:
     MAX_MESSAGE = 256 * 1024
 
     def __init__(self, upstream: str, path: str):
-        import threading
         self.upstream, self.path = upstream, path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
@@ -1260,7 +1279,6 @@ class SshAgentRelay:
         self.sock.close()
 
     def _serve(self) -> None:
-        import threading
         while True:
             try:
                 conn, _ = self.sock.accept()
@@ -1387,7 +1405,6 @@ def parallel(*calls) -> list:
     Interrupted while waiting, it still lets every thread finish (signals ignored) before it re-raises,
     so nothing is half-created when teardown starts.
     """
-    import threading
     results, errors = [None] * len(calls), [None] * len(calls)
 
     def work(i, fn, args):
@@ -1403,13 +1420,9 @@ def parallel(*calls) -> list:
         for t in threads:
             t.join()
     except BaseException:
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in HANDLED_SIGNALS}
-        try:
+        with signals_ignored():
             for t in threads:
                 t.join()
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
         raise
     for e in errors:
         if e is not None:
@@ -1447,7 +1460,9 @@ def run_session(plan: Plan, report_json: str | None = None, quiet: bool = False)
             ensure_agent_image(plan)
         for name, _ in plan.created_networks:
             td.network(name)
-        parallel(*[(docker, *network_create_argv(plan, name, internal)) for name, internal in plan.created_networks])
+        # Other sessions' leftovers whose CLI is gone are reaped meanwhile, so address pools never run out.
+        parallel((reap_orphans,),
+                 *[(docker, *network_create_argv(plan, name, internal)) for name, internal in plan.created_networks])
         td.container(plan.sidecar)
         td.container(plan.agent_container)
         agent_steps = [(docker, *agent_create_argv(plan, private_dir))]
@@ -1459,8 +1474,7 @@ def run_session(plan: Plan, report_json: str | None = None, quiet: bool = False)
         )
         if not plan.self_test:
             wait_healthy(plan)
-        log(f"+ docker {shlex.join(start_argv(plan))}")
-        proc = subprocess.Popen(["docker", *start_argv(plan)])
+        proc = docker_popen(*start_argv(plan))
         td.adopt(proc)
         if plan.self_test:
             # The agent's container starts while the sidecar comes up; its command waits at the gate.
@@ -1470,6 +1484,139 @@ def run_session(plan: Plan, report_json: str | None = None, quiet: bool = False)
         # sidecar goes, and the agent and the sidecar are still removed by one call.
         td.callback(report_egress, plan, report_json, quiet)
         return proc.wait()
+
+
+# ---- Operating bottles: finding sessions, stopping them, reaping orphans ----
+
+def parse_labels(text: str) -> dict:
+    """docker's `{{.Labels}}`: `k=v,k=v` (claude-bottle's own values never hold a comma)."""
+    return dict(item.partition("=")[::2] for item in text.split(",") if item)
+
+
+def _created(text: str) -> float | None:
+    """docker's CreatedAt, e.g. `2026-11-27 08:04:44.123456 +0000 UTC`, as a POSIX time."""
+    from datetime import datetime
+    m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d+)? ([+-]\d{4})", text or "")
+    return datetime.strptime(" ".join(m.groups()), "%Y-%m-%d %H:%M:%S %z").timestamp() if m else None
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the CLI that started a session still runs: None when it is on another host (unknowable)."""
+    host, _, pid = (owner or "").rpartition(":")
+    if not host or not pid.isdigit():
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        # A recycled pid belongs to some other program.
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"claude" in f.read()
+    except OSError:
+        return True
+
+
+def find_sessions() -> list:
+    """Every session that has a container or network labelled claude-bottle.session, oldest first."""
+    fmt = ["--format", "{{json .}}", "--filter", f"label={SESSION_LABEL}"]
+    found = {}
+    for kind, argv in (("containers", ["ps", "--all", *fmt]), ("networks", ["network", "ls", *fmt])):
+        for line in docker(*argv).stdout.splitlines():
+            item = json.loads(line)
+            labels = parse_labels(item.get("Labels", ""))
+            sid = labels.get(SESSION_LABEL, "")
+            s = found.setdefault(sid, {
+                "session": sid, "agent": labels.get(f"{LABEL}.agent", "?"),
+                "bottle": labels.get(f"{LABEL}.bottle", "?"), "owner": labels.get(f"{LABEL}.owner", ""),
+                "containers": [], "networks": [], "created": None,
+            })
+            entry = {"name": item.get("Names") or item.get("Name"), "role": labels.get(f"{LABEL}.role", "")}
+            if kind == "containers":
+                entry["state"] = item.get("State", "")
+            s[kind].append(entry)
+            created = _created(item.get("CreatedAt", ""))
+            if created and (s["created"] is None or created < s["created"]):
+                s["created"] = created
+    sessions = sorted(found.values(), key=lambda s: s["created"] or 0)
+    for s in sessions:
+        agent = next((c for c in s["containers"] if c["role"] == "agent"), None)
+        s["state"] = agent["state"] if agent else ("starting" if s["containers"] else "networks only")
+        s["owner_alive"] = owner_alive(s["owner"])
+    return sessions
+
+
+def is_orphan(session: dict) -> bool:
+    """Left behind by a CLI that is gone: its owner is dead (on this host), or unknown and nothing runs."""
+    if session["owner_alive"] is False:
+        return True
+    unknown_owner = session["owner_alive"] is None and not (session["owner"] or "").rpartition(":")[0]
+    return unknown_owner and not any(c["state"] == "running" for c in session["containers"])
+
+
+def teardown_session(session: dict) -> None:
+    """The same ordered teardown as a session's own exit: agent and sidecar, then its networks."""
+    rank = {"internal": 0, "egress": 1, "pipelock": 2, "agent": 3}
+    with Teardown() as td:
+        for n in sorted(session["networks"], key=lambda n: rank.get(n["role"], 9)):
+            td.network(n["name"])
+        for c in sorted(session["containers"], key=lambda c: rank.get(c["role"], 9)):
+            td.container(c["name"])
+
+
+def reap_orphans() -> list:
+    """Tear down every orphaned session; never fails a start."""
+    try:
+        orphans = [s for s in find_sessions() if is_orphan(s)]
+        for s in orphans:
+            log(f"reaping orphaned session {s['session']} (owner {s['owner'] or 'unknown'} is gone)")
+            teardown_session(s)
+        return orphans
+    except BottleError as e:
+        warn(f"could not look for orphaned sessions: {e}")
+        return []
+
+
+def select_sessions(sessions: list, wanted: str | None, every: bool) -> list:
+    if every:
+        return sessions
+    exact = [s for s in sessions if s["session"] == wanted]
+    matches = exact or [s for s in sessions if s["session"].startswith(wanted or "\0")]
+    if len(matches) != 1:
+        known = ", ".join(s["session"] for s in sessions) or "none"
+        what = "matches several sessions" if matches else "matches no session"
+        raise ConfigError(f"session: {wanted!r} {what} (sessions: {known}); see `claude-bottle ls`")
+    return matches
+
+
+def _age(created: float | None) -> str:
+    if created is None:
+        return "?"
+    seconds = max(0, int(time.time() - created))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def render_event(event: dict) -> str:
+    """One of pipelock's audit events as a line a person reads."""
+    t = str(event.get("time", ""))[11:19] or "--:--:--"
+    what = event.get("target") or event.get("url") or ""
+    kind = event.get("event")
+    if kind == "blocked":
+        return f"{t} blocked  {event.get('method', '')} {what}  ({event.get('scanner', '')}: {event.get('reason', '')})"
+    if kind == "tunnel_open":
+        return f"{t} allowed  CONNECT {what}"
+    if kind == "tunnel_close":
+        return f"{t} closed   {what} ({event.get('total_bytes', '?')} bytes, {event.get('duration_ms', '?')} ms)"
+    if kind == "forward_http":
+        return f"{t} allowed  {event.get('method', '')} {what} -> {event.get('status', '?')}"
+    return f"{t} {kind}  {event.get('message', '')}"
 
 
 # ---- Commands ----
@@ -1551,6 +1698,147 @@ def cmd_check(args, command) -> int:
     return 0
 
 
+def cmd_ls(args, command) -> int:
+    sessions = find_sessions()
+    if args.json:
+        print(json.dumps(sessions, indent=2))
+        return 0
+    if not sessions:
+        print("no claude-bottle sessions")
+        return 0
+    rows = [("SESSION", "AGENT", "BOTTLE", "STATE", "AGE", "OWNER")]
+    for s in sessions:
+        alive = {True: "alive", False: "gone", None: "unknown"}[s["owner_alive"]]
+        rows.append((s["session"], s["agent"], s["bottle"], s["state"], _age(s["created"]),
+                     f"{s['owner'] or '?'} ({alive})"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _gone(session: str) -> bool:
+    flt = ["--quiet", "--filter", f"label={SESSION_LABEL}={session}"]
+    return not (docker("ps", "--all", *flt).stdout.strip() or docker("network", "ls", *flt).stdout.strip())
+
+
+def cmd_stop(args, command) -> int:
+    if not args.session and not args.all:
+        raise ConfigError("stop: name a SESSION (see `claude-bottle ls`) or pass --all")
+    for s in select_sessions(find_sessions(), args.session, args.all):
+        # A live owner on this host tears down itself, as on Ctrl-C: the same path, egress report included.
+        if s["owner_alive"]:
+            os.kill(int(s["owner"].rpartition(":")[2]), signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while not _gone(s["session"]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        teardown_session(s)
+        print(f"stopped {s['session']}")
+    return 0
+
+
+def cmd_gc(args, command) -> int:
+    sessions = find_sessions()
+    orphans = [s for s in sessions if is_orphan(s)]
+    for s in sessions:
+        if s not in orphans and s["owner_alive"] is None and s["owner"]:
+            print(f"skipped {s['session']}: owned by {s['owner']} on another host; run gc there")
+    for s in orphans:
+        names = [c["name"] for c in s["containers"]] + [n["name"] for n in s["networks"]]
+        if args.dry_run:
+            print(f"would remove {s['session']}: {', '.join(names)}")
+        else:
+            teardown_session(s)
+            print(f"removed {s['session']}: {', '.join(names)}")
+    if not orphans:
+        print("nothing to remove")
+    return 0
+
+
+def cmd_logs(args, command) -> int:
+    session = select_sessions(find_sessions(), args.session, False)[0]
+    sidecar = next((c["name"] for c in session["containers"] if c["role"] == "pipelock"), None)
+    if sidecar is None:
+        raise BottleError(f"session {session['session']} has no pipelock sidecar (any more)")
+    proc = docker_popen("logs", *(["--follow"] if args.follow else []), sidecar,
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:
+            for event in parse_events(line):
+                print(json.dumps(event) if args.json else render_event(event), flush=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    return 0
+
+
+def _engine_leaks_dns(version: str) -> bool:
+    """Engines before 25.0.5 forwarded DNS for internal networks (CVE-2024-29018)."""
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    return parts < (25, 0, 5)
+
+
+def doctor_checks(args) -> list:
+    """(ok, what, detail) for each check, in order; later checks need the earlier ones."""
+    import shutil
+    checks = []
+    path = shutil.which("docker")
+    checks.append((bool(path), "docker CLI", path or "not found; install Docker"))
+    if not path:
+        return checks
+    r = docker("version", "--format", "{{.Server.Version}}", check=False)
+    version = r.stdout.strip()
+    checks.append((r.returncode == 0 and bool(version), "docker daemon", version and f"answers (engine {version})"
+                   or f"does not answer: {r.stderr.strip()[-200:]}; start it, or check DOCKER_HOST"))
+    if not version:
+        return checks
+    checks.append((True, "engine DNS", "internal networks forward outside DNS on this engine "
+                   "(CVE-2024-29018); the agent's --dns 127.0.0.1 keeps it off that path"
+                   if _engine_leaks_dns(version) else "internal networks do not forward outside DNS"))
+    try:
+        config = _load(args)
+        plans = [_plan(args, config, name) for name in
+                 [None, *(n for n in known_agents(config, find_project(Path.cwd())) if n != DEFAULT_AGENT)]]
+        checks.append((True, "config", f"{config.path or 'none; built-in defaults'}: {len(plans)} agent(s) ok"))
+    except BottleError as e:
+        checks.append((False, "config", str(e)))
+        return checks
+    image = plans[0].pipelock_image
+    have = docker(*image_inspect_argv(image), check=False).returncode == 0
+    checks.append((have, "pipelock image", f"{image} present" if have else
+                   f"{image} missing; `docker pull {image}`, or set {PIPELOCK_IMAGE_ENV}"))
+    for agent_image in dict.fromkeys(p.image for p in plans):
+        have = docker(*image_inspect_argv(agent_image), check=False).returncode == 0
+        fix = ("built by the first `claude-bottle start` (needs Docker Hub, Debian's mirror and claude.ai)"
+               if agent_image == AGENT_IMAGE else f"`docker pull {agent_image}`")
+        checks.append((have, "agent image", f"{agent_image} present" if have else f"{agent_image} missing; {fix}"))
+        if have and any(p.ssh for p in plans if p.image == agent_image):
+            probe = docker("run", "--rm", "--network", "none", "--entrypoint", "sh", agent_image, "-c",
+                           "command -v socat && command -v ssh", check=False)
+            checks.append((probe.returncode == 0, "socat and ssh in the agent image",
+                           f"{agent_image}: " + ("found" if probe.returncode == 0 else
+                                                 "missing; SSH hosts tunnel through `socat` inside the bottle")))
+    if any(p.ssh for p in plans):
+        sock = os.environ.get("SSH_AUTH_SOCK", "")
+        try:
+            with socket.socket(socket.AF_UNIX) as c:
+                c.connect(sock)
+            ok, detail = True, f"answers at {sock}"
+        except OSError:
+            ok, detail = False, "no ssh-agent (SSH_AUTH_SOCK); start one and `ssh-add` your key for SSH hosts"
+        checks.append((ok, "ssh-agent", detail))
+    return checks
+
+
+def cmd_doctor(args, command) -> int:
+    checks = doctor_checks(args)
+    for ok, what, detail in checks:
+        print(f"{'ok  ' if ok else 'FAIL'}  {what}: {detail}")
+    failed = sum(not ok for ok, _, _ in checks)
+    print(f"claude-bottle doctor: {'all checks pass' if not failed else f'{failed} check(s) failed'}")
+    return 0 if not failed else 1
+
+
 # ---- Command line ----
 
 class _Parser(argparse.ArgumentParser):
@@ -1565,6 +1853,9 @@ examples:
   claude_bottle.py start implementer --dry-run   show the plan and every docker command; run nothing
   claude_bottle.py start --yes -- bash           a shell in the bottle instead of Claude Code
   claude_bottle.py check                         validate every agent in claude-bottle.toml (pre-commit)
+  claude_bottle.py ls                            running sessions; `stop SESSION`, `logs SESSION -f`
+  claude_bottle.py gc                            remove what a killed session left behind
+  claude_bottle.py doctor                        check docker, images and config
 """
 
 
@@ -1604,6 +1895,34 @@ def build_parser() -> argparse.ArgumentParser:
                            "exit 2 on any error. Meant for pre-commit.")
     check.add_argument("--json", action="store_true", help="print the agents as JSON")
     check.set_defaults(func=cmd_check)
+
+    ls = sub.add_parser("ls", aliases=["ps"], parents=[common], help="list running sessions",
+                        description="Sessions found by their claude-bottle.session label, with the state of "
+                        "their agent and whether the CLI that owns them is still alive.")
+    ls.add_argument("--json", action="store_true", help="print the sessions as JSON")
+    ls.set_defaults(func=cmd_ls)
+
+    stop = sub.add_parser("stop", parents=[common], help="tear a session down from another terminal")
+    stop.add_argument("session", nargs="?", metavar="SESSION", help="a session id (or a unique prefix)")
+    stop.add_argument("--all", action="store_true", help="stop every session")
+    stop.set_defaults(func=cmd_stop)
+
+    gc = sub.add_parser("gc", parents=[common], help="remove what crashed or killed sessions left behind",
+                        description="Remove sessions whose CLI is gone (kill -9, a crash). Touches nothing "
+                        "without the claude-bottle.session label.")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    gc.set_defaults(func=cmd_gc)
+
+    doctor = sub.add_parser("doctor", parents=[common], help="check this machine and the config",
+                            description="Check docker, the engine, the images, SSH prerequisites and the "
+                            "config; exit 0 only when every check passes.")
+    doctor.set_defaults(func=cmd_doctor)
+
+    logs = sub.add_parser("logs", parents=[common], help="show pipelock's decisions for a session")
+    logs.add_argument("session", metavar="SESSION", help="a session id (or a unique prefix)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new decisions")
+    logs.add_argument("--json", action="store_true", help="print pipelock's JSON events")
+    logs.set_defaults(func=cmd_logs)
     return parser
 
 

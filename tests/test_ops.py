@@ -1,0 +1,223 @@
+"""Operating bottles with a fake docker: ls, stop, gc, logs, doctor, and orphan reaping at start."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import unittest
+
+from tests.test_cli import CLI, CliTest
+
+HOST = socket.gethostname()
+
+
+def dead_pid() -> int:
+    """A pid that certainly belongs to no process: one that just exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def live_owner(test) -> int:
+    """A running process that looks like a claude-bottle CLI (its command line says claude)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # claude-bottle stand-in"])
+    test.addCleanup(proc.wait)
+    test.addCleanup(proc.kill)
+    return proc.pid
+
+
+def session_rules(sid: str, owner: str, state: str = "running", agent: str = "impl") -> list:
+    """`docker ps` and `docker network ls` answers for one session, as docker prints `{{json .}}`."""
+    def labels(role):
+        return ",".join(f"claude-bottle.{k}={v}" for k, v in (
+            ("session", sid), ("role", role), ("agent", agent), ("bottle", "web"), ("owner", owner)))
+    created = "2026-11-27 08:00:00 +0000 UTC"
+    ps = [{"Names": f"claude-bottle-{sid}", "State": state, "Labels": labels("agent"), "CreatedAt": created},
+          {"Names": f"claude-bottle-{sid}-pipelock", "State": "running", "Labels": labels("pipelock"),
+           "CreatedAt": created}]
+    nets = [{"Name": f"claude-bottle-{sid}-internal", "Labels": labels("internal"),
+             "CreatedAt": "2026-11-27 07:59:59.5 +0000 UTC"},
+            {"Name": f"claude-bottle-{sid}-egress", "Labels": labels("egress"), "CreatedAt": created}]
+    return [lines("ps", ps), lines("network ls", nets)]
+
+
+def lines(what: str, items: list) -> dict:
+    return {"match": what.split(), "stdout": "".join(json.dumps(i) + "\n" for i in items)}
+
+
+def merge(*rule_sets) -> list:
+    """Several sessions' answers combined into one rule per command."""
+    merged = {}
+    for rules in rule_sets:
+        for rule in rules:
+            key = tuple(rule["match"])
+            merged.setdefault(key, {"match": rule["match"], "stdout": ""})["stdout"] += rule["stdout"]
+    return list(merged.values())
+
+
+class Ls(CliTest):
+    def test_lists_sessions_with_owner_liveness(self):
+        rules = merge(session_rules("impl-aaaaaa", f"{HOST}:{live_owner(self)}"),
+                      session_rules("impl-bbbbbb", f"{HOST}:{dead_pid()}", state="exited"),
+                      session_rules("impl-cccccc", "elsewhere:42"))
+        proc = self.cli("ls", env=self.env(rules))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        out = proc.stdout.splitlines()
+        self.assertEqual(out[0].split(), ["SESSION", "AGENT", "BOTTLE", "STATE", "AGE", "OWNER"])
+        self.assertRegex(out[1], r"^impl-aaaaaa +impl +web +running +\S+ +\S+:\d+ \(alive\)$")
+        self.assertIn("(gone)", next(line for line in out if "impl-bbbbbb" in line))
+        self.assertIn("exited", next(line for line in out if "impl-bbbbbb" in line))
+        self.assertIn("(unknown)", next(line for line in out if "impl-cccccc" in line))
+        self.assertEqual(self.fake.argvs(), [
+            ["ps", "--all", "--format", "{{json .}}", "--filter", "label=claude-bottle.session"],
+            ["network", "ls", "--format", "{{json .}}", "--filter", "label=claude-bottle.session"]])
+
+    def test_alias_ps_and_json(self):
+        proc = self.cli("ps", "--json", env=self.env(session_rules("impl-aaaaaa", "elsewhere:1")))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        [session] = json.loads(proc.stdout)
+        self.assertEqual(session["session"], "impl-aaaaaa")
+        self.assertEqual(session["state"], "running")
+        self.assertIsNone(session["owner_alive"])
+        self.assertEqual(sorted(n["name"] for n in session["networks"]),
+                         ["claude-bottle-impl-aaaaaa-egress", "claude-bottle-impl-aaaaaa-internal"])
+
+    def test_empty(self):
+        proc = self.cli("ls")
+        self.assertEqual(proc.stdout, "no claude-bottle sessions\n")
+
+
+class Gc(CliTest):
+    def test_removes_only_sessions_whose_owner_is_gone(self):
+        rules = merge(session_rules("impl-dead00", f"{HOST}:{dead_pid()}"),
+                      session_rules("impl-live00", f"{HOST}:{live_owner(self)}"),
+                      session_rules("impl-away00", "elsewhere:42"))
+        proc = self.cli("gc", env=self.env(rules))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("removed impl-dead00", proc.stdout)
+        self.assertIn("skipped impl-away00: owned by elsewhere:42", proc.stdout)
+        mutating = [a for a in self.fake.argvs() if a[0] == "rm" or a[:2] == ["network", "rm"]]
+        # The same ordered teardown as a session's own exit: both containers, then both networks.
+        self.assertEqual(mutating, [
+            ["rm", "--force", "claude-bottle-impl-dead00", "claude-bottle-impl-dead00-pipelock"],
+            ["network", "rm", "claude-bottle-impl-dead00-egress", "claude-bottle-impl-dead00-internal"]])
+
+    def test_dry_run_removes_nothing(self):
+        proc = self.cli("gc", "--dry-run", env=self.env(session_rules("impl-dead00", f"{HOST}:{dead_pid()}")))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("would remove impl-dead00: claude-bottle-impl-dead00", proc.stdout)
+        self.assertFalse([a for a in self.fake.argvs() if a[0] == "rm" or a[:2] == ["network", "rm"]])
+
+    def test_never_prunes_globally(self):
+        self.cli("gc", env=self.env(session_rules("impl-dead00", f"{HOST}:{dead_pid()}")))
+        for argv in self.fake.argvs():
+            self.assertNotIn("prune", argv)
+            if argv[0] in ("ps",) or argv[:2] == ["network", "ls"]:
+                self.assertIn("label=claude-bottle.session", argv)
+
+    def test_start_reaps_orphans_first(self):
+        rules = session_rules("impl-dead00", f"{HOST}:{dead_pid()}")
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, start_rc=0))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        calls = self.fake.argvs()
+        reap = calls.index(["rm", "--force", "claude-bottle-impl-dead00", "claude-bottle-impl-dead00-pipelock"])
+        start = next(i for i, a in enumerate(calls) if a[0] == "start")
+        self.assertLess(reap, start)
+
+
+class Stop(CliTest):
+    def test_stop_tears_down_a_session_whose_owner_is_gone(self):
+        rules = session_rules("impl-aaaaaa", f"{HOST}:{dead_pid()}")
+        proc = self.cli("stop", "impl-a", env=self.env(rules))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stdout, "stopped impl-aaaaaa\n")
+        self.assertIn(["rm", "--force", "claude-bottle-impl-aaaaaa", "claude-bottle-impl-aaaaaa-pipelock"],
+                      self.fake.argvs())
+
+    def test_stop_signals_a_live_owner(self):
+        owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # claude-bottle stand-in"])
+        self.addCleanup(owner.kill)
+        rules = session_rules("impl-aaaaaa", f"{HOST}:{owner.pid}")
+        proc = self.cli("stop", "impl-aaaaaa", env=self.env(rules + [{"match": ["ps", "--all", "--quiet"]}]))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(owner.wait(timeout=10), -15, "the owner gets SIGTERM, as on a normal interrupt")
+
+    def test_unknown_or_missing_session(self):
+        self.assertOneLineError(self.cli("stop", "nope"), 2, "matches no session")
+        self.assertOneLineError(self.cli("stop"), 2, "--all")
+
+    def test_stop_all(self):
+        rules = merge(session_rules("impl-aaaaaa", f"{HOST}:{dead_pid()}"),
+                      session_rules("impl-bbbbbb", f"{HOST}:{dead_pid()}"))
+        proc = self.cli("stop", "--all", env=self.env(rules))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(sorted(proc.stdout.splitlines()), ["stopped impl-aaaaaa", "stopped impl-bbbbbb"])
+
+
+class Logs(CliTest):
+    EVENTS = [
+        {"level": "info", "event": "startup", "time": "2026-11-27T08:00:00Z", "message": "listening"},
+        {"event": "tunnel_open", "target": "web:443", "time": "2026-11-27T08:00:01Z"},
+        {"event": "blocked", "method": "CONNECT", "target": "evil.example:443", "scanner": "allowlist",
+         "reason": "domain not in allowlist: evil.example", "time": "2026-11-27T08:00:02Z"},
+    ]
+
+    def test_renders_decisions(self):
+        logs = {"match": ["logs"], "stdout": "banner\n" + "".join(json.dumps(e) + "\n" for e in self.EVENTS)}
+        rules = session_rules("impl-aaaaaa", "elsewhere:1") + [logs]
+        proc = self.cli("logs", "impl-aaaaaa", env=self.env(rules))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("08:00:01 allowed  CONNECT web:443", proc.stdout)
+        self.assertIn("08:00:02 blocked  CONNECT evil.example:443  (allowlist: domain not in allowlist: "
+                      "evil.example)", proc.stdout)
+        self.assertNotIn("banner", proc.stdout)
+        self.assertIn(["logs", "claude-bottle-impl-aaaaaa-pipelock"], self.fake.argvs())
+        proc = self.cli("logs", "impl-aaaaaa", "--json", "-f", env=self.env(rules))
+        self.assertEqual([json.loads(line) for line in proc.stdout.splitlines()], self.EVENTS)
+        self.assertIn(["logs", "--follow", "claude-bottle-impl-aaaaaa-pipelock"], self.fake.argvs())
+
+
+class Doctor(CliTest):
+    def test_all_pass(self):
+        self.write_config('[agents.x]\nimage = "example.test/agent:1"\n'
+                          '[bottles.default]\n[[bottles.default.ssh]]\nHost = "gh"\nHostname = "github.com"\n')
+        rules = [{"match": ["version"], "stdout": "27.3.1\n"}]
+        with socket.socket(socket.AF_UNIX) as agent:
+            path = str(self.fake.tmpdir / "agent.sock")
+            agent.bind(path)
+            agent.listen(1)
+            proc = self.cli("doctor", env=self.env(rules, SSH_AUTH_SOCK=path))
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertIn("internal networks do not forward outside DNS", proc.stdout)
+        self.assertIn("ok    socat and ssh in the agent image", proc.stdout)
+        self.assertIn("all checks pass", proc.stdout)
+        probe = next(a for a in self.fake.argvs() if a[0] == "run")
+        self.assertEqual(probe[:4], ["run", "--rm", "--network", "none"], "the probe container has no network")
+
+    def test_failures_exit_1_with_a_fix(self):
+        rules = [{"match": ["version"], "stdout": "20.10.24\n"},
+                 {"match": ["image", "inspect"], "rc": 1, "stderr": "Error: No such image\n"}]
+        proc = self.cli("doctor", env=self.env(rules))
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("CVE-2024-29018", proc.stdout)
+        self.assertRegex(proc.stdout, r"FAIL  pipelock image: \S+ missing; `docker pull ")
+        self.assertRegex(proc.stdout.splitlines()[-1], r"^claude-bottle doctor: \d+ check\(s\) failed$")
+
+    def test_no_daemon(self):
+        rules = [{"match": ["version"], "rc": 1, "stderr": "Error response from daemon: nope\n"}]
+        proc = self.cli("doctor", env=self.env(rules))
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("FAIL  docker daemon: does not answer", proc.stdout)
+
+    def test_no_docker(self):
+        env = self.env()
+        env["PATH"] = str(self.project)
+        proc = subprocess.run([sys.executable, str(CLI), "doctor"], cwd=self.project, env=env,
+                              capture_output=True, text=True)
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("FAIL  docker CLI: not found", proc.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
