@@ -907,6 +907,11 @@ def logs_argv(plan: Plan) -> list:
     return ["logs", plan.sidecar]
 
 
+def find_sessions_argvs() -> list:
+    fmt = ["--format", "{{json .}}", "--filter", f"label={SESSION_LABEL}"]
+    return [["ps", "--all", *fmt], ["network", "ls", *fmt]]
+
+
 def rm_containers_argv(names) -> list:
     return ["rm", "--force", *names]
 
@@ -927,6 +932,8 @@ def planned_commands(plan: Plan, private_dir: str) -> list:
         cmds += [(image_inspect_argv(plan.image), "reuse the agent image when it exists"),
                  (build_argv(plan.image), "only when it is missing; the embedded Dockerfile on stdin")]
     cmds += [(network_create_argv(plan, name, internal), "") for name, internal in plan.created_networks]
+    cmds += [(argv, "meanwhile: find orphaned sessions (their CLI is gone) and tear them down")
+             for argv in find_sessions_argvs()]
     cmds += [
         (sidecar_run_argv(plan, private_dir), ""),
         (network_connect_argv(plan), ""),
@@ -1523,9 +1530,8 @@ def owner_alive(owner: str) -> bool | None:
 
 def find_sessions() -> list:
     """Every session that has a container or network labelled claude-bottle.session, oldest first."""
-    fmt = ["--format", "{{json .}}", "--filter", f"label={SESSION_LABEL}"]
     found = {}
-    for kind, argv in (("containers", ["ps", "--all", *fmt]), ("networks", ["network", "ls", *fmt])):
+    for kind, argv in zip(("containers", "networks"), find_sessions_argvs()):
         for line in docker(*argv).stdout.splitlines():
             item = json.loads(line)
             labels = parse_labels(item.get("Labels", ""))

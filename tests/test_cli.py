@@ -172,7 +172,9 @@ class Start(CliTest):
         internal, egress = f"claude-bottle-{sid}-internal", f"claude-bottle-{sid}-egress"
         return [
             [["image", "inspect", "--format", "{{.Id}}"]],
-            [["network", "create", "--internal"], ["network", "create", "--label"]],
+            # Orphans of other sessions are looked for while the networks are created.
+            [["network", "create", "--internal"], ["network", "create", "--label"], ["ps", "--all"],
+             ["network", "ls"]],
             [["run", "--detach", "--name", sidecar], ["network", "connect", internal, sidecar],
              ["create", "--name", agent]],
             # The agent's container starts while the sidecar's health is polled.
@@ -308,7 +310,7 @@ class Start(CliTest):
         agent, sidecar = f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"
         calls = self.fake.argvs()
         self.assertPhases(calls, [
-            [["image", "inspect"]], [["network", "create"], ["network", "create"]],
+            [["image", "inspect"]], [["network", "create"], ["network", "create"], ["ps"], ["network", "ls"]],
             [["run", "--detach", "--name", sidecar], ["create", "--name", agent]],
             [["rm", "--force", agent, sidecar]],
             [["network", "rm", f"claude-bottle-{sid}-egress", f"claude-bottle-{sid}-internal"]]])
