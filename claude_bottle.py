@@ -987,7 +987,8 @@ def plan_json(plan: Plan, private_dir: str) -> dict:
                   "created": [n for n, _ in plan.created_networks]},
         egress_line=egress_line(plan.hosts),
         files={"pipelock/pipelock.yaml": render_pipelock_yaml(plan), "ssh_config": render_ssh_config(plan)},
-        docker_commands=[{"argv": ["docker", *argv], "note": note} for argv, note in planned_commands(plan, private_dir)],
+        docker_commands=[{"argv": ["docker", *argv], "note": note}
+                         for argv, note in planned_commands(plan, private_dir)],
     )
     return data
 
@@ -1049,7 +1050,8 @@ def render_report(plan: Plan, report: dict) -> list:
         lines.append("  blocked: nothing")
         return lines
     for i, b in enumerate(report["blocked"]):
-        lines.append(f"  {'blocked: ' if i == 0 else '         '}{b['host']} ({b['count']}) {b['scanner']}: {b['reason']}")
+        head = "blocked: " if i == 0 else " " * 9
+        lines.append(f"  {head}{b['host']} ({b['count']}) {b['scanner']}: {b['reason']}")
     valid = []
     for b in report["blocked"]:
         try:
@@ -1447,8 +1449,9 @@ def run_session(plan: Plan, report_json: str | None = None, quiet: bool = False)
 
     Steps that do not depend on each other run at once: the networks; the sidecar and the agent
     container; the sidecar's health check and the agent's start, whose command waits behind the
-    self-test's gate until the self-test has run inside it. Every undo is pushed before its create: the names are unique to the session and
-    a missing resource counts as removed, so an interrupt or a half-done create can never strand one.
+    self-test's gate until the self-test has run inside it. Every undo is pushed before its create:
+    the names are unique to the session and a missing resource counts as removed, so an interrupt or
+    a half-done create can never strand one.
     """
     with Teardown() as td:
         private_dir = make_private_dir()
@@ -1959,7 +1962,7 @@ def main(argv=None) -> int:
     except Exception:
         import traceback
         traceback.print_exc()
-        print(f"claude-bottle: unexpected error (a bug); please report it with the lines above", file=sys.stderr)
+        print("claude-bottle: unexpected error (a bug); please report it with the lines above", file=sys.stderr)
         return 3
     finally:
         for s, handler in old.items():

@@ -4,8 +4,10 @@ Each call appends one JSON line to $FAKE_DOCKER_LOG: argv (without "docker"), th
 bytes, and the values of the variables named by `--env NAME` as docker would read them. Rules in
 $FAKE_DOCKER_RULES (JSON list) pick the answer for the first argv prefix that matches:
     {"match": ["exec"], "rc": 1, "stderr": "...", "stdout": "...", "times": 2, "contains": "text"}
-`times` limits how often a rule fires; `contains` makes it fire only when the joined argv holds the text. `start` without a rule blocks until the agent container is
-removed (`rm --force` records it), as `docker start --attach` does, or exits with $FAKE_DOCKER_START_RC.
+`times` limits how often a rule fires; `contains` makes it fire only when the joined argv holds the
+text. `start` without a rule blocks until the agent container is removed (`rm --force` records it),
+as `docker start --attach` does, or, once the self-test opened a gated agent's gate (or without a
+gate), exits with $FAKE_DOCKER_START_RC.
 `inspect` answers with an address on every network it saw created or named with `run --network`.
 """
 

@@ -1,7 +1,6 @@
 """Operating bottles with a fake docker: ls, stop, gc, logs, doctor, and orphan reaping at start."""
 
 import json
-import os
 import socket
 import subprocess
 import sys

@@ -58,7 +58,8 @@ def session_of(text: str) -> str:
 
 def leftovers(session: str | None = None) -> list:
     """Containers and networks of claude-bottle still present (of one session, or any)."""
-    flt = ["--filter", f"label=claude-bottle.session={session}"] if session else ["--filter", "label=claude-bottle.session"]
+    label = f"label=claude-bottle.session={session}" if session else "label=claude-bottle.session"
+    flt = ["--filter", label]
     names = docker("ps", "-a", "--format", "{{.Names}}", *flt).stdout.split()
     names += docker("network", "ls", "--format", "{{.Name}}", *flt).stdout.split()
     if session is None:

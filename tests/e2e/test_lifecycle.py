@@ -54,7 +54,7 @@ class Lifecycle(E2ETest):
         self.assertEqual(proc.returncode, 1, proc.stderr)
         self.assertIn("claude-bottle: error: `docker run", proc.stderr)
         session = session_of(proc.stdout)
-        self.assertIn(f"docker network create --internal", proc.stderr, "the networks were created")
+        self.assertIn("docker network create --internal", proc.stderr, "the networks were created")
         self.assertIn(f"claude-bottle-{session}-egress", proc.stderr)
         self.assertEqual(leftovers(session), [])
 
