@@ -90,7 +90,7 @@ RUN apt-get update \\
  && apt-get install -y --no-install-recommends \\
       bash ca-certificates curl git jq less openssh-client procps socat \\
  && rm -rf /var/lib/apt/lists/*
-RUN useradd --create-home --uid {AGENT_UID} --user-group --shell /bin/bash claude \\
+RUN (id -u claude >/dev/null 2>&1 || useradd --create-home --uid {AGENT_UID} --user-group --shell /bin/bash claude) \\
  && install -d -o claude -g claude -m 0755 {AGENT_WORKDIR} \\
  && install -d -o claude -g claude -m 0700 {AGENT_HOME}/.ssh
 
