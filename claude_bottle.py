@@ -16,6 +16,8 @@ Exit status: the agent command's own status; 2 usage or config error; 1 runtime 
 128+N when interrupted by signal N (130 for Ctrl-C); 3 an unexpected bug.
 """
 
+from __future__ import annotations
+
 import argparse
 import dataclasses
 import hashlib
@@ -24,7 +26,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -1272,6 +1273,7 @@ class SshAgentRelay:
     MAX_MESSAGE = 256 * 1024
 
     def __init__(self, upstream: str, path: str):
+        import socket
         self.upstream, self.path = upstream, path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
@@ -1281,6 +1283,7 @@ class SshAgentRelay:
         self._thread.start()
 
     def close(self) -> None:
+        import socket
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -1317,6 +1320,7 @@ class SshAgentRelay:
         return data
 
     def _relay(self, conn) -> None:
+        import socket
         try:
             with conn, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as up:
                 up.connect(self.upstream)
@@ -1510,12 +1514,16 @@ def _created(text: str) -> float | None:
     return datetime.strptime(" ".join(m.groups()), "%Y-%m-%d %H:%M:%S %z").timestamp() if m else None
 
 
+def hostname() -> str:
+    return os.uname().nodename
+
+
 def owner_alive(owner: str) -> bool | None:
     """Whether the CLI that started a session still runs: None when it is on another host (unknowable)."""
     host, _, pid = (owner or "").rpartition(":")
     if not host or not pid.isdigit():
         return None
-    if host != socket.gethostname():
+    if host != hostname():
         return None
     try:
         os.kill(int(pid), 0)
@@ -1640,7 +1648,7 @@ def _plan(args, config: Config, agent: str | None, command=None) -> Plan:
         config, agent, cwd=Path.cwd(), environ=os.environ, suffix=os.urandom(3).hex(),
         tty=sys.stdin.isatty() and sys.stdout.isatty(), command=command,
         workspace=getattr(args, "workspace", None), extra_allow=getattr(args, "allow", None) or (),
-        owner=f"{socket.gethostname()}:{os.getpid()}", self_test=not getattr(args, "no_self_test", False),
+        owner=f"{hostname()}:{os.getpid()}", self_test=not getattr(args, "no_self_test", False),
     )
 
 
@@ -1790,6 +1798,7 @@ def _engine_leaks_dns(version: str) -> bool:
 def doctor_checks(args) -> list:
     """(ok, what, detail) for each check, in order; later checks need the earlier ones."""
     import shutil
+    import socket
     checks = []
     path = shutil.which("docker")
     checks.append((bool(path), "docker CLI", path or "not found; install Docker"))
