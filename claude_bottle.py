@@ -67,6 +67,10 @@ IDLE_TIMEOUT_SECONDS = 1800
 # pipelock's default is 60 requests a minute per domain; a package install makes hundreds.
 MAX_REQUESTS_PER_MINUTE = 6000
 
+# git reads this file in a .git dir to find the directory holding the config and hooks: written by the
+# agent into the writable .git, it would send git on the host around the read-only .git/config and hooks.
+GIT_COMMONDIR = os.path.join(".git", "commondir")
+
 AGENT_UID = 1000
 AGENT_HOME = "/home/claude"
 AGENT_WORKDIR = "/workspace"
@@ -623,7 +627,15 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
     git_dir = (ws / ".git").is_dir()
     read_only = ()
     if git_dir:
+        if os.path.lexists(ws / GIT_COMMONDIR):
+            raise ConfigError(f"workspace: {ws / GIT_COMMONDIR} exists; it sends git to another directory's "
+                              f"config and hooks, and a repository's own .git never has one (an agent may have "
+                              f"written it): look at it, remove it and start again")
         read_only = (".git/hooks",) + ((".git/config",) if (ws / ".git" / "config").is_file() else ())
+    elif (ws / ".git").is_file():
+        # A linked worktree or a submodule: `.git` names the git dir, which is not mounted. Pointed at a git
+        # dir the agent made in the workspace, it would run the agent's hooks and fsmonitor on the host.
+        read_only = (".git",)
     if config.path and Path(config.path).resolve().is_relative_to(ws):
         read_only += (str(Path(config.path).resolve().relative_to(ws)),)
     return Plan(
@@ -836,6 +848,9 @@ def agent_create_argv(plan: Plan, private_dir: str) -> list:
     return [*argv, "--entrypoint", plan.command[0], plan.image, *plan.command[1:]]
 
 
+# The self-test's verdicts: pipelock never answered; how long silence must last to count as "unreachable".
+PROXY_SILENT = "the pipelock sidecar does not answer the agent"
+SILENCE = 0.2
 # The agent's command waits behind this gate until the self-test, run inside the same container,
 # opens it; a failed self-test tears the bottle down before the command ever runs.
 GATE_FILE = "/tmp/.claude-bottle-self-test-passed"
@@ -849,13 +864,13 @@ def render_self_test(plan: Plan, outside_ip: str, host_ip: str = "") -> str:
     means the agent has a route out. `host_ip` is the internal network's gateway, the host itself.
     Unreachable means silence: an internal network drops what leaves it, so a connection that is
     refused (or accepted) within the timeout proves a path. A local TCP handshake is done by the
-    kernel in well under a millisecond, so 0.25 s of silence is a wide margin.
+    kernel in well under a millisecond, so SILENCE seconds without an answer is a wide margin.
     """
     q = shlex.quote
-    checks = [("proxy", f"probe {q(f'http://{plan.sidecar}:{PROXY_PORT}/health')} 3"),
-              ("outside", f"probe {q(f'http://{outside_ip}:{PROXY_PORT}/health')} 0.25")]
+    checks = [("proxy", f"proxy {q(f'http://{plan.sidecar}:{PROXY_PORT}/health')}"),
+              ("outside", f"probe {q(f'http://{outside_ip}:{PROXY_PORT}/health')} {SILENCE}")]
     if host_ip:
-        checks.append(("host", f"probe {q(f'http://{host_ip}:{PROXY_PORT}/')} 0.25"))
+        checks.append(("host", f"probe {q(f'http://{host_ip}:{PROXY_PORT}/')} {SILENCE}"))
     run = "\n".join(f"{call} > /tmp/.claude-bottle-{name} &" for name, call in checks)
     host_check = (f'read code rc < /tmp/.claude-bottle-host\n'
                   f'[ "$rc" = 28 ] || fail "the agent reached the host at {host_ip} without the proxy"\n'
@@ -876,11 +891,20 @@ except Exception as e: print("000", 28 if isinstance(getattr(e, "reason", e), Ti
     echo "000 127"
   fi
 }}
+# proxy URL: pipelock's health check, from the agent's side: poll until it answers (at most {HEALTH_TIMEOUT:.0f} s)
+proxy() {{
+  i=0
+  while :; do
+    set -- $(probe "$1" 2) "$1"
+    if [ "$1" = 200 ] || [ "$2" = 127 ] || [ $i -ge {int(HEALTH_TIMEOUT / 0.05)} ]; then echo "$1 $2"; return; fi
+    i=$((i + 1)); sleep 0.05; shift 2
+  done
+}}
 {run}
 wait
 read code rc < /tmp/.claude-bottle-proxy
 [ "$rc" != 127 ] || fail "the agent image has neither curl nor python3 to run the isolation self-test"
-[ "$code" = 200 ] || fail "the pipelock sidecar {plan.sidecar} does not answer the agent (HTTP $code)"
+[ "$code" = 200 ] || fail "{PROXY_SILENT}: no answer from {plan.sidecar} (HTTP $code)"
 read code rc < /tmp/.claude-bottle-outside
 [ "$rc" = 28 ] || fail "the agent reached {outside_ip} directly, without the proxy: it has a route out"
 {host_check}rm -f /tmp/.claude-bottle-proxy /tmp/.claude-bottle-outside /tmp/.claude-bottle-host
@@ -908,9 +932,15 @@ def logs_argv(plan: Plan) -> list:
     return ["logs", plan.sidecar]
 
 
+# Only the fields needed: `{{json .}}` would make `docker ps` compute every container's size, which
+# takes seconds on some storage drivers.
+LISTING = '{"name":{{json .Name%s}},"state":%s,"labels":{{json .Labels}},"created":{{json .CreatedAt}}}'
+
+
 def find_sessions_argvs() -> list:
-    fmt = ["--format", "{{json .}}", "--filter", f"label={SESSION_LABEL}"]
-    return [["ps", "--all", *fmt], ["network", "ls", *fmt]]
+    flt = ["--filter", f"label={SESSION_LABEL}"]
+    return [["ps", "--all", "--format", LISTING % ("s", "{{json .State}}"), *flt],
+            ["network", "ls", "--format", LISTING % ("", '""'), *flt]]
 
 
 def rm_containers_argv(names) -> list:
@@ -933,7 +963,7 @@ def planned_commands(plan: Plan, private_dir: str) -> list:
         cmds += [(image_inspect_argv(plan.image), "reuse the agent image when it exists"),
                  (build_argv(plan.image), "only when it is missing; the embedded Dockerfile on stdin")]
     cmds += [(network_create_argv(plan, name, internal), "") for name, internal in plan.created_networks]
-    cmds += [(argv, "meanwhile: find orphaned sessions (their CLI is gone) and tear them down")
+    cmds += [(argv, "in the background: find orphaned sessions (their CLI is gone) and tear them down")
              for argv in find_sessions_argvs()]
     cmds += [
         (sidecar_run_argv(plan, private_dir), ""),
@@ -942,17 +972,16 @@ def planned_commands(plan: Plan, private_dir: str) -> list:
     ]
     if plan.ssh:
         cmds.append((ssh_copy_argv(plan), f"a tar stream: {AGENT_HOME}/.ssh/config, owner {AGENT_UID}, mode 0600"))
-    if not plan.self_test:
+    if plan.self_test:
+        cmds.append((sidecar_inspect_argv(plan), "its egress-side address and the internal gateway, for the self-test"))
+    else:
         cmds.append((health_argv(plan), "repeated until healthy"))
     cmds.append((start_argv(plan), "attached to your terminal" +
                  ("; the command waits behind the self-test's gate" if plan.self_test else "")))
     if plan.self_test:
-        cmds += [
-            (health_argv(plan), "repeated until healthy"),
-            (sidecar_inspect_argv(plan), "its egress-side address and the internal gateway, for the self-test"),
-            (self_test_argv(plan, "<sidecar egress address>", "<internal gateway>"),
-             "isolation self-test inside the agent; opens the gate"),
-        ]
+        cmds.append((self_test_argv(plan, "<sidecar egress address>", "<internal gateway>"),
+                     "isolation self-test inside the agent, which also waits for pipelock's /health; "
+                     "opens the gate"))
     cmds += [
         (logs_argv(plan), "teardown: pipelock's decisions, for the egress report"),
         (rm_containers_argv([plan.agent_container, plan.sidecar]), "teardown"),
@@ -1337,6 +1366,16 @@ class SshAgentRelay:
             return
 
 
+def quarantine_commondir(plan: Plan) -> None:
+    """Move a `.git/commondir` the agent wrote out of git's way, before git on the host can read it."""
+    path = os.path.join(plan.workspace, GIT_COMMONDIR)
+    if os.path.lexists(path):
+        aside = f"{path}.claude-bottle-{plan.session}"
+        os.replace(path, aside)
+        warn(f"the agent wrote {path}, which sends git to another config and hooks; moved it to {aside} "
+             f"(review it, and the directory it names, before deleting it)")
+
+
 def require_network(name: str) -> None:
     r = docker(*network_inspect_argv(name), check=False)
     if r.returncode != 0:
@@ -1366,10 +1405,14 @@ def wait_healthy(plan: Plan, timeout: float = HEALTH_TIMEOUT) -> None:
             break
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
+    raise unhealthy(plan, r.stderr.strip() or "no answer")
+
+
+def unhealthy(plan: Plan, why: str) -> BottleError:
     logs = docker("logs", "--tail", "5", plan.sidecar, check=False)
     tail = " | ".join(ln.strip() for ln in (logs.stdout + logs.stderr).splitlines() if ln.strip())[-400:]
-    raise BottleError(f"the pipelock sidecar {plan.sidecar} did not become healthy "
-                      f"({(r.stderr.strip() or 'no answer')[-200:]}); its log: {tail or 'empty'}")
+    return BottleError(f"the pipelock sidecar {plan.sidecar} did not become healthy ({why[-200:]}); "
+                       f"its log: {tail or 'empty'}")
 
 
 def sidecar_addresses(plan: Plan) -> tuple:
@@ -1377,12 +1420,17 @@ def sidecar_addresses(plan: Plan) -> tuple:
     networks = json.loads(docker(*sidecar_inspect_argv(plan)).stdout or "{}")
     address = (networks.get(plan.egress) or {}).get("IPAddress")
     if not address:
-        raise BottleError(f"the pipelock sidecar {plan.sidecar} has no address on {plan.egress}")
+        # A container that has exited keeps no address: pipelock stopped straight after its start.
+        raise unhealthy(plan, f"it has no address on {plan.egress}; it exited")
     return address, (networks.get(plan.internal_network) or {}).get("Gateway") or ""
 
 
 def run_self_test(plan: Plan, addresses: tuple, attached: subprocess.Popen, timeout: float = 30.0) -> None:
-    """Check isolation from inside the agent container, whose command waits behind the gate."""
+    """Check isolation from inside the agent container, whose command waits behind the gate.
+
+    It is also the sidecar's health check: the script polls pipelock's /health, as `pipelock
+    healthcheck` does, but from the agent's side of the internal network, the path the agent will use.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
@@ -1395,6 +1443,8 @@ def run_self_test(plan: Plan, addresses: tuple, attached: subprocess.Popen, time
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
     reason = (r.stderr.strip() or r.stdout.strip() or f"exit {r.returncode}").splitlines()[-1]
+    if reason.startswith(PROXY_SILENT):
+        raise unhealthy(plan, reason)
     if attached.poll() is not None:
         reason = f"the agent container stopped (exit {attached.returncode}) before it could be checked"
     raise BottleError(f"isolation self-test failed, so the agent was not started and the bottle is torn "
@@ -1467,6 +1517,8 @@ def run_session(plan: Plan, report_json: str | None = None, quiet: bool = False)
         if plan.git_dir:
             # Mount over a hooks dir that exists, or the agent could create one and plant hooks in it.
             os.makedirs(os.path.join(plan.workspace, ".git", "hooks"), exist_ok=True)
+            # Runs after the agent's container is gone, so it cannot write another.
+            td.callback(quarantine_commondir, plan)
         # Before anything is created: a missing egress_network is a config error.
         if plan.egress_network:
             require_network(plan.egress_network)
@@ -1474,30 +1526,38 @@ def run_session(plan: Plan, report_json: str | None = None, quiet: bool = False)
             ensure_agent_image(plan)
         for name, _ in plan.created_networks:
             td.network(name)
-        # Other sessions' leftovers whose CLI is gone are reaped meanwhile, so address pools never run out.
-        parallel((reap_orphans,),
-                 *[(docker, *network_create_argv(plan, name, internal)) for name, internal in plan.created_networks])
+        # Other sessions' leftovers whose CLI is gone are reaped in the background, so Docker's address
+        # pools never run out; teardown waits for it, so the process never exits half-way through one.
+        reaper = threading.Thread(target=reap_orphans, daemon=True, name="reaper")
+        reaper.start()
+        td.callback(reaper.join)
+        parallel(*[(docker, *network_create_argv(plan, name, internal)) for name, internal in plan.created_networks])
         td.container(plan.sidecar)
         td.container(plan.agent_container)
         agent_steps = [(docker, *agent_create_argv(plan, private_dir))]
         if plan.ssh:
             agent_steps.append((lambda: docker(*ssh_copy_argv(plan), input=ssh_tar(plan)),))
-        parallel(
-            (_sequence, (docker, *sidecar_run_argv(plan, private_dir)), (docker, *network_connect_argv(plan))),
-            (_sequence, *agent_steps),
-        )
-        if not plan.self_test:
-            wait_healthy(plan)
-        proc = docker_popen(*start_argv(plan))
-        td.adopt(proc)
+        sidecar_steps = [(docker, *sidecar_run_argv(plan, private_dir)), (docker, *network_connect_argv(plan))]
+        addresses, attached = [], []
+
+        def start_agent():
+            attached.append(docker_popen(*start_argv(plan)))
+            td.adopt(attached[0])
+
         if plan.self_test:
-            # The agent's container starts while the sidecar comes up; its command waits at the gate.
+            # The agent's container starts while pipelock comes up: its command waits behind the gate.
+            sidecar_steps.append((lambda: addresses.extend(sidecar_addresses(plan)),))
+            agent_steps.append((start_agent,))
+        parallel((_sequence, *sidecar_steps), (_sequence, *agent_steps))
+        if plan.self_test:
+            run_self_test(plan, addresses, attached[0])
+        else:
             wait_healthy(plan)
-            run_self_test(plan, sidecar_addresses(plan), proc)
+            start_agent()
         # Pushed once the agent's command runs, and last, so it runs first: the log is read before the
         # sidecar goes, and the agent and the sidecar are still removed by one call.
         td.callback(report_egress, plan, report_json, quiet)
-        return proc.wait()
+        return attached[0].wait()
 
 
 # ---- Operating bottles: finding sessions, stopping them, reaping orphans ----
@@ -1545,18 +1605,18 @@ def find_sessions() -> list:
     for kind, argv in zip(("containers", "networks"), find_sessions_argvs()):
         for line in docker(*argv).stdout.splitlines():
             item = json.loads(line)
-            labels = parse_labels(item.get("Labels", ""))
+            labels = parse_labels(item["labels"])
             sid = labels.get(SESSION_LABEL, "")
             s = found.setdefault(sid, {
                 "session": sid, "agent": labels.get(f"{LABEL}.agent", "?"),
                 "bottle": labels.get(f"{LABEL}.bottle", "?"), "owner": labels.get(f"{LABEL}.owner", ""),
                 "containers": [], "networks": [], "created": None,
             })
-            entry = {"name": item.get("Names") or item.get("Name"), "role": labels.get(f"{LABEL}.role", "")}
+            entry = {"name": item["name"], "role": labels.get(f"{LABEL}.role", "")}
             if kind == "containers":
-                entry["state"] = item.get("State", "")
+                entry["state"] = item["state"]
             s[kind].append(entry)
-            created = _created(item.get("CreatedAt", ""))
+            created = _created(item["created"])
             if created and (s["created"] is None or created < s["created"]):
                 s["created"] = created
     sessions = sorted(found.values(), key=lambda s: s["created"] or 0)

@@ -167,28 +167,35 @@ class DryRun(CliTest):
 
 class Start(CliTest):
     def phases(self, sid):
-        """What a normal start runs, phase by phase; calls within a phase run at the same time."""
+        """What a normal start runs, phase by phase; calls within a phase run at the same time.
+
+        The search for orphaned sessions runs in the background: see `without_reaper`.
+        """
         agent, sidecar = f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"
         internal, egress = f"claude-bottle-{sid}-internal", f"claude-bottle-{sid}-egress"
         return [
             [["image", "inspect", "--format", "{{.Id}}"]],
-            # Orphans of other sessions are looked for while the networks are created.
-            [["network", "create", "--internal"], ["network", "create", "--label"], ["ps", "--all"],
-             ["network", "ls"]],
+            [["network", "create", "--internal"], ["network", "create", "--label"]],
+            # The sidecar (run, connect, its addresses) beside the agent (create, start: gated).
             [["run", "--detach", "--name", sidecar], ["network", "connect", internal, sidecar],
-             ["create", "--name", agent]],
-            # The agent's container starts while the sidecar's health is polled.
-            [["start", "--attach", "--interactive", agent], ["exec", sidecar, "/pipelock", "healthcheck"],
-             ["inspect", "--format", "{{json .NetworkSettings.Networks}}", sidecar]],
+             ["inspect", "--format", "{{json .NetworkSettings.Networks}}", sidecar],
+             ["create", "--name", agent], ["start", "--attach", "--interactive", agent]],
             [["exec", agent, "sh", "-c"]],
             [["logs", sidecar]],
             [["rm", "--force", agent, sidecar]],
             [["network", "rm", egress, internal]],
         ]
 
+    @staticmethod
+    def without_reaper(calls):
+        """The calls bar the background search for orphaned sessions (which must have happened)."""
+        rest = [c for c in calls if c[:2] not in (["ps", "--all"], ["network", "ls"])]
+        assert len(calls) - len(rest) == 2, f"expected one search for orphans in {calls}"
+        return rest
+
     def assertPhases(self, calls, phases):
         """`calls` are `phases` in order; within a phase, in any order (each matched by its prefix)."""
-        rest = list(calls)
+        rest = self.without_reaper(calls)
         for phase in phases:
             group, rest = rest[:len(phase)], rest[len(phase):]
             for prefix in phase:
@@ -207,13 +214,15 @@ class Start(CliTest):
         order = [a[:2] for a in calls]
         self.assertLess(order.index(["run", "--detach"]), order.index(["network", "connect"]))
         internal, egress = f"claude-bottle-{sid}-internal", f"claude-bottle-{sid}-egress"
+        sidecar = f"claude-bottle-{sid}-pipelock"
         creates = [a for a in calls if a[:2] == ["network", "create"]]
         self.assertEqual(sorted(a[-1] for a in creates), [egress, internal])
         self.assertEqual([a[-1] for a in creates if "--internal" in a], [internal])
         for argv in creates + [a for a in calls if a[0] in ("run", "create")]:
             self.assertIn(f"claude-bottle.session={sid}", argv)
-        self_test = calls[-4][-1]
+        self_test = self.without_reaper(calls)[-4][-1]
         self.assertIn("http://172.30.0.", self_test, "probes the sidecar's egress-side address")
+        self.assertIn(f"http://{sidecar}:8888/health", self_test, "waits for pipelock's health from the agent")
         self.assertEqual(list(self.fake.tmpdir.iterdir()), [], "the private temp dir must be removed")
 
     def test_no_self_test(self):
@@ -221,8 +230,10 @@ class Start(CliTest):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         sid = self.sid()
         phases = self.phases(sid)
-        # Health before the start; no inspect, no self-test, no gate.
-        self.assertPhases(self.fake.argvs(), phases[:3] + [[phases[3][1]], [phases[3][0]]] + phases[5:])
+        # The sidecar and the agent's container; health; only then the start. No inspect, no self-test, no gate.
+        sidecar_and_agent = [p for p in phases[2] if p[0] not in ("inspect", "start")]
+        self.assertPhases(self.fake.argvs(), phases[:2] + [sidecar_and_agent, [["exec", f"claude-bottle-{sid}-pipelock",
+                          "/pipelock", "healthcheck"]], [phases[2][-1]]] + phases[4:])
         create = next(a for a in self.fake.argvs() if a[0] == "create")
         self.assertNotIn("claude-bottle-gate", create)
         self.assertEqual(create[create.index("--entrypoint") + 1], "true")
@@ -236,8 +247,10 @@ class Start(CliTest):
         self.assertIn("isolation self-test failed", proc.stderr)
         self.assertIn("the agent reached 172.30.0.3 directly", proc.stderr)
         # The agent's command never ran, so there is no egress report: straight to teardown.
-        self.assertEqual([a[:2] for a in self.fake.argvs()][-3:], [["exec", f"claude-bottle-{self.sid()}"],
-                                                                   ["rm", "--force"], ["network", "rm"]])
+        verbs = [a[:2] for a in self.without_reaper(self.fake.argvs())]
+        self.assertEqual(verbs[-2:], [["rm", "--force"], ["network", "rm"]])
+        self.assertIn(["exec", f"claude-bottle-{self.sid()}"], verbs)
+        self.assertNotIn(["logs", f"claude-bottle-{self.sid()}-pipelock"], verbs)
 
     def test_real_run_matches_dry_run(self):
         """--dry-run promises exactly the commands a start runs (bar the conditional build)."""
@@ -310,25 +323,37 @@ class Start(CliTest):
         agent, sidecar = f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"
         calls = self.fake.argvs()
         self.assertPhases(calls, [
-            [["image", "inspect"]], [["network", "create"], ["network", "create"], ["ps"], ["network", "ls"]],
-            [["run", "--detach", "--name", sidecar], ["create", "--name", agent]],
+            [["image", "inspect"]], [["network", "create"], ["network", "create"]],
+            # The agent's container started beside the sidecar, its command behind the gate, never run.
+            [["run", "--detach", "--name", sidecar], ["create", "--name", agent], ["start", "--attach"]],
             [["rm", "--force", agent, sidecar]],
             [["network", "rm", f"claude-bottle-{sid}-egress", f"claude-bottle-{sid}-internal"]]])
         self.assertIn(image, next(a for a in calls if a[0] == "run"))
         self.assertEqual(list(self.fake.tmpdir.iterdir()), [])
 
     def test_sidecar_never_healthy(self):
-        rules = [{"match": ["exec"], "rc": 1, "stderr": "Error: container abc is not running\n"},
+        # The self-test polls pipelock's /health from the agent's side; it gives up with this verdict.
+        rules = [{"match": ["exec"], "rc": 1, "stderr": "the pipelock sidecar does not answer the agent: no "
+                  "answer from x (HTTP 000)\n"},
                  {"match": ["logs"], "stdout": '{"event":"startup"}\n', "stderr": "yaml: unmarshal errors\n"}]
         proc = self.cli("start", "--yes", "--", "true", env=self.env(rules))
         self.assertOneLineError(proc, 1, "did not become healthy", "yaml: unmarshal errors")
-        verbs = [a[:2] for a in self.fake.argvs()]
+        verbs = [a[:2] for a in self.without_reaper(self.fake.argvs())]
         self.assertEqual(verbs[-3:], [["logs", "--tail"], ["rm", "--force"], ["network", "rm"]])
-        self.assertNotIn(["exec", f"claude-bottle-{self.sid()}"], verbs, "the agent's gate stayed shut")
+        self.assertNotIn(["logs", f"claude-bottle-{self.sid()}-pipelock"], verbs, "no report: nothing ran")
+
+    def test_sidecar_never_healthy_without_self_test(self):
+        rules = [{"match": ["exec"], "rc": 1, "stderr": "Error: container abc is not running\n"},
+                 {"match": ["logs"], "stdout": '{"event":"startup"}\n', "stderr": "yaml: unmarshal errors\n"}]
+        proc = self.cli("start", "--yes", "--no-self-test", "--", "true", env=self.env(rules))
+        self.assertOneLineError(proc, 1, "did not become healthy", "yaml: unmarshal errors")
+        verbs = [a[:2] for a in self.without_reaper(self.fake.argvs())]
+        self.assertEqual(verbs[-3:], [["logs", "--tail"], ["rm", "--force"], ["network", "rm"]])
+        self.assertNotIn(["start", "--attach"], verbs, "the agent never started")
 
     def test_health_polls_until_ready(self):
         rules = [{"match": ["exec"], "rc": 1, "stderr": "health check failed: connection refused\n", "times": 3}]
-        proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, start_rc=0))
+        proc = self.cli("start", "--yes", "--no-self-test", "--", "true", env=self.env(rules, start_rc=0))
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertEqual(sum(a[-1] == "healthcheck" for a in self.fake.argvs()), 4)
 

@@ -594,8 +594,8 @@ class ResolvePlanTest(Base):
         plain = self.root / "plain"
         plain.mkdir()
         self.assertEqual(self.plan(cwd=plain).read_only, ())
-        self.write("wt/.git", "gitdir: /elsewhere\n")  # a worktree: the git dir is not mounted
-        self.assertEqual(self.plan(cwd=self.root / "wt").read_only, ())
+        self.write("wt/.git", "gitdir: /elsewhere\n")  # a worktree: the pointer is read-only
+        self.assertEqual(self.plan(cwd=self.root / "wt").read_only, (".git",))
 
     def test_session_id(self):
         self.assertEqual(cb.session_id("implementer", "0a1b2c"), "implementer-0a1b2c")

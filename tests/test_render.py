@@ -497,16 +497,16 @@ class PlannedCommandsTest(Base):
             "image inspect", "build",
             "network create", "network create", "ps", "network ls",  # orphans looked for meanwhile
             "run", "network connect", "create",
-            "start", "exec", "inspect", "exec",  # health, addresses, self-test (opens the gate)
+            "inspect", "start", "exec",  # addresses; the agent starts gated; self-test (also the health wait)
             "logs", "rm", "network rm"])
         self.assertEqual(cmds[2][0][-1], plan.internal_network)
         self.assertIn("--internal", cmds[2][0])
         self.assertEqual(cmds[3][0][-1], plan.egress)
         self.assertNotIn("--internal", cmds[3][0])
         self.assertIn("label=claude-bottle.session", cmds[4][0])
-        self.assertEqual(cmds[10][0], cb.health_argv(plan))
-        self.assertIn("repeated", cmds[10][1])
-        self.assertEqual(cmds[12][0][:4], ["exec", plan.agent_container, "sh", "-c"])
+        self.assertEqual(cmds[9][0], cb.sidecar_inspect_argv(plan))
+        self.assertEqual(cmds[11][0][:4], ["exec", plan.agent_container, "sh", "-c"])
+        self.assertIn("/health", cmds[11][0][-1], "the self-test waits for pipelock's health from the agent")
         self.assertEqual(cmds[-2][0], ["rm", "--force", plan.agent_container, plan.sidecar])
         # Networks go in reverse: the egress bridge, then the internal one.
         self.assertEqual(cmds[-1][0], ["network", "rm", plan.egress, plan.internal_network])
@@ -515,7 +515,7 @@ class PlannedCommandsTest(Base):
         plan = self.plan_from("ssh")
         self.assertEqual(self.kinds(plan), [
             "network create", "network create", "ps", "network ls", "run", "network connect", "create", "cp",
-            "start", "exec", "inspect", "exec", "logs", "rm", "network rm"])
+            "inspect", "start", "exec", "logs", "rm", "network rm"])
 
     def test_order_without_self_test(self):
         plan = dataclasses.replace(self.plan_from("ssh"), self_test=False)
@@ -529,7 +529,7 @@ class PlannedCommandsTest(Base):
         cmds = cb.planned_commands(plan, PRIVATE_DIR)
         self.assertEqual([kind(a) for a, _ in cmds], [
             "network inspect", "network create", "ps", "network ls", "run", "network connect", "create",
-            "start", "exec", "inspect", "exec", "logs", "rm", "network rm"])
+            "inspect", "start", "exec", "logs", "rm", "network rm"])
         self.assertEqual(cmds[0][0][-1], "corp-egress")
         self.assertEqual(cmds[1][0][:3], ["network", "create", "--internal"])
         self.assertEqual(cmds[1][0][-1], plan.internal_network)
