@@ -19,7 +19,6 @@ Exit status: the agent command's own status; 2 usage or config error; 1 runtime 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -32,7 +31,7 @@ import tempfile
 import threading
 import time
 import tomllib
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -283,41 +282,37 @@ def check_int(value, field: str, low: int, high: int) -> int:
 
 # ---- Configuration: claude-bottle.toml ----
 
-@dataclass(frozen=True)
-class SshHost:
-    alias: str
-    hostname: str
-    user: str | None = None
-    port: int = 22
+# Plain immutable records. Named tuples, not dataclasses: they cost nothing to import or to define,
+# which keeps `start --dry-run` (a pre-commit hook) fast.
+
+class SshHost(namedtuple("SshHost", "alias hostname user port", defaults=(None, 22))):
+    """One `[[bottles.NAME.ssh]]` entry: alias (Host), hostname, user or None, port."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Bottle:
-    name: str
-    allow: tuple = ()
-    trusted: tuple = ()
-    ssh: tuple = ()
-    egress_network: str | None = None
-    max_tunnel_seconds: int = MAX_TUNNEL_SECONDS
-    idle_timeout_seconds: int = IDLE_TIMEOUT_SECONDS
+class Bottle(namedtuple("Bottle", "name allow trusted ssh egress_network max_tunnel_seconds idle_timeout_seconds",
+                        defaults=((), (), (), None, MAX_TUNNEL_SECONDS, IDLE_TIMEOUT_SECONDS))):
+    """A `[bottles.NAME]` table: extra hosts, trusted hosts, SshHost entries, egress network, lifetimes."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class AgentSpec:
-    name: str
-    bottle: str = DEFAULT_BOTTLE
-    image: str | None = None
-    env: tuple = DEFAULT_ENV
-    command: tuple | None = None
-    workspace: str | None = None
-    source: str = "built-in"
+class AgentSpec(namedtuple("AgentSpec", "name bottle image env command workspace source",
+                           defaults=(DEFAULT_BOTTLE, None, DEFAULT_ENV, None, None, "built-in"))):
+    """An `[agents.NAME]` table (or an agent file, or the built-in agent) and where it came from."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Config:
-    path: str | None = None
-    bottles: dict = dataclasses.field(default_factory=lambda: {DEFAULT_BOTTLE: Bottle(DEFAULT_BOTTLE)})
-    agents: dict = dataclasses.field(default_factory=dict)
+class Config(namedtuple("Config", "path bottles agents")):
+    """A validated config file: its path (None: built-in defaults), bottles and agents by name."""
+
+    __slots__ = ()
+
+    def __new__(cls, path: str | None = None, bottles: dict | None = None, agents: dict | None = None):
+        bottles = {DEFAULT_BOTTLE: Bottle(DEFAULT_BOTTLE)} if bottles is None else bottles
+        return super().__new__(cls, path, bottles, {} if agents is None else agents)
 
 
 BOTTLE_KEYS = ("allow", "trusted", "ssh", "egress_network", "max_tunnel_seconds", "idle_timeout_seconds")
@@ -484,33 +479,17 @@ def find_config(cwd: Path, explicit: str | None, environ) -> Path | None:
 
 # ---- The plan: plain data, resolved before anything is created ----
 
-@dataclass(frozen=True)
-class Plan:
-    session: str
-    agent: str
-    agent_source: str
-    bottle: str
-    image: str
-    build_image: bool
-    pipelock_image: str
-    workspace: str
-    git_dir: bool
-    read_only: tuple
-    env: tuple
-    env_unset: tuple
-    hosts: tuple
-    bottle_allow: tuple
-    trusted: tuple
-    ssh: tuple
-    ssh_agent: str | None
-    egress_network: str | None
-    command: tuple
-    tty: bool
-    self_test: bool
-    max_tunnel_seconds: int
-    idle_timeout_seconds: int
-    config_path: str | None
-    owner: str
+PLAN_FIELDS = (
+    "session agent agent_source bottle image build_image pipelock_image workspace git_dir read_only env "
+    "env_unset hosts bottle_allow trusted ssh ssh_agent egress_network command tty self_test "
+    "max_tunnel_seconds idle_timeout_seconds config_path owner"
+)
+
+
+class Plan(namedtuple("Plan", PLAN_FIELDS)):
+    """Everything a start does, resolved before anything is created; names derive from `session`."""
+
+    __slots__ = ()
 
     @property
     def agent_container(self) -> str:
@@ -573,7 +552,7 @@ def resolve_agent(config: Config, name: str | None, project: Path) -> AgentSpec:
                           f"in {CONFIG_NAME} or add .claude/agents/{name}.md")
     if spec.command is None:
         uses_file = agent_file is not None and agent_file.is_file()
-        spec = dataclasses.replace(spec, command=("claude", "--agent", name) if uses_file else ("claude",))
+        spec = spec._replace(command=("claude", "--agent", name) if uses_file else ("claude",))
     return spec
 
 
@@ -1009,7 +988,8 @@ def ssh_tar(plan: Plan) -> bytes:
 
 
 def plan_json(plan: Plan, private_dir: str) -> dict:
-    data = dataclasses.asdict(plan)
+    data = plan._asdict()
+    data["ssh"] = [s._asdict() for s in plan.ssh]
     data.update(
         version=__version__,
         containers={"agent": plan.agent_container, "pipelock": plan.sidecar},
@@ -1766,7 +1746,7 @@ def cmd_check(args, command) -> int:
         results.append(plan)
     if args.json:
         print(json.dumps([{"agent": p.agent, "bottle": p.bottle, "hosts": list(p.hosts),
-                           "ssh": [dataclasses.asdict(s) for s in p.ssh]} for p in results], indent=2))
+                           "ssh": [s._asdict() for s in p.ssh]} for p in results], indent=2))
         return 0
     where = config.path or "no config file; built-in defaults"
     print(f"claude-bottle: {len(results)} agent{'s' if len(results) != 1 else ''} ok ({where})")

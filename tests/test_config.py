@@ -4,7 +4,6 @@ No docker and no network: every test builds its own directories under a temp dir
 explicitly (HOME always points into the temp dir), so the real environment never leaks in.
 """
 
-import dataclasses
 import os
 import sys
 import tempfile
@@ -632,7 +631,7 @@ class ResolvePlanTest(Base):
         self.assertIsNone(self.plan(config, "implementer").ssh_agent)
 
     def test_plan_is_frozen(self):
-        with self.assertRaises(dataclasses.FrozenInstanceError):
+        with self.assertRaises(AttributeError):
             self.plan().hosts = ()
 
 

@@ -6,7 +6,6 @@ them after an intended change: `UPDATE_GOLDEN=1 python3 -m unittest tests.test_r
 """
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -93,7 +92,7 @@ class Base(unittest.TestCase):
         kw.setdefault("environ", self.environ)
         plan = cb.resolve_plan(cb.load_config(path), GOLDEN_AGENTS.get(name), cwd=self.project, suffix=SUFFIX,
                                tty=False, owner=OWNER, **kw)
-        return dataclasses.replace(plan, workspace=WORKSPACE, config_path=shown,
+        return plan._replace(workspace=WORKSPACE, config_path=shown,
                                    agent_source=plan.agent_source.replace(str(path), shown))
 
     def plan_with(self, toml: str, agent=None, where=None, **kw) -> cb.Plan:
@@ -380,13 +379,13 @@ class ArgvTest(Base):
                                      "claude", "-p", "run the tests"])
 
     def test_agent_command_without_self_test(self):
-        plan = dataclasses.replace(self.plan_from("two-hosts"), self_test=False)
+        plan = self.plan_from("two-hosts")._replace(self_test=False)
         argv = cb.agent_create_argv(plan, PRIVATE_DIR)
         self.assertEqual(argv[-5:], ["--entrypoint", "claude", plan.image, "-p", "run the tests"])
 
     def test_agent_tty_and_ssh_agent(self):
         environ = {**self.environ, "SSH_AUTH_SOCK": "/run/agent.sock"}
-        plan = dataclasses.replace(self.plan_from("ssh", environ=environ), tty=True)
+        plan = self.plan_from("ssh", environ=environ)._replace(tty=True)
         argv = cb.agent_create_argv(plan, PRIVATE_DIR)
         self.assertIn("--tty", argv)
         self.assertIn(f"type=bind,source={PRIVATE_DIR}/ssh-agent.sock,target={cb.AGENT_SSH_AUTH_SOCK}",
@@ -518,7 +517,7 @@ class PlannedCommandsTest(Base):
             "inspect", "start", "exec", "logs", "rm", "network rm"])
 
     def test_order_without_self_test(self):
-        plan = dataclasses.replace(self.plan_from("ssh"), self_test=False)
+        plan = self.plan_from("ssh")._replace(self_test=False)
         self.assertEqual(self.kinds(plan), [
             "network create", "network create", "ps", "network ls", "run", "network connect", "create", "cp",
             "exec", "start", "logs", "rm", "network rm"])
