@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "claude_bottle.py"
 sys.path.insert(0, str(ROOT))
 from tests.e2e import images  # noqa: E402  (needs ROOT on sys.path)
+from tests.e2e.harness import agent_writable, cli_env  # noqa: E402
 
 # ---- Constants ----
 
@@ -178,18 +179,10 @@ class Bench:
         path.mkdir()
         if config is not None:
             (path / "claude-bottle.toml").write_text(config)
-        if os.geteuid() == 0:
-            os.chown(path, 1000, 1000)
-        else:
-            path.chmod(0o777)
-        return path
+        return agent_writable(path)
 
     def env(self, **extra) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDE_BOTTLE_")}
-        env.pop("SSH_AUTH_SOCK", None)
-        env["CLAUDE_BOTTLE_PIPELOCK_IMAGE"] = self.pipelock
-        env.update(extra)
-        return env
+        return cli_env(self.pipelock, **extra)
 
     def cli(self, *args, cwd: Path, log: Path, env=None) -> subprocess.Popen:
         # Output into a file, not a pipe: proc.wait() then returns at the very moment the CLI exits.

@@ -15,6 +15,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import claude_bottle as cb  # noqa: E402
+from tests import guard  # noqa: E402
+
+setUpModule, tearDownModule = guard.setUpModule, guard.tearDownModule
 
 FULL_CONFIG = """\
 [bottles.web]
@@ -44,23 +47,6 @@ workspace = "sub/dir"
 """
 
 
-# ---- A guard: unit tests never reach the real docker ----
-
-_real_docker = None
-
-
-def setUpModule():
-    global _real_docker
-    _real_docker = cb.docker
-
-    def no_docker(*args, **kwargs):
-        raise AssertionError(f"a unit test reached docker: {args}")
-
-    cb.docker = no_docker
-
-
-def tearDownModule():
-    cb.docker = _real_docker
 
 
 class Base(unittest.TestCase):

@@ -22,6 +22,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import claude_bottle as cb  # noqa: E402
+from tests import guard  # noqa: E402
+
+setUpModule, tearDownModule = guard.setUpModule, guard.tearDownModule
 
 try:
     import yaml
@@ -45,23 +48,6 @@ NORMALIZE = ((cb.AGENT_IMAGE, "claude-bottle/agent:<dockerfile-hash>"), (f"claud
                                                                          "claude-bottle <version>:"))
 
 
-# ---- A guard: unit tests never reach the real docker ----
-
-_real_docker = None
-
-
-def setUpModule():
-    global _real_docker
-    _real_docker = cb.docker
-
-    def no_docker(*args, **kwargs):
-        raise AssertionError(f"a unit test reached docker: {args}")
-
-    cb.docker = no_docker
-
-
-def tearDownModule():
-    cb.docker = _real_docker
 
 
 def values_after(argv, flag) -> list:

@@ -69,6 +69,24 @@ def leftovers(session: str | None = None) -> list:
     return sorted(set(names))
 
 
+def cli_env(pipelock_image: str, **extra) -> dict:
+    """The environment to run claude_bottle.py in: ours, minus any CLAUDE_BOTTLE_* and ssh-agent."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDE_BOTTLE_")}
+    env.pop("SSH_AUTH_SOCK", None)
+    env["CLAUDE_BOTTLE_PIPELOCK_IMAGE"] = pipelock_image
+    env.update(extra)
+    return env
+
+
+def agent_writable(path: Path) -> Path:
+    """Let the agent (uid 1000) use `path` as its workspace: its own, as a user's project would be."""
+    if os.geteuid() == 0:
+        os.chown(path, 1000, 1000)
+    else:
+        path.chmod(0o777)
+    return path
+
+
 class World:
     """The outside: one bridge network with web, other, echo and git hosts, torn down at the end."""
 
@@ -152,11 +170,7 @@ class World:
         """A project directory the agent (uid 1000) can use, holding `config` as claude-bottle.toml."""
         path = Path(tempfile.mkdtemp(prefix="cbtest-project-", dir=self.tmp))
         (path / "claude-bottle.toml").write_text(config)
-        if os.geteuid() == 0:
-            os.chown(path, 1000, 1000)
-        else:
-            path.chmod(0o777)
-        return path
+        return agent_writable(path)
 
     def config(self, **bottle) -> str:
         """An `e2e` agent on the test image in an `e2e` bottle whose egress is our outside network."""
@@ -173,11 +187,7 @@ class World:
         return "\n".join(lines) + "\n"
 
     def env(self, **extra) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDE_BOTTLE_")}
-        env.pop("SSH_AUTH_SOCK", None)
-        env["CLAUDE_BOTTLE_PIPELOCK_IMAGE"] = self.pipelock
-        env.update(extra)
-        return env
+        return cli_env(self.pipelock, **extra)
 
     def start(self, project: Path, script: str, *args, agent="e2e", env=None, timeout=180):
         argv = [sys.executable, str(CLI), "start", agent, "--yes", *args, "--", "sh", "-c", script]
@@ -225,5 +235,28 @@ class E2ETest(unittest.TestCase):
                          "the user's egress_network must survive the session")
 
 
-def module_world() -> World:
-    return World(require_engine())
+def module_fixtures(namespace: dict):
+    """unittest's setUpModule and tearDownModule for a test module: one World, as its global `world`.
+
+        setUpModule, tearDownModule = module_fixtures(globals())
+    """
+    def set_up():
+        namespace["world"] = E2ETest.world = World(require_engine())
+
+    def tear_down():
+        if namespace.get("world"):
+            namespace["world"].close()
+
+    return set_up, tear_down
+
+
+# An agent prints READY when its command runs; the command line in the preflight summary shows
+# READY_ECHO, which differs, so the summary is never mistaken for it.
+READY, READY_ECHO = "AGENT-READY", "AGENT''-READY"
+
+
+def wait_ready(proc):
+    for line in proc.stdout:
+        if line.strip() == READY:
+            return
+    raise AssertionError(f"the agent never started: {proc.stderr.read()}")

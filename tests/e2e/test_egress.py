@@ -3,20 +3,10 @@
 import json
 import unittest
 
-from tests.e2e.harness import E2ETest, module_world, session_of
+from tests.e2e.harness import E2ETest, module_fixtures, session_of
 
 world = None
-
-
-def setUpModule():
-    global world
-    world = module_world()
-    E2ETest.world = world
-
-
-def tearDownModule():
-    if world:
-        world.close()
+setUpModule, tearDownModule = module_fixtures(globals())
 
 
 class Egress(E2ETest):

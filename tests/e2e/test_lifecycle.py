@@ -4,31 +4,10 @@ import signal
 import time
 import unittest
 
-from tests.e2e.harness import E2ETest, docker, leftovers, module_world, session_of
+from tests.e2e.harness import READY_ECHO, E2ETest, docker, leftovers, module_fixtures, session_of, wait_ready
 
 world = None
-
-
-def setUpModule():
-    global world
-    world = module_world()
-    E2ETest.world = world
-
-
-def tearDownModule():
-    if world:
-        world.close()
-
-
-# The agent prints READY; the command line in the preflight summary shows READY_ECHO, which differs.
-READY, READY_ECHO = "AGENT-READY", "AGENT''-READY"
-
-
-def wait_ready(proc):
-    for line in proc.stdout:
-        if line.strip() == READY:
-            return
-    raise AssertionError(f"the agent never started: {proc.stderr.read()}")
+setUpModule, tearDownModule = module_fixtures(globals())
 
 
 def snapshot():

@@ -6,22 +6,10 @@ import subprocess
 import sys
 import unittest
 
-from tests.e2e.harness import CLI, E2ETest, docker, leftovers, module_world, session_of
+from tests.e2e.harness import CLI, READY_ECHO, E2ETest, docker, leftovers, module_fixtures, session_of, wait_ready
 
 world = None
-
-READY, READY_ECHO = "AGENT-READY", "AGENT''-READY"
-
-
-def setUpModule():
-    global world
-    world = module_world()
-    E2ETest.world = world
-
-
-def tearDownModule():
-    if world:
-        world.close()
+setUpModule, tearDownModule = module_fixtures(globals())
 
 
 class Operations(E2ETest):
@@ -34,10 +22,8 @@ class Operations(E2ETest):
         proc = world.popen(project, f"curl -s -o /dev/null http://web:8000/; curl -s -o /dev/null "
                                     f"http://other:8000/; echo {READY_ECHO}; {script}")
         session = session_of(proc.stdout.readline())
-        for line in proc.stdout:
-            if line.strip() == READY:
-                return proc, session
-        raise AssertionError(f"the agent never started: {proc.stderr.read()}")
+        wait_ready(proc)
+        return proc, session
 
     def test_ls_logs_and_stop_from_another_terminal(self):
         project = world.project(world.config())

@@ -18,20 +18,10 @@ import time
 import unittest
 from pathlib import Path
 
-from tests.e2e.harness import TEST_LABEL, E2ETest, docker, module_world, session_of
+from tests.e2e.harness import TEST_LABEL, E2ETest, docker, module_fixtures, session_of
 
 world = None
-
-
-def setUpModule():
-    global world
-    world = module_world()
-    E2ETest.world = world
-
-
-def tearDownModule():
-    if world:
-        world.close()
+setUpModule, tearDownModule = module_fixtures(globals())
 
 
 READY = "AGENT-READY"
