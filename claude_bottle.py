@@ -1070,13 +1070,15 @@ def render_report(plan: Plan, report: dict) -> list:
             continue
     denied = sorted({h for h in valid if not any(host_matches(p, h) for p in plan.hosts)})
     untrusted = sorted({h for h in valid if h not in denied and not any(host_matches(t, h) for t in plan.trusted)})
-    where = plan.config_path or CONFIG_NAME
+    where = f"{plan.config_path or CONFIG_NAME}, under [bottles.{plan.bottle}]"
     if denied:
         lines.append(f"  to allow {', '.join(denied)}, set in {where}:")
-        lines.append(f"    [bottles.{plan.bottle}] allow = {_toml_list([*plan.bottle_allow, *denied])}")
+        lines.append(f"    allow = {_toml_list([*plan.bottle_allow, *denied])}")
     if untrusted:
         lines.append(f"  to let {', '.join(untrusted)} resolve to private addresses, set in {where}:")
-        lines.append(f"    [bottles.{plan.bottle}] trusted = {_toml_list([*plan.trusted, *untrusted])}")
+        lines.append(f"    trusted = {_toml_list([*plan.trusted, *untrusted])}")
+    if (denied or untrusted) and plan.bottle == DEFAULT_BOTTLE and plan.config_path is None:
+        lines.append(f"  (no config file yet: create {CONFIG_NAME} with that table)")
     return lines
 
 

@@ -1,0 +1,87 @@
+"""The egress report: pipelock's JSON log in, hosts reached and requests blocked out, with the fix."""
+
+import json
+import tomllib
+import unittest
+
+from tests import guard
+from tests.guard import cb
+
+setUpModule, tearDownModule = guard.setUpModule, guard.tearDownModule
+
+# Lines as the real pipelock 2.3.0 writes them (see shared/reference/pipelock.md), plus noise.
+LOG = "\n".join([
+    "pipelock 2.3.0 starting",  # a plain-text banner
+    json.dumps({"level": "warn", "event": "anomaly", "message": "listen address is not loopback"}),
+    json.dumps({"level": "info", "event": "startup", "listen": "0.0.0.0:8888", "mode": "strict"}),
+    json.dumps({"event": "tunnel_open", "target": "web:8000", "client_ip": "172.21.0.3"}),
+    json.dumps({"event": "tunnel_close", "target": "web:8000", "total_bytes": 300, "duration_ms": 4}),
+    json.dumps({"event": "forward_http", "method": "GET", "url": "http://web:8000/", "status": 200}),
+    json.dumps({"event": "tunnel_open", "target": "API.anthropic.com:443"}),
+    json.dumps({"level": "warn", "event": "blocked", "method": "CONNECT", "target": "other:8000",
+                "scanner": "allowlist", "reason": "domain not in allowlist: other"}),
+    json.dumps({"event": "blocked", "method": "GET", "url": "http://other:8000/x", "scanner": "allowlist",
+                "reason": "domain not in allowlist: other"}),
+    json.dumps({"event": "blocked", "method": "CONNECT", "target": "notrusted:8000", "scanner": "ssrf",
+                "reason": "SSRF blocked: notrusted resolves to internal IP 172.20.0.3"}),
+    json.dumps({"event": "blocked", "method": "CONNECT", "target": "[::1]:22", "scanner": "ssrf",
+                "reason": "SSRF blocked"}),
+    "{not json",
+    json.dumps(["not", "an", "event"]),
+])
+
+
+class Report(unittest.TestCase):
+    def plan(self, config=None, bottle="web"):
+        text = config or ('[bottles.web]\nallow = ["web", "notrusted"]\ntrusted = ["web"]\n'
+                          '[agents.a]\nbottle = "web"\n')
+        cfg = cb.parse_config(tomllib.loads(text), "/p/claude-bottle.toml") if bottle != "default" else cb.Config()
+        return cb.resolve_plan(cfg, "a" if bottle != "default" else None, cwd=guard.ROOT, suffix="0a1b2c",
+                               environ={"HOME": "/nonexistent"})
+
+    def test_parse_skips_what_is_not_an_event(self):
+        events = cb.parse_events(LOG)
+        self.assertEqual(len(events), 10)
+        self.assertTrue(all("event" in e for e in events))
+
+    def test_counts_per_host(self):
+        report = cb.egress_report(cb.parse_events(LOG))
+        self.assertEqual(report["reached"], [{"host": "api.anthropic.com", "count": 1}, {"host": "web", "count": 2}])
+        self.assertEqual(report["blocked"], [
+            {"host": "::1", "scanner": "ssrf", "reason": "SSRF blocked", "count": 1},
+            {"host": "notrusted", "scanner": "ssrf",
+             "reason": "SSRF blocked: notrusted resolves to internal IP 172.20.0.3", "count": 1},
+            {"host": "other", "scanner": "allowlist", "reason": "domain not in allowlist: other", "count": 2},
+        ])
+
+    def test_render_gives_the_lines_to_set(self):
+        lines = cb.render_report(self.plan(), cb.egress_report(cb.parse_events(LOG)))
+        text = "\n".join(lines)
+        self.assertIn("reached: api.anthropic.com (1), web (2)", text)
+        self.assertIn("other (2) allowlist: domain not in allowlist: other", text)
+        self.assertIn("set in /p/claude-bottle.toml, under [bottles.web]:", text)
+        allow = next(line for line in lines if line.strip().startswith("allow ="))
+        trusted = next(line for line in lines if line.strip().startswith("trusted ="))
+        # Each suggestion is a valid TOML line that keeps what the bottle had.
+        self.assertEqual(tomllib.loads(allow.strip()), {"allow": ["web", "notrusted", "other"]})
+        self.assertEqual(tomllib.loads(trusted.strip()), {"trusted": ["web", "notrusted"]})
+        self.assertNotIn("::1", allow, "an address that is no hostname is never suggested")
+
+    def test_nothing_blocked(self):
+        lines = cb.render_report(self.plan(), cb.egress_report([]))
+        self.assertEqual(lines[1:], ["  reached: nothing", "  blocked: nothing"])
+
+    def test_without_a_config_file(self):
+        lines = cb.render_report(self.plan(bottle="default"), cb.egress_report(cb.parse_events(LOG)))
+        self.assertIn("  to allow notrusted, other, set in claude-bottle.toml, under [bottles.default]:", lines)
+        self.assertIn("  (no config file yet: create claude-bottle.toml with that table)", lines)
+
+    def test_render_event_lines(self):
+        rendered = [cb.render_event(e) for e in cb.parse_events(LOG)]
+        self.assertIn("--:--:-- blocked  CONNECT other:8000  (allowlist: domain not in allowlist: other)", rendered)
+        self.assertIn("--:--:-- allowed  GET http://web:8000/ -> 200", rendered)
+        self.assertIn("--:--:-- closed   web:8000 (300 bytes, 4 ms)", rendered)
+
+
+if __name__ == "__main__":
+    unittest.main()
