@@ -19,13 +19,11 @@ Exit status: the agent command's own status; 2 usage or config error; 1 runtime 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +31,11 @@ import time
 import tomllib
 from collections import namedtuple
 from pathlib import Path
+
+# A dry run (a pre-commit hook) never runs docker: subprocess is imported where docker is run.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
 
 __version__ = "0.1.0"
 
@@ -112,7 +115,21 @@ ENV PATH={AGENT_HOME}/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 WORKDIR {AGENT_WORKDIR}
 CMD ["claude"]
 """
-AGENT_IMAGE = "claude-bottle/agent:" + hashlib.sha256(AGENT_DOCKERFILE.encode()).hexdigest()[:12]
+
+
+def _sha256(text: str) -> str:
+    # hashlib loads OpenSSL, a few milliseconds at every start; the built-in module is enough here.
+    try:
+        from _sha2 import sha256  # Python 3.12 and later
+    except ImportError:
+        try:
+            from _sha256 import sha256  # Python 3.11
+        except ImportError:
+            from hashlib import sha256
+    return sha256(text.encode()).hexdigest()
+
+
+AGENT_IMAGE = "claude-bottle/agent:" + _sha256(AGENT_DOCKERFILE)[:12]
 
 
 # ---- Errors ----
@@ -1102,6 +1119,7 @@ def warn(message: str) -> None:
 def docker(*args, check: bool = True, input: bytes | None = None,
            capture: bool = True) -> subprocess.CompletedProcess:
     """Run `docker ARGS`; raise DockerError on failure when `check`. Output is text when captured."""
+    import subprocess
     argv = ["docker", *args]
     log(f"+ {shlex.join(argv)}")
     try:
@@ -1125,6 +1143,7 @@ def docker(*args, check: bool = True, input: bytes | None = None,
 
 def docker_popen(*args, **kwargs) -> subprocess.Popen:
     """Start `docker ARGS` without waiting: attached sessions and followed logs."""
+    import subprocess
     argv = ["docker", *args]
     log(f"+ {shlex.join(argv)}")
     try:
@@ -1219,6 +1238,7 @@ class Teardown:
                 continue
             if r.returncode != 0 and not _only_missing(r.stderr):
                 warn(f"could not remove {kind} {', '.join(names)}: {r.stderr.strip()}")
+        import subprocess
         for proc in self.procs:
             try:
                 proc.wait(timeout=10)
@@ -1819,6 +1839,7 @@ def cmd_logs(args, command) -> int:
     sidecar = next((c["name"] for c in session["containers"] if c["role"] == "pipelock"), None)
     if sidecar is None:
         raise BottleError(f"session {session['session']} has no pipelock sidecar (any more)")
+    import subprocess
     proc = docker_popen("logs", *(["--follow"] if args.follow else []), sidecar,
                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
