@@ -846,7 +846,7 @@ def agent_create_argv(plan: Plan, private_dir: str) -> list:
 
 # The self-test's verdicts: pipelock never answered; how long silence must last to count as "unreachable".
 PROXY_SILENT = "the pipelock sidecar does not answer the agent"
-SILENCE = 0.2
+SILENCE = 0.1
 # The agent's command waits behind this gate until the self-test, run inside the same container,
 # opens it; a failed self-test tears the bottle down before the command ever runs.
 GATE_FILE = "/tmp/.claude-bottle-self-test-passed"
@@ -859,8 +859,9 @@ def render_self_test(plan: Plan, outside_ip: str, host_ip: str = "") -> str:
     `outside_ip` is the sidecar's address on the egress side: pipelock listens there too, so an answer
     means the agent has a route out. `host_ip` is the internal network's gateway, the host itself.
     Unreachable means silence: an internal network drops what leaves it, so a connection that is
-    refused (or accepted) within the timeout proves a path. A local TCP handshake is done by the
-    kernel in well under a millisecond, so SILENCE seconds without an answer is a wide margin.
+    refused (or accepted) within the timeout proves a path. A local TCP handshake is answered by the
+    kernel within the connect() call itself, in well under a millisecond even on a loaded machine, so
+    SILENCE seconds without an answer is a wide margin.
     """
     q = shlex.quote
     checks = [("proxy", f"proxy {q(f'http://{plan.sidecar}:{PROXY_PORT}/health')}"),
