@@ -727,8 +727,8 @@ def render_summary(plan: Plan) -> list:
     egress_note = f"; egress via existing network {plan.egress_network}" if plan.egress_network else ""
     return [
         f"claude-bottle {__version__}: session {plan.session}",
-        f"  agent:      {plan.agent} ({plan.agent_source})",
-        f"  bottle:     {plan.bottle}" + (f" ({plan.config_path})" if plan.config_path else " (built-in)"),
+        f"  agent:      {plan.agent} ({_visible(plan.agent_source)})",
+        f"  bottle:     {plan.bottle}" + (f" ({_visible(plan.config_path)})" if plan.config_path else " (built-in)"),
         f"  image:      {image}",
         f"  command:    {_visible(shlex.join(plan.command))}",
         f"  workspace:  {_visible(plan.workspace)} -> {AGENT_WORKDIR} (read-write{git})",
