@@ -194,15 +194,32 @@ class Start(CliTest):
         return rest
 
     def assertPhases(self, calls, phases):
-        """`calls` are `phases` in order; within a phase, in any order (each matched by its prefix)."""
+        """`calls` are `phases` in order; within a phase, in any order (each matched by its prefix).
+
+        `docker start --attach` is launched, not waited for, and the fake logs it once its own interpreter
+        is up, possibly after calls made later. So a start only has to come after every call of the phases
+        before its own, and after its container's `create`.
+        """
         rest = self.without_reaper(calls)
+        starts = [c for c in rest if c[0] == "start"]
+        rest = [c for c in rest if c[0] != "start"]
+        seen = []
         for phase in phases:
+            for prefix in [p for p in phase if p[0] == "start"]:
+                self.assertTrue(starts, f"expected {prefix}")
+                start = starts.pop(0)
+                self.assertEqual(start[:len(prefix)], prefix)
+                before = calls[:calls.index(start)]
+                for call in seen + [["create", "--name", start[-1]]]:
+                    self.assertIn(call, [c[:len(call)] for c in before], f"{start} came before {call}")
+            phase = [p for p in phase if p[0] != "start"]
             group, rest = rest[:len(phase)], rest[len(phase):]
             for prefix in phase:
                 match = next((c for c in group if c[:len(prefix)] == prefix), None)
                 self.assertIsNotNone(match, f"expected {prefix} among {group}")
                 group.remove(match)
-        self.assertEqual(rest, [], "calls beyond the expected ones")
+                seen.append(match)
+        self.assertEqual(rest + starts, [], "calls beyond the expected ones")
 
     def test_normal_run_exact_calls(self):
         proc = self.cli("start", "--yes", "--", "true", env=self.env(start_rc=0))
