@@ -7,6 +7,7 @@ step fails or a signal arrives, that --dry-run makes no docker call, and the exi
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -134,6 +135,13 @@ class DryRun(CliTest):
         self.assertTrue(all(c["argv"][0] == "docker" for c in plan["docker_commands"]))
         self.assertNotIn(SECRET, proc.stdout)
         self.assertEqual(self.fake.calls(), [])
+
+    def test_closed_pipe_is_quiet(self):
+        # `start --dry-run | head -1`: the reader goes away early; no traceback, exit 128+SIGPIPE.
+        proc = subprocess.run(f"{shlex.quote(sys.executable)} {shlex.quote(str(CLI))} start --dry-run | head -1",
+                              shell=True, cwd=self.project, env=self.env(), capture_output=True, text=True)
+        self.assertEqual(proc.stdout.count("\n"), 1)
+        self.assertEqual(proc.stderr, "")
 
     def test_config_error_exits_2(self):
         self.write_config('[bottles.web]\nalow = ["github.com"]\n')
