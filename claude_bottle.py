@@ -1037,8 +1037,7 @@ def parse_events(text: str) -> list:
 
 def event_host(event: dict) -> str | None:
     if event.get("target"):
-        host = str(event["target"]).rsplit(":", 1)[0] if ":" in str(event["target"]) else str(event["target"])
-        return host.strip("[]").lower() or None
+        return str(event["target"]).rsplit(":", 1)[0].strip("[]").lower() or None
     if event.get("url"):
         from urllib.parse import urlsplit
         try:
@@ -1106,6 +1105,8 @@ VERBOSE = False
 STARTED = time.monotonic()
 # Whether any docker call has got through; until one has, nothing can have been created.
 DOCKER_ANSWERED = False
+DOCKER_MISSING = ("docker: command not found; install Docker (https://docs.docker.com/engine/install/) "
+                  "and make sure `docker` is on PATH")
 
 
 def log(message: str) -> None:
@@ -1128,8 +1129,7 @@ def docker(*args, check: bool = True, input: bytes | None = None,
                               stdout=subprocess.PIPE if capture else sys.stderr,
                               stderr=subprocess.PIPE if capture else None)
     except FileNotFoundError:
-        raise DockerUnavailable("docker: command not found; install Docker (https://docs.docker.com/engine/install/) "
-                          "and make sure `docker` is on PATH") from None
+        raise DockerUnavailable(DOCKER_MISSING) from None
     out = (proc.stdout or b"").decode(errors="replace") if capture else ""
     err = (proc.stderr or b"").decode(errors="replace") if capture else ""
     if "Cannot connect to the Docker daemon" in err:
@@ -1150,7 +1150,7 @@ def docker_popen(*args, **kwargs) -> subprocess.Popen:
     try:
         return subprocess.Popen(argv, **kwargs)
     except FileNotFoundError:
-        raise DockerUnavailable("docker: command not found; install Docker and make sure `docker` is on PATH") from None
+        raise DockerUnavailable(DOCKER_MISSING) from None
 
 
 def _only_missing(stderr: str) -> bool:
@@ -1465,17 +1465,17 @@ def report_egress(plan: Plan, report_json: str | None, quiet: bool) -> None:
         print("\n".join(render_report(plan, report)), file=sys.stderr, flush=True)
 
 
-def parallel(*calls) -> list:
+def parallel(*calls) -> None:
     """Run each `(fn, *args)` in its own thread, wait for all, and re-raise the first failure.
 
     Interrupted while waiting, it still lets every thread finish (signals ignored) before it re-raises,
     so nothing is half-created when teardown starts.
     """
-    results, errors = [None] * len(calls), [None] * len(calls)
+    errors = [None] * len(calls)
 
     def work(i, fn, args):
         try:
-            results[i] = fn(*args)
+            fn(*args)
         except BaseException as e:
             errors[i] = e
 
@@ -1493,7 +1493,6 @@ def parallel(*calls) -> list:
     for e in errors:
         if e is not None:
             raise e
-    return results
 
 
 def _sequence(*calls) -> None:
@@ -1581,15 +1580,19 @@ def hostname() -> str:
     return os.uname().nodename
 
 
+def split_owner(owner: str) -> tuple:
+    """The `claude-bottle.owner` label, `host:pid`, as (host, pid); an empty host or a None pid when unreadable."""
+    host, _, pid = (owner or "").rpartition(":")
+    return host, int(pid) if pid.isdigit() else None
+
+
 def owner_alive(owner: str) -> bool | None:
     """Whether the CLI that started a session still runs: None when it is on another host (unknowable)."""
-    host, _, pid = (owner or "").rpartition(":")
-    if not host or not pid.isdigit():
-        return None
-    if host != hostname():
+    host, pid = split_owner(owner)
+    if not host or pid is None or host != hostname():
         return None
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -1634,7 +1637,7 @@ def is_orphan(session: dict) -> bool:
     """Left behind by a CLI that is gone: its owner is dead (on this host), or unknown and nothing runs."""
     if session["owner_alive"] is False:
         return True
-    unknown_owner = session["owner_alive"] is None and not (session["owner"] or "").rpartition(":")[0]
+    unknown_owner = session["owner_alive"] is None and not split_owner(session["owner"])[0]
     return unknown_owner and not any(c["state"] == "running" for c in session["containers"])
 
 
@@ -1757,16 +1760,18 @@ def cmd_start(args, command) -> int:
     return run_session(plan, args.report_json, args.quiet)
 
 
+def every_plan(args, config: Config) -> list:
+    """The plan of the default agent and of every agent the project knows, as `start --dry-run` makes it."""
+    names = [None, *(n for n in known_agents(config, find_project(Path.cwd())) if n != DEFAULT_AGENT)]
+    return [_plan(args, config, name) for name in names]
+
+
 def cmd_check(args, command) -> int:
     """Resolve the plan of every agent the project knows, as `start --dry-run` would, all at once."""
     config = _load(args)
-    project = find_project(Path.cwd())
-    names = [None, *(n for n in known_agents(config, project) if n != DEFAULT_AGENT)]
-    results = []
-    for name in names:
-        plan = _plan(args, config, name)
+    results = every_plan(args, config)
+    for plan in results:
         render_pipelock_yaml(plan), render_ssh_config(plan)
-        results.append(plan)
     if args.json:
         print(json.dumps([{"agent": p.agent, "bottle": p.bottle, "hosts": list(p.hosts),
                            "ssh": [s._asdict() for s in p.ssh]} for p in results], indent=2))
@@ -1808,7 +1813,7 @@ def cmd_stop(args, command) -> int:
     for s in select_sessions(find_sessions(), args.session, args.all):
         # A live owner on this host tears down itself, as on Ctrl-C: the same path, egress report included.
         if s["owner_alive"]:
-            os.kill(int(s["owner"].rpartition(":")[2]), signal.SIGTERM)
+            os.kill(split_owner(s["owner"])[1], signal.SIGTERM)
             deadline = time.monotonic() + 15
             while not _gone(s["session"]) and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -1879,8 +1884,7 @@ def doctor_checks(args) -> list:
                    if _engine_leaks_dns(version) else "internal networks do not forward outside DNS"))
     try:
         config = _load(args)
-        plans = [_plan(args, config, name) for name in
-                 [None, *(n for n in known_agents(config, find_project(Path.cwd())) if n != DEFAULT_AGENT)]]
+        plans = every_plan(args, config)
         checks.append((True, "config", f"{config.path or 'none; built-in defaults'}: {len(plans)} agent(s) ok"))
     except BottleError as e:
         checks.append((False, "config", str(e)))
