@@ -159,6 +159,14 @@ class DockerError(BottleError):
         super().__init__(f"`{shlex.join(argv)}` failed (exit {returncode}): {detail or 'no output'}")
 
 
+class DockerTimeout(BottleError):
+    """A docker command did not finish in time (a hung engine), and was killed."""
+
+    def __init__(self, argv, seconds: float):
+        self.argv = argv
+        super().__init__(f"`{shlex.join(argv)}` did not finish within {seconds:.0f} s; the engine may be hung")
+
+
 class Interrupted(BaseException):
     """SIGINT, SIGTERM or SIGHUP arrived: unwind so teardown runs, then exit 128+signum."""
 
@@ -499,7 +507,7 @@ def find_config(cwd: Path, explicit: str | None, environ) -> Path | None:
 PLAN_FIELDS = (
     "session agent agent_source bottle image build_image pipelock_image workspace git_dir read_only env "
     "env_unset hosts bottle_allow trusted ssh ssh_agent egress_network command tty self_test "
-    "max_tunnel_seconds idle_timeout_seconds config_path owner"
+    "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir"
 )
 
 
@@ -595,7 +603,8 @@ def _trust_covered(trusted: str, hosts) -> bool:
 
 def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, suffix: str,
                  tty: bool = False, command=None, workspace: str | None = None,
-                 extra_allow=(), owner: str = "", self_test: bool = True) -> Plan:
+                 extra_allow=(), owner: str = "", owner_start: str = "", owner_proof: str = "",
+                 private_dir: str = "", self_test: bool = True) -> Plan:
     """Resolve agent -> bottle -> image, hosts, SSH hosts, mounts and env names. Reads no docker state."""
     project = find_project(cwd)
     spec = resolve_agent(config, agent_name, project)
@@ -660,6 +669,9 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         idle_timeout_seconds=bottle.idle_timeout_seconds,
         config_path=config.path,
         owner=owner,
+        owner_start=owner_start,
+        owner_proof=owner_proof,
+        private_dir=private_dir,
     )
 
 
@@ -744,7 +756,9 @@ def render_summary(plan: Plan) -> list:
 
 def _labels(plan: Plan, role: str) -> list:
     pairs = [(SESSION_LABEL, plan.session), (f"{LABEL}.role", role), (f"{LABEL}.agent", plan.agent),
-             (f"{LABEL}.bottle", plan.bottle), (f"{LABEL}.owner", plan.owner)]
+             (f"{LABEL}.bottle", plan.bottle), (f"{LABEL}.owner", plan.owner),
+             (f"{LABEL}.owner-start", plan.owner_start), (f"{LABEL}.owner-proof", plan.owner_proof),
+             (f"{LABEL}.owner-dir", plan.private_dir)]
     return [arg for k, v in pairs for arg in ("--label", f"{k}={v}")]
 
 
@@ -791,14 +805,14 @@ def network_create_argv(plan: Plan, name: str, internal: bool) -> list:
             *_labels(plan, "internal"), name]
 
 
-def sidecar_run_argv(plan: Plan, private_dir: str) -> list:
+def sidecar_run_argv(plan: Plan) -> list:
     return [
         "run", "--detach", "--name", plan.sidecar, *_labels(plan, "pipelock"),
         "--network", plan.egress,
         "--user", SIDECAR_USER, "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--pids-limit", str(SIDECAR_PIDS_LIMIT),
         # The directory, not the file: pipelock watches it and reloads a replaced config.
-        "--mount", mount_arg(os.path.join(private_dir, "pipelock"), PIPELOCK_CONFIG_DIR, readonly=True),
+        "--mount", mount_arg(os.path.join(plan.private_dir, "pipelock"), PIPELOCK_CONFIG_DIR, readonly=True),
         plan.pipelock_image,
         "run", "--config", f"{PIPELOCK_CONFIG_DIR}/pipelock.yaml", "--listen", f"0.0.0.0:{PROXY_PORT}",
     ]
@@ -813,7 +827,7 @@ def health_argv(plan: Plan) -> list:
     return ["exec", plan.sidecar, "/pipelock", "healthcheck"]
 
 
-def agent_create_argv(plan: Plan, private_dir: str) -> list:
+def agent_create_argv(plan: Plan) -> list:
     argv = [
         "create", "--name", plan.agent_container, *_labels(plan, "agent"),
         "--network", plan.internal_network,
@@ -831,7 +845,7 @@ def agent_create_argv(plan: Plan, private_dir: str) -> list:
     for rel in plan.read_only:
         argv += ["--mount", mount_arg(os.path.join(plan.workspace, rel), f"{AGENT_WORKDIR}/{rel}", readonly=True)]
     if plan.ssh_agent:
-        argv += ["--mount", mount_arg(os.path.join(private_dir, "ssh-agent.sock"), AGENT_SSH_AUTH_SOCK),
+        argv += ["--mount", mount_arg(os.path.join(plan.private_dir, "ssh-agent.sock"), AGENT_SSH_AUTH_SOCK),
                  "--env", f"SSH_AUTH_SOCK={AGENT_SSH_AUTH_SOCK}"]
     for name, value in proxy_env(plan):
         argv += ["--env", f"{name}={value}"]
@@ -929,15 +943,20 @@ def logs_argv(plan: Plan) -> list:
     return ["logs", plan.sidecar]
 
 
-# Only the fields needed: `{{json .}}` would make `docker ps` compute every container's size, which
-# takes seconds on some storage drivers.
-LISTING = '{"name":{{json .Name%s}},"state":%s,"labels":{{json .Labels}},"created":{{json .CreatedAt}}}'
+# The labels `ls`, `gc` and `stop` read, each one asked for by name. Only the fields needed: `{{json .}}` would
+# make `docker ps` compute every container's size, which takes seconds on some storage drivers.
+SESSION_KEYS = ("session", "role", "agent", "bottle", "owner", "owner-start", "owner-proof", "owner-dir")
 
 
-def find_sessions_argvs() -> list:
-    flt = ["--filter", f"label={SESSION_LABEL}"]
-    return [["ps", "--all", "--format", LISTING % ("s", "{{json .State}}"), *flt],
-            ["network", "ls", "--format", LISTING % ("", '""'), *flt]]
+def _listing(name: str, state: str) -> str:
+    labels = ",".join(f'"{k}":{{{{json (.Label "{LABEL}.{k}")}}}}' for k in SESSION_KEYS)
+    return f'{{"name":{{{{json .{name}}}}},"state":{state},{labels},"created":{{{{json .CreatedAt}}}}}}'
+
+
+def find_sessions_argvs(session: str | None = None) -> list:
+    flt = ["--filter", f"label={SESSION_LABEL}" + (f"={session}" if session else "")]
+    return [["ps", "--all", "--format", _listing("Names", "{{json .State}}"), *flt],
+            ["network", "ls", "--format", _listing("Name", '""'), *flt]]
 
 
 def rm_containers_argv(names) -> list:
@@ -946,45 +965,6 @@ def rm_containers_argv(names) -> list:
 
 def rm_networks_argv(names) -> list:
     return ["network", "rm", *names]
-
-
-def planned_commands(plan: Plan, private_dir: str) -> list:
-    """Every docker command a real start runs, as (argv, note); teardown included.
-
-    The order is the order of the phases; commands within a phase run at the same time (see run_session).
-    """
-    cmds = []
-    if plan.egress_network:
-        cmds.append((network_inspect_argv(plan.egress_network), "the bottle's egress_network must exist"))
-    if plan.build_image:
-        cmds += [(image_inspect_argv(plan.image), "reuse the agent image when it exists"),
-                 (build_argv(plan.image), "only when it is missing; the embedded Dockerfile on stdin")]
-    cmds += [(network_create_argv(plan, name, internal), "") for name, internal in plan.created_networks]
-    cmds += [(argv, "in the background: find orphaned sessions (their CLI is gone) and tear them down")
-             for argv in find_sessions_argvs()]
-    cmds += [
-        (sidecar_run_argv(plan, private_dir), ""),
-        (network_connect_argv(plan), ""),
-        (agent_create_argv(plan, private_dir), "at the same time as the sidecar"),
-    ]
-    if plan.ssh:
-        cmds.append((ssh_copy_argv(plan), f"a tar stream: {AGENT_HOME}/.ssh/config, owner {AGENT_UID}, mode 0600"))
-    if plan.self_test:
-        cmds.append((sidecar_inspect_argv(plan), "its egress-side address and the internal gateway, for the self-test"))
-    else:
-        cmds.append((health_argv(plan), "repeated until healthy"))
-    cmds.append((start_argv(plan), "attached to your terminal" +
-                 ("; the command waits behind the self-test's gate" if plan.self_test else "")))
-    if plan.self_test:
-        cmds.append((self_test_argv(plan, "<sidecar egress address>", "<internal gateway>"),
-                     "isolation self-test inside the agent, which also waits for pipelock's /health; "
-                     "opens the gate"))
-    cmds += [
-        (logs_argv(plan), "teardown: pipelock's decisions, for the egress report"),
-        (rm_containers_argv([plan.agent_container, plan.sidecar]), "teardown"),
-        (rm_networks_argv([n for n, _ in reversed(plan.created_networks)]), "teardown"),
-    ]
-    return cmds
 
 
 def ssh_tar(plan: Plan) -> bytes:
@@ -1005,7 +985,13 @@ def ssh_tar(plan: Plan) -> bytes:
     return buf.getvalue()
 
 
-def plan_json(plan: Plan, private_dir: str) -> dict:
+def planned_commands(plan: Plan) -> list:
+    """(argv, note) of every docker command a start runs, its teardown included, from `start_steps`."""
+    steps = start_steps(plan)
+    return [(argv, s.note) for s in steps for argv in s.argvs] + teardown_preview(plan, steps)
+
+
+def plan_json(plan: Plan) -> dict:
     data = plan._asdict()
     data["ssh"] = [s._asdict() for s in plan.ssh]
     data.update(
@@ -1016,7 +1002,7 @@ def plan_json(plan: Plan, private_dir: str) -> dict:
         egress_line=egress_line(plan.hosts),
         files={"pipelock/pipelock.yaml": render_pipelock_yaml(plan), "ssh_config": render_ssh_config(plan)},
         docker_commands=[{"argv": ["docker", *argv], "note": note}
-                         for argv, note in planned_commands(plan, private_dir)],
+                         for argv, note in planned_commands(plan)],
     )
     return data
 
@@ -1107,34 +1093,94 @@ STARTED = time.monotonic()
 DOCKER_ANSWERED = False
 DOCKER_MISSING = ("docker: command not found; install Docker (https://docs.docker.com/engine/install/) "
                   "and make sure `docker` is on PATH")
+# How long one teardown call may take before claude-bottle stops waiting for an engine that does not answer.
+TEARDOWN_TIMEOUT = 30.0
+# How long a setup call still running when a signal arrives may go on before it is killed.
+SIGNAL_GRACE = 10.0
+
+
+def say(text: str, file=None) -> None:
+    """Print a line; a closed or full stream (`| head`, a full disk) never stops the caller."""
+    try:
+        print(text, file=file or sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def log(message: str) -> None:
     if VERBOSE:
-        print(f"claude-bottle: [{time.monotonic() - STARTED:6.2f}s] {message}", file=sys.stderr, flush=True)
+        say(f"claude-bottle: [{time.monotonic() - STARTED:6.2f}s] {message}")
 
 
 def warn(message: str) -> None:
-    print(f"claude-bottle: warning: {message}", file=sys.stderr, flush=True)
+    say(f"claude-bottle: warning: {message}")
 
 
-def docker(*args, check: bool = True, input: bytes | None = None,
-           capture: bool = True) -> subprocess.CompletedProcess:
-    """Run `docker ARGS`; raise DockerError on failure when `check`. Output is text when captured."""
+# ---- Signals: the handler only notes the first one; the code that waits acts on it ----
+
+SIGNALLED = 0
+SIGNALLED_AT = 0.0
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _note_signal(signum, frame):
+    global SIGNALLED, SIGNALLED_AT
+    if not SIGNALLED:
+        SIGNALLED, SIGNALLED_AT = signum, time.monotonic()
+
+
+def check_signal() -> None:
+    """Unwind (teardown runs on the way out) once SIGINT, SIGTERM or SIGHUP has arrived."""
+    if SIGNALLED:
+        raise Interrupted(SIGNALLED)
+
+
+def pause(seconds: float) -> None:
+    """Sleep, but stop at once when a signal has arrived."""
+    deadline = time.monotonic() + seconds
+    while True:
+        check_signal()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.05))
+
+
+def docker(*args, check: bool = True, input: bytes | None = None, capture: bool = True,
+           timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run `docker ARGS`; raise DockerError on failure when `check`. Output is text when captured.
+
+    The call runs in a session of its own, so a Ctrl-C at the terminal never kills it half-way: the
+    CLI decides. It ends after `timeout` seconds, or SIGNAL_GRACE seconds after a signal when it has no
+    timeout of its own, with DockerTimeout; what it was creating may then exist or not.
+    """
     import subprocess
     argv = ["docker", *args]
     log(f"+ {shlex.join(argv)}")
     try:
-        proc = subprocess.run(argv, input=input, stdin=None if input is not None else subprocess.DEVNULL,
-                              stdout=subprocess.PIPE if capture else sys.stderr,
-                              stderr=subprocess.PIPE if capture else None)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE if capture else sys.stderr,
+                                stderr=subprocess.PIPE if capture else None, start_new_session=True)
     except FileNotFoundError:
         raise DockerUnavailable(DOCKER_MISSING) from None
-    out = (proc.stdout or b"").decode(errors="replace") if capture else ""
-    err = (proc.stderr or b"").decode(errors="replace") if capture else ""
+    started = time.monotonic()
+    while True:
+        try:
+            out, err = proc.communicate(input, timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            input = None  # sent already; communicate() goes on from where it stopped
+            now = time.monotonic()
+            late = timeout is None and SIGNALLED and now - SIGNALLED_AT > SIGNAL_GRACE
+            if late or (timeout is not None and now - started > timeout):
+                proc.kill()
+                proc.communicate()
+                raise DockerTimeout(argv, now - started) from None
+    out = (out or b"").decode(errors="replace")
+    err = (err or b"").decode(errors="replace")
     if "Cannot connect to the Docker daemon" in err:
         raise DockerUnavailable(f"docker: the daemon does not answer ({err.strip().splitlines()[-1]}); start Docker "
-                          f"and try again")
+                                f"and try again")
     global DOCKER_ANSWERED
     DOCKER_ANSWERED = True
     if check and proc.returncode != 0:
@@ -1143,7 +1189,7 @@ def docker(*args, check: bool = True, input: bytes | None = None,
 
 
 def docker_popen(*args, **kwargs) -> subprocess.Popen:
-    """Start `docker ARGS` without waiting: attached sessions and followed logs."""
+    """Start `docker ARGS` without waiting, in this terminal's session: attached agents and followed logs."""
     import subprocess
     argv = ["docker", *args]
     log(f"+ {shlex.join(argv)}")
@@ -1156,51 +1202,54 @@ def docker_popen(*args, **kwargs) -> subprocess.Popen:
 def _only_missing(stderr: str) -> bool:
     """True when every complaint in `stderr` is that the thing to remove is already gone."""
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    return all(re.search(r"no such (container|network)|not found", ln, re.I) for ln in lines)
+    return all(re.search(r"no such (container|network|volume)|not found", ln, re.I) for ln in lines)
 
 
-# ---- Session lifecycle: private files, teardown stack, sidecar, agent ----
+# ---- Teardown: an undo stack that always finishes ----
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
-
-
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class signals_ignored:
-    """Ignore SIGINT, SIGTERM and SIGHUP for a while (main thread only: signals go there)."""
-
-    def __enter__(self):
-        main = threading.current_thread() is threading.main_thread()
-        self.old = {s: signal.signal(s, signal.SIG_IGN) for s in HANDLED_SIGNALS} if main else {}
-
-    def __exit__(self, *exc):
-        for s, handler in self.old.items():
-            signal.signal(s, handler)
-        return False
+def unwind(entries: list):
+    """Pop teardown entries from the end: ("call", fn, args) as they are, and each run of removals of one
+    kind as (kind, sorted names), so that one docker call removes them all."""
+    while entries:
+        kind, *arg = entries.pop()
+        if kind == "call":
+            yield (kind, *arg)
+            continue
+        names = [arg[0]]
+        while entries and entries[-1][0] == kind:
+            names.append(entries.pop()[1])
+        yield kind, sorted(names)
 
 
 class Teardown:
-    """A stack of undo steps, popped in reverse on every exit path: agent, sidecar, networks, temp dir.
+    """A stack of undo steps, popped in reverse on every exit path: report, agent and sidecar, networks, files.
 
-    Removals of the same kind that end up next to each other run as one docker call. A step that fails
-    is reported and the rest still run; a missing resource counts as removed; signals are ignored while
-    it runs, so a second Ctrl-C cannot strand anything.
+    Entries are data: ("container", name), ("network", name) or ("call", fn, args). Removals of the same
+    kind that end up next to each other run as one docker call. A failing step is reported and the rest
+    still run; a missing resource counts as removed. Signals are only noted while it runs (see
+    _note_signal), so no Ctrl-C can stop it half-way, and output errors are swallowed by `say`. Each
+    docker call has TEARDOWN_TIMEOUT: once one expires the engine is taken as hung, the remaining
+    removals are listed as possibly left, and the local steps still run.
     """
 
     def __init__(self):
         self.steps = []
         self.procs = []
+        self.left = []
+        # Set when a create was killed before docker answered: it may still appear, so look again at the end.
+        self.uncertain = None
+
+    def push(self, entry: tuple) -> None:
+        self.steps.append(entry)
 
     def container(self, name: str) -> None:
-        self.steps.append(("container", name))
+        self.push(("container", name))
 
     def network(self, name: str) -> None:
-        self.steps.append(("network", name))
+        self.push(("network", name))
 
     def callback(self, fn, *args) -> None:
-        self.steps.append(("call", (fn, args)))
+        self.push(("call", fn, args))
 
     def adopt(self, proc: subprocess.Popen) -> None:
         """Wait for `proc` after the containers are gone (e.g. `docker start --attach`)."""
@@ -1210,43 +1259,64 @@ class Teardown:
         return self
 
     def __exit__(self, *exc):
-        with signals_ignored():
-            self.run()
+        self.run()
         return False
 
-    def run(self) -> None:
-        while self.steps:
-            kind, arg = self.steps.pop()
-            if kind == "call":
-                fn, args = arg
-                try:
-                    fn(*args)
-                except Exception as e:
-                    warn(f"teardown step {getattr(fn, '__name__', fn)} failed: {e}")
-                continue
-            names = [arg]
-            while self.steps and self.steps[-1][0] == kind:
-                names.append(self.steps.pop()[1])
-            argv = rm_containers_argv(names) if kind == "container" else rm_networks_argv(names)
-            try:
-                r = docker(*argv, check=False)
-            except DockerUnavailable as e:
-                if DOCKER_ANSWERED:
-                    warn(f"could not remove {kind} {', '.join(names)}: {e}")
-                continue
-            except BottleError as e:
+    def _remove(self, kind: str, names: list) -> None:
+        if not names:
+            return
+        if self.left:
+            self.left += names
+            return
+        argv = rm_containers_argv(names) if kind == "container" else rm_networks_argv(names)
+        try:
+            r = docker(*argv, check=False, timeout=TEARDOWN_TIMEOUT)
+        except DockerTimeout:
+            self.left += names
+            return
+        except BottleError as e:
+            if DOCKER_ANSWERED or not isinstance(e, DockerUnavailable):
                 warn(f"could not remove {kind} {', '.join(names)}: {e}")
+            return
+        if r.returncode != 0 and not _only_missing(r.stderr):
+            warn(f"could not remove {kind} {', '.join(names)}: {r.stderr.strip()}")
+
+    def run(self) -> None:
+        for kind, *arg in unwind(self.steps):
+            if kind != "call":
+                self._remove(kind, arg[0])
                 continue
-            if r.returncode != 0 and not _only_missing(r.stderr):
-                warn(f"could not remove {kind} {', '.join(names)}: {r.stderr.strip()}")
-        import subprocess
+            fn, args = arg
+            try:
+                fn(*args)
+            except DockerTimeout as e:
+                self.left.append(f"(the engine did not answer: {e})")
+            except Exception as e:
+                warn(f"teardown step {getattr(fn, '__name__', fn)} failed: {e}")
+        if self.uncertain and not self.left:
+            self._sweep(self.uncertain)
         for proc in self.procs:
             try:
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+            except Exception:
                 proc.kill()
                 proc.wait()
+        if self.left:
+            warn(f"docker did not answer within {TEARDOWN_TIMEOUT:.0f} s, so these may be left: "
+                 f"{', '.join(n for n in self.left if not n.startswith('('))}; once this CLI has exited, "
+                 f"`claude-bottle gc` removes them")
 
+    def _sweep(self, session: str) -> None:
+        """A create was killed mid-call: remove whatever of `session` the engine finished after all."""
+        try:
+            for s in find_sessions(session):
+                self._remove("container", [c["name"] for c in s["containers"]])
+                self._remove("network", [n["name"] for n in s["networks"]])
+        except BottleError as e:
+            warn(f"could not look for what is left of session {session}: {e}")
+
+
+# ---- Session lifecycle: private files, steps, the runner, the session ----
 
 def share_with(path: str, uid: int, private_mode: int, open_mode: int) -> None:
     """Let the container user `uid` read `path`, a bind-mount source inside the 0700 private dir.
@@ -1271,20 +1341,41 @@ def _write_private(path: str, text: str) -> None:
         f.write(text)
 
 
-def write_private_files(plan: Plan, private_dir: str) -> None:
-    """pipelock/pipelock.yaml for the sidecar (uid 65534) and ssh_config, into the 0700 dir."""
-    pipelock_dir = os.path.join(private_dir, "pipelock")
+def runtime_base() -> Path:
+    """This user's directory of session dirs: `$TMPDIR/claude-bottle-<uid>`, 0700, refused when not ours."""
+    base = Path(tempfile.gettempdir()) / f"{LABEL}-{os.getuid()}"
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(base)
+    import stat
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise BottleError(f"{base} is not a private directory of yours (a symlink, another owner, or open to "
+                          f"others); remove it, or set TMPDIR to a directory of your own")
+    return base
+
+
+def make_private_dir(path: str) -> None:
+    """The session's own 0700 dir; it exists only while the session does."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        raise BottleError(f"{path} exists already: another session has this id; start again") from None
+
+
+def write_private_files(plan: Plan, secret: str = "") -> None:
+    """pipelock/pipelock.yaml for the sidecar (uid 65534), ssh_config, and the owner's proof."""
+    pipelock_dir = os.path.join(plan.private_dir, "pipelock")
     os.mkdir(pipelock_dir, 0o700)
     config = os.path.join(pipelock_dir, "pipelock.yaml")
     _write_private(config, render_pipelock_yaml(plan))
     sidecar_uid = int(SIDECAR_USER.split(":")[0])
     share_with(config, sidecar_uid, 0o600, 0o644)
     share_with(pipelock_dir, sidecar_uid, 0o700, 0o755)
-    _write_private(os.path.join(private_dir, "ssh_config"), render_ssh_config(plan))
-
-
-def make_private_dir() -> str:
-    return tempfile.mkdtemp(prefix="claude-bottle-")  # mode 0700
+    _write_private(os.path.join(plan.private_dir, "ssh_config"), render_ssh_config(plan))
+    if secret:
+        _write_private(os.path.join(plan.private_dir, OWNER_SECRET), secret)
 
 
 def remove_private_dir(path: str) -> None:
@@ -1379,24 +1470,150 @@ def quarantine_commondir(plan: Plan) -> None:
              f"(review it, and the directory it names, before deleting it)")
 
 
-def require_network(name: str) -> None:
-    r = docker(*network_inspect_argv(name), check=False)
-    if r.returncode != 0:
+class Step(namedtuple("Step", "name argvs note after undo action then background",
+                      defaults=("", (), (), None, (), False))):
+    """One step of a start, as data: the real start runs these, and the dry run prints them.
+
+    name: the key of its result, and what later steps name in `after`, the steps it waits for.
+    argvs: the docker commands it runs (a step's action may repeat one until it succeeds).
+    undo: teardown entries pushed just before it runs: the names are the session's own and a missing
+          resource counts as removed, so an interrupted create can never strand one.
+    action: `fn(run)` doing the step and returning its result; None runs `docker(*argvs[0])`.
+    then: teardown entries pushed once it has succeeded.
+    background: nothing waits for it; teardown does, at the very end.
+    """
+
+    __slots__ = ()
+
+
+class Cancelled(BottleError):
+    """Another step failed, or a signal arrived: a repeating step stops trying."""
+
+
+class Run:
+    """What the steps of one start share: the plan, the results so far, the teardown stack, a stop flag."""
+
+    def __init__(self, plan: Plan, td: Teardown):
+        self.plan, self.td = plan, td
+        self.results = {}
+        self.cancel = threading.Event()
+
+    def pause(self, seconds: float) -> None:
+        """Wait between tries of a repeating step; stop when the start is being abandoned."""
+        if self.cancel.wait(seconds) or SIGNALLED:
+            raise Cancelled("cancelled")
+
+
+def _execute(step: Step, run: Run):
+    return step.action(run) if step.action else docker(*step.argvs[0])
+
+
+def _join(future) -> None:
+    try:
+        future.result(timeout=TEARDOWN_TIMEOUT)
+    except Exception as e:
+        warn(f"a background step did not finish cleanly: {e}")
+
+
+def run_steps(steps, run: Run) -> dict:
+    """Run `steps` as soon as the steps they name in `after` are done, as many at once as can be.
+
+    Ready steps start in list order, so the undo stack's order falls out of the list. On a failure or a
+    signal nothing new starts, repeating steps stop, and every step already running is waited for (its
+    docker call finishes, or is killed SIGNAL_GRACE seconds after a signal) before the error goes on to
+    teardown: nothing the session creates can appear after its teardown. Returns the results by name.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    names = {s.name for s in steps} | set(run.results)
+    assert all(a in names for s in steps for a in s.after), "a step waits for a step that is not there"
+    pending = [s for s in steps if s.name not in run.results]
+    running, failure = {}, None
+    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="step")
+    try:
+        while pending or running:
+            if failure is None and SIGNALLED:
+                failure = Interrupted(SIGNALLED)
+            if failure is not None:
+                pending = []
+                run.cancel.set()
+            for step in [s for s in pending if all(a in run.results for a in s.after)]:
+                pending.remove(step)
+                for entry in step.undo:
+                    run.td.push(entry)
+                future = pool.submit(_execute, step, run)
+                if step.background:
+                    run.td.callback(_join, future)
+                    run.results[step.name] = future
+                else:
+                    running[future] = step
+            if not running:
+                if pending:
+                    raise AssertionError(f"steps can never start: {[s.name for s in pending]}")
+                break
+            done, _ = wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
+            for future in done:
+                step = running.pop(future)
+                try:
+                    run.results[step.name] = future.result()
+                except BaseException as e:
+                    if isinstance(e, DockerTimeout):
+                        run.td.uncertain = run.plan.session
+                    failure = failure or e
+                    continue
+                for entry in step.then:
+                    run.td.push(entry)
+    finally:
+        pool.shutdown(wait=False)
+    if SIGNALLED:
+        raise Interrupted(SIGNALLED) from failure
+    if failure is not None:
+        raise failure
+    return run.results
+
+
+def require_network(run: Run) -> None:
+    name = run.plan.egress_network
+    if docker(*network_inspect_argv(name), check=False).returncode != 0:
         raise ConfigError(f"egress_network: docker network {name!r} does not exist; create it "
                           f"(docker network create {name}) or remove egress_network from the bottle")
 
 
-def ensure_agent_image(plan: Plan) -> None:
+def image_present(run: Run) -> bool:
+    return docker(*image_inspect_argv(run.plan.image), check=False).returncode == 0
+
+
+def build_image(run: Run) -> None:
     """Build the built-in image unless its tag (a hash of the Dockerfile) already exists."""
-    if docker(*image_inspect_argv(plan.image), check=False).returncode == 0:
+    if run.results["image"]:
         return
-    print(f"claude-bottle: building the agent image {plan.image} (once; later starts reuse it)",
-          file=sys.stderr, flush=True)
-    docker(*build_argv(plan.image), input=AGENT_DOCKERFILE.encode(), capture=False)
+    say(f"claude-bottle: building the agent image {run.plan.image} (once; later starts reuse it)")
+    docker(*build_argv(run.plan.image), input=AGENT_DOCKERFILE.encode(), capture=False)
 
 
-def wait_healthy(plan: Plan, timeout: float = HEALTH_TIMEOUT) -> None:
+def reap_in_background(run: Run) -> list:
+    return reap_orphans()
+
+
+def copy_ssh_config(run: Run) -> None:
+    docker(*ssh_copy_argv(run.plan), input=ssh_tar(run.plan))
+
+
+def launch_agent(run: Run) -> subprocess.Popen:
+    proc = docker_popen(*start_argv(run.plan))
+    run.td.adopt(proc)
+    return proc
+
+
+def unhealthy(plan: Plan, why: str) -> BottleError:
+    logs = docker("logs", "--tail", "5", plan.sidecar, check=False, timeout=TEARDOWN_TIMEOUT)
+    tail = " | ".join(ln.strip() for ln in (logs.stdout + logs.stderr).splitlines() if ln.strip())[-400:]
+    return BottleError(f"the pipelock sidecar {plan.sidecar} did not become healthy ({why[-200:]}); "
+                       f"its log: {tail or 'empty'}")
+
+
+def wait_healthy(run: Run, timeout: float = HEALTH_TIMEOUT) -> None:
     """Poll pipelock's own health check with a short backoff until it answers; no fixed sleeps."""
+    plan = run.plan
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
@@ -1406,20 +1623,14 @@ def wait_healthy(plan: Plan, timeout: float = HEALTH_TIMEOUT) -> None:
         # 126/127: no /pipelock in the image; "not running": it exited. Neither gets better by waiting.
         if r.returncode in (126, 127) or "is not running" in r.stderr or time.monotonic() >= deadline:
             break
-        time.sleep(delay)
+        run.pause(delay)
         delay = min(delay * 2, 0.25)
     raise unhealthy(plan, r.stderr.strip() or "no answer")
 
 
-def unhealthy(plan: Plan, why: str) -> BottleError:
-    logs = docker("logs", "--tail", "5", plan.sidecar, check=False)
-    tail = " | ".join(ln.strip() for ln in (logs.stdout + logs.stderr).splitlines() if ln.strip())[-400:]
-    return BottleError(f"the pipelock sidecar {plan.sidecar} did not become healthy ({why[-200:]}); "
-                       f"its log: {tail or 'empty'}")
-
-
-def sidecar_addresses(plan: Plan) -> tuple:
+def sidecar_addresses(run: Run) -> tuple:
     """The sidecar's address on the egress side, and the internal network's gateway (or "")."""
+    plan = run.plan
     networks = json.loads(docker(*sidecar_inspect_argv(plan)).stdout or "{}")
     address = (networks.get(plan.egress) or {}).get("IPAddress")
     if not address:
@@ -1428,22 +1639,23 @@ def sidecar_addresses(plan: Plan) -> tuple:
     return address, (networks.get(plan.internal_network) or {}).get("Gateway") or ""
 
 
-def run_self_test(plan: Plan, addresses: tuple, attached: subprocess.Popen, timeout: float = 30.0) -> None:
+def run_self_test(run: Run, timeout: float = 30.0) -> None:
     """Check isolation from inside the agent container, whose command waits behind the gate.
 
     It is also the sidecar's health check: the script polls pipelock's /health, as `pipelock
     healthcheck` does, but from the agent's side of the internal network, the path the agent will use.
     """
+    plan, attached = run.plan, run.results["start"]
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
-        r = docker(*self_test_argv(plan, *addresses), check=False)
+        r = docker(*self_test_argv(plan, *run.results["addresses"]), check=False)
         if r.returncode == 0:
             return
         starting = "is not running" in r.stderr or "No such container" in r.stderr
         if not starting or attached.poll() is not None or time.monotonic() >= deadline:
             break
-        time.sleep(delay)
+        run.pause(delay)
         delay = min(delay * 2, 0.2)
     reason = (r.stderr.strip() or r.stdout.strip() or f"exit {r.returncode}").splitlines()[-1]
     if reason.startswith(PROXY_SILENT):
@@ -1456,118 +1668,123 @@ def run_self_test(plan: Plan, addresses: tuple, attached: subprocess.Popen, time
 
 def report_egress(plan: Plan, report_json: str | None, quiet: bool) -> None:
     """Summarise pipelock's decisions for the session; runs before the sidecar is removed."""
-    r = docker(*logs_argv(plan), check=False)
+    r = docker(*logs_argv(plan), check=False, timeout=TEARDOWN_TIMEOUT)
     report = egress_report(parse_events(r.stdout))
     if report_json:
-        with open(report_json, "w", encoding="utf-8") as f:
-            json.dump({"session": plan.session, **report}, f, indent=2)
-    if not quiet or report["blocked"]:
-        print("\n".join(render_report(plan, report)), file=sys.stderr, flush=True)
-
-
-def parallel(*calls) -> None:
-    """Run each `(fn, *args)` in its own thread, wait for all, and re-raise the first failure.
-
-    Interrupted while waiting, it still lets every thread finish (signals ignored) before it re-raises,
-    so nothing is half-created when teardown starts.
-    """
-    errors = [None] * len(calls)
-
-    def work(i, fn, args):
         try:
-            fn(*args)
-        except BaseException as e:
-            errors[i] = e
-
-    threads = [threading.Thread(target=work, args=(i, c[0], c[1:]), daemon=True) for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    try:
-        for t in threads:
-            t.join()
-    except BaseException:
-        with signals_ignored():
-            for t in threads:
-                t.join()
-        raise
-    for e in errors:
-        if e is not None:
-            raise e
+            with open(report_json, "w", encoding="utf-8") as f:
+                json.dump({"session": plan.session, **report}, f, indent=2)
+        except OSError as e:
+            warn(f"could not write the egress report to {report_json}: {e.strerror}")
+    if not quiet or report["blocked"]:
+        say("\n".join(render_report(plan, report)))
 
 
-def _sequence(*calls) -> None:
-    for fn, *args in calls:
-        fn(*args)
+def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False) -> list:
+    """Every docker step of a start, in an order that respects `after`; teardown is their undo entries."""
+    agent, sidecar = plan.agent_container, plan.sidecar
+    steps = []
+    ready = ()
+    if plan.egress_network:
+        steps.append(Step("egress-network", (network_inspect_argv(plan.egress_network),),
+                          "the bottle's egress_network must exist", action=require_network))
+        ready = ("egress-network",)
+    if plan.build_image:
+        steps += [Step("image", (image_inspect_argv(plan.image),), "reuse the agent image when it exists",
+                       after=ready, action=image_present),
+                  Step("build", (build_argv(plan.image),), "only when it is missing; the embedded Dockerfile "
+                       "on stdin", after=("image",), action=build_image)]
+        ready = ("build",)
+    steps.append(Step("orphans", tuple(find_sessions_argvs()), "in the background: find orphaned sessions (their "
+                      "CLI is gone) and tear them down", after=ready, action=reap_in_background, background=True))
+    for name, internal_ in plan.created_networks:
+        steps.append(Step(f"network-{'internal' if internal_ else 'egress'}",
+                          (network_create_argv(plan, name, internal_),), after=ready, undo=(("network", name),)))
+    nets = tuple(s.name for s in steps if s.name.startswith("network-"))
+    report = (("call", report_egress, (plan, report_json, quiet)),)
+    steps += [
+        Step("sidecar", (sidecar_run_argv(plan),), after=ready + nets, undo=(("container", sidecar),)),
+        Step("connect", (network_connect_argv(plan),), after=("sidecar",)),
+        Step("agent", (agent_create_argv(plan),), "at the same time as the sidecar", after=ready + nets,
+             undo=(("container", agent),)),
+    ]
+    before_start = ("agent",)
+    if plan.ssh:
+        steps.append(Step("ssh-config", (ssh_copy_argv(plan),), f"a tar stream: {AGENT_HOME}/.ssh/config, owner "
+                          f"{AGENT_UID}, mode 0600", after=("agent",), action=copy_ssh_config))
+        before_start = ("ssh-config",)
+    if plan.self_test:
+        steps += [
+            Step("addresses", (sidecar_inspect_argv(plan),), "its egress-side address and the internal gateway, "
+                 "for the self-test", after=("connect",), action=sidecar_addresses),
+            Step("start", (start_argv(plan),), "attached to your terminal; the command waits behind the "
+                 "self-test's gate", after=before_start, action=launch_agent),
+            Step("self-test", (self_test_argv(plan, "<sidecar egress address>", "<internal gateway>"),),
+                 "isolation self-test inside the agent, which also waits for pipelock's /health; opens the gate",
+                 after=("addresses", "start"), action=run_self_test, then=report),
+        ]
+    else:
+        steps += [
+            Step("health", (health_argv(plan),), "repeated until healthy", after=("connect",), action=wait_healthy),
+            Step("start", (start_argv(plan),), "attached to your terminal", after=before_start + ("health",),
+                 action=launch_agent, then=report),
+        ]
+    return steps
 
 
-def run_session(plan: Plan, report_json: str | None = None, quiet: bool = False) -> int:
+def teardown_preview(plan: Plan, steps) -> list:
+    """(argv, note) of the teardown a start ends with: its steps' undo entries, unwound as Teardown unwinds them."""
+    out = []
+    for kind, *arg in unwind([e for s in steps for e in (*s.undo, *s.then)]):
+        if kind == "container":
+            out.append((rm_containers_argv(arg[0]), "teardown"))
+        elif kind == "network":
+            out.append((rm_networks_argv(arg[0]), "teardown"))
+        elif arg[0] is report_egress:
+            out.append((logs_argv(plan), "teardown: pipelock's decisions, for the egress report"))
+    return out
+
+
+def wait_agent(proc: subprocess.Popen) -> int:
+    """The agent's exit status; a signal ends the wait (teardown then stops the agent)."""
+    import subprocess
+    while True:
+        check_signal()
+        try:
+            return proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: bool = False) -> int:
     """Create the bottle, run the agent attached to this terminal, and always tear everything down.
 
-    Steps that do not depend on each other run at once: the networks; the sidecar and the agent
-    container; the sidecar's health check and the agent's start, whose command waits behind the
-    self-test's gate until the self-test has run inside it. Every undo is pushed before its create:
-    the names are unique to the session and a missing resource counts as removed, so an interrupt or
-    a half-done create can never strand one.
+    The host-side setup (private files, the ssh-agent relay, the workspace's guards) comes first; then
+    the steps of `start_steps` run, as many at once as their order allows. Whatever happens, the
+    teardown stack unwinds: the egress report, agent and sidecar, networks, the private dir.
     """
     with Teardown() as td:
-        private_dir = make_private_dir()
-        td.callback(remove_private_dir, private_dir)
-        write_private_files(plan, private_dir)
+        make_private_dir(plan.private_dir)
+        td.callback(remove_private_dir, plan.private_dir)
+        write_private_files(plan, secret)
         if plan.ssh_agent:
-            relay = SshAgentRelay(plan.ssh_agent, os.path.join(private_dir, "ssh-agent.sock"))
+            relay = SshAgentRelay(plan.ssh_agent, os.path.join(plan.private_dir, "ssh-agent.sock"))
             td.callback(relay.close)
         if plan.git_dir:
             # Mount over a hooks dir that exists, or the agent could create one and plant hooks in it.
             os.makedirs(os.path.join(plan.workspace, ".git", "hooks"), exist_ok=True)
             # Runs after the agent's container is gone, so it cannot write another.
             td.callback(quarantine_commondir, plan)
-        # Before anything is created: a missing egress_network is a config error.
-        if plan.egress_network:
-            require_network(plan.egress_network)
-        if plan.build_image:
-            ensure_agent_image(plan)
-        for name, _ in plan.created_networks:
-            td.network(name)
-        # Other sessions' leftovers whose CLI is gone are reaped in the background, so Docker's address
-        # pools never run out; teardown waits for it, so the process never exits half-way through one.
-        reaper = threading.Thread(target=reap_orphans, daemon=True, name="reaper")
-        reaper.start()
-        td.callback(reaper.join)
-        parallel(*[(docker, *network_create_argv(plan, name, internal)) for name, internal in plan.created_networks])
-        td.container(plan.sidecar)
-        td.container(plan.agent_container)
-        agent_steps = [(docker, *agent_create_argv(plan, private_dir))]
-        if plan.ssh:
-            agent_steps.append((lambda: docker(*ssh_copy_argv(plan), input=ssh_tar(plan)),))
-        sidecar_steps = [(docker, *sidecar_run_argv(plan, private_dir)), (docker, *network_connect_argv(plan))]
-        addresses, attached = [], []
-
-        def start_agent():
-            attached.append(docker_popen(*start_argv(plan)))
-            td.adopt(attached[0])
-
-        if plan.self_test:
-            # The agent's container starts while pipelock comes up: its command waits behind the gate.
-            sidecar_steps.append((lambda: addresses.extend(sidecar_addresses(plan)),))
-            agent_steps.append((start_agent,))
-        parallel((_sequence, *sidecar_steps), (_sequence, *agent_steps))
-        if plan.self_test:
-            run_self_test(plan, addresses, attached[0])
-        else:
-            wait_healthy(plan)
-            start_agent()
-        # Pushed once the agent's command runs, and last, so it runs first: the log is read before the
-        # sidecar goes, and the agent and the sidecar are still removed by one call.
-        td.callback(report_egress, plan, report_json, quiet)
-        return attached[0].wait()
+        run = Run(plan, td)
+        results = run_steps(start_steps(plan, report_json, quiet), run)
+        status = wait_agent(results["start"])
+    if td.left:
+        raise BottleError("teardown did not finish: the engine stopped answering (see the warning above); "
+                          "run `claude-bottle gc` once it answers again")
+    return status
 
 
 # ---- Operating bottles: finding sessions, stopping them, reaping orphans ----
-
-def parse_labels(text: str) -> dict:
-    """docker's `{{.Labels}}`: `k=v,k=v` (claude-bottle's own values never hold a comma)."""
-    return dict(item.partition("=")[::2] for item in text.split(",") if item)
-
 
 def _created(text: str) -> float | None:
     """docker's CreatedAt, e.g. `2026-11-27 08:04:44.123456 +0000 UTC`, as a POSIX time."""
@@ -1586,39 +1803,106 @@ def split_owner(owner: str) -> tuple:
     return host, int(pid) if pid.isdigit() else None
 
 
-def owner_alive(owner: str) -> bool | None:
-    """Whether the CLI that started a session still runs: None when it is on another host (unknowable)."""
-    host, pid = split_owner(owner)
-    if not host or pid is None or host != hostname():
-        return None
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> str | None:
+    """A token that changes when `pid` is reused: the boot and the process's start time. None: no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # The 22nd field, counted after the command name in parentheses (which may hold spaces).
+        return f"{_boot_id()}/{stat.rpartition(')')[2].split()[19]}"
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None
+    except (OSError, IndexError):
+        return ""
+    # No /proc (macOS, BSD): ps gives the start time to the second, which pid reuse cannot repeat in time.
+    import subprocess
+    try:
+        r = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return f"ps/{' '.join(r.stdout.split())}" if r.stdout.strip() else None
+
+
+OWNER_SECRET = "owner"
+
+
+def proof_of(secret: str) -> str:
+    return _sha256(secret)[:32]
+
+
+def owner_state(session: dict) -> str:
+    """"alive", "gone" or "unknown": whether the CLI that owns a session still runs.
+
+    Alive only when everything matches: this host, a process with the recorded pid and start time
+    (so a reused pid is gone), and the secret in the owner's private dir that hashes to the recorded
+    proof. Gone only on proof of death: no such process, or one that started at another time. Anything
+    else (another host, another user's process, an older claude-bottle's labels, unreadable files) is
+    unknown, which gc and the reaper leave alone.
+    """
+    host, pid = split_owner(session["owner"])
+    if host != hostname() or pid is None or not session.get("owner-start"):
+        return "unknown"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
+        return "gone"
+    except OSError:
+        return "unknown"
+    start = process_start(pid)
+    if start is None or (start and start != session["owner-start"]):
+        return "gone"
+    if not start:
+        return "unknown"
+    try:
+        secret = Path(session.get("owner-dir") or "/nonexistent", OWNER_SECRET).read_text()
+    except OSError:
+        return "unknown"
+    return "alive" if proof_of(secret) == session.get("owner-proof") else "unknown"
+
+
+def signal_owner(session: dict, signum: int = signal.SIGTERM) -> bool:
+    """Send `signum` to the session's owner, only when it is the proven owner; True when sent."""
+    pid = split_owner(session["owner"])[1]
+    fd = None
+    try:
+        # Opened first: a pidfd names that very process, so a pid reused after the check cannot be hit.
+        fd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    except OSError:
         pass
     try:
-        # A recycled pid belongs to some other program.
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"claude" in f.read()
-    except OSError:
+        if owner_state(session) != "alive":
+            return False
+        if fd is not None:
+            signal.pidfd_send_signal(fd, signum)
+        else:
+            os.kill(pid, signum)
         return True
+    except OSError:
+        return False
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
-def find_sessions() -> list:
-    """Every session that has a container or network labelled claude-bottle.session, oldest first."""
+def find_sessions(session: str | None = None) -> list:
+    """Every session (or the one named) with a container or network labelled claude-bottle.session, oldest first."""
     found = {}
-    for kind, argv in zip(("containers", "networks"), find_sessions_argvs()):
+    for kind, argv in zip(("containers", "networks"), find_sessions_argvs(session)):
         for line in docker(*argv).stdout.splitlines():
             item = json.loads(line)
-            labels = parse_labels(item["labels"])
-            sid = labels.get(SESSION_LABEL, "")
-            s = found.setdefault(sid, {
-                "session": sid, "agent": labels.get(f"{LABEL}.agent", "?"),
-                "bottle": labels.get(f"{LABEL}.bottle", "?"), "owner": labels.get(f"{LABEL}.owner", ""),
+            s = found.setdefault(item["session"], {
+                "session": item["session"], "agent": item["agent"] or "?", "bottle": item["bottle"] or "?",
+                **{k: item[k] for k in SESSION_KEYS if k.startswith("owner")},
                 "containers": [], "networks": [], "created": None,
             })
-            entry = {"name": item["name"], "role": labels.get(f"{LABEL}.role", "")}
+            entry = {"name": item["name"], "role": item["role"]}
             if kind == "containers":
                 entry["state"] = item["state"]
             s[kind].append(entry)
@@ -1629,25 +1913,22 @@ def find_sessions() -> list:
     for s in sessions:
         agent = next((c for c in s["containers"] if c["role"] == "agent"), None)
         s["state"] = agent["state"] if agent else ("starting" if s["containers"] else "networks only")
-        s["owner_alive"] = owner_alive(s["owner"])
+        s["owner_state"] = owner_state(s)
+        s["owner_alive"] = {"alive": True, "gone": False}.get(s["owner_state"])
     return sessions
 
 
 def is_orphan(session: dict) -> bool:
-    """Left behind by a CLI that is gone: its owner is dead (on this host), or unknown and nothing runs."""
-    if session["owner_alive"] is False:
-        return True
-    unknown_owner = session["owner_alive"] is None and not split_owner(session["owner"])[0]
-    return unknown_owner and not any(c["state"] == "running" for c in session["containers"])
+    """Left behind by a CLI that is provably gone; a session whose owner is unknown is never an orphan."""
+    return session["owner_state"] == "gone"
 
 
 def teardown_session(session: dict) -> None:
     """The same ordered teardown as a session's own exit: agent and sidecar, then its networks."""
-    rank = {"internal": 0, "egress": 1, "pipelock": 2, "agent": 3}
     with Teardown() as td:
-        for n in sorted(session["networks"], key=lambda n: rank.get(n["role"], 9)):
+        for n in session["networks"]:
             td.network(n["name"])
-        for c in sorted(session["containers"], key=lambda c: rank.get(c["role"], 9)):
+        for c in session["containers"]:
             td.container(c["name"])
 
 
@@ -1709,45 +1990,52 @@ def _load(args) -> Config:
     return load_config(path) if path else Config()
 
 
-def _plan(args, config: Config, agent: str | None, command=None) -> Plan:
-    return resolve_plan(
-        config, agent, cwd=Path.cwd(), environ=os.environ, suffix=os.urandom(3).hex(),
+def _plan(args, config: Config, agent: str | None, command=None, secret: str = "") -> Plan:
+    suffix = os.urandom(3).hex()
+    plan = resolve_plan(
+        config, agent, cwd=Path.cwd(), environ=os.environ, suffix=suffix,
         tty=sys.stdin.isatty() and sys.stdout.isatty(), command=command,
         workspace=getattr(args, "workspace", None), extra_allow=getattr(args, "allow", None) or (),
-        owner=f"{hostname()}:{os.getpid()}", self_test=not getattr(args, "no_self_test", False),
+        owner=f"{hostname()}:{os.getpid()}", owner_start=process_start(os.getpid()) or "",
+        owner_proof=proof_of(secret) if secret else "", self_test=not getattr(args, "no_self_test", False),
     )
+    return plan._replace(private_dir=str(Path(tempfile.gettempdir(), f"{LABEL}-{os.getuid()}", plan.session)))
 
 
 def confirm(prompt: str = "Start this bottle? [y/N] ") -> bool:
+    """Ask on the terminal; a signal while waiting for the answer ends the wait (nothing exists yet)."""
     if not sys.stdin.isatty():
         raise ConfigError("stdin is not a terminal, so claude-bottle cannot ask before starting; "
                           "pass --yes to start without asking")
-    try:
-        answer = input(prompt)
-    except EOFError:
-        return False
+    import select
+    print(prompt, end="", flush=True)
+    while not select.select([sys.stdin], [], [], 0.05)[0]:
+        check_signal()
+    answer = sys.stdin.readline()
     return answer.strip().lower() in ("y", "yes")
 
 
 def dry_run(plan: Plan, as_json: bool) -> int:
-    private_dir = make_private_dir()
+    runtime_base()
+    make_private_dir(plan.private_dir)
     try:
         # The same write as a real start, so a dry run proves the files can be made.
-        write_private_files(plan, private_dir)
+        write_private_files(plan)
         if as_json:
-            print(json.dumps(plan_json(plan, private_dir), indent=2))
+            print(json.dumps(plan_json(plan), indent=2))
             return 0
         print("\n".join(render_summary(plan)))
         print("\ndocker commands a start runs, in order (dry run: none was run):")
-        for argv, note in planned_commands(plan, private_dir):
+        for argv, note in planned_commands(plan):
             print(f"  {_visible(shlex.join(['docker', *argv]))}" + (f"  # {note}" if note else ""))
         return 0
     finally:
-        remove_private_dir(private_dir)
+        remove_private_dir(plan.private_dir)
 
 
 def cmd_start(args, command) -> int:
-    plan = _plan(args, _load(args), args.agent, command)
+    secret = os.urandom(16).hex()
+    plan = _plan(args, _load(args), args.agent, command, secret)
     if args.dry_run:
         return dry_run(plan, args.json)
     if args.json:
@@ -1757,7 +2045,8 @@ def cmd_start(args, command) -> int:
     if not args.yes and not confirm():
         print("Not started.", file=sys.stderr)
         return 1
-    return run_session(plan, args.report_json, args.quiet)
+    runtime_base()
+    return run_session(plan, secret, args.report_json, args.quiet)
 
 
 def every_plan(args, config: Config) -> list:
@@ -1793,9 +2082,8 @@ def cmd_ls(args, command) -> int:
         return 0
     rows = [("SESSION", "AGENT", "BOTTLE", "STATE", "AGE", "OWNER")]
     for s in sessions:
-        alive = {True: "alive", False: "gone", None: "unknown"}[s["owner_alive"]]
         rows.append((s["session"], s["agent"], s["bottle"], s["state"], _age(s["created"]),
-                     f"{s['owner'] or '?'} ({alive})"))
+                     f"{s['owner'] or '?'} ({s['owner_state']})"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -1811,24 +2099,33 @@ def cmd_stop(args, command) -> int:
     if not args.session and not args.all:
         raise ConfigError("stop: name a SESSION (see `claude-bottle ls`) or pass --all")
     for s in select_sessions(find_sessions(), args.session, args.all):
-        # A live owner on this host tears down itself, as on Ctrl-C: the same path, egress report included.
-        if s["owner_alive"]:
-            os.kill(split_owner(s["owner"])[1], signal.SIGTERM)
+        # The proven owner tears down itself, as on Ctrl-C: the same path, egress report included. Any other
+        # process is never signalled; the session is then torn down from here.
+        if signal_owner(s):
             deadline = time.monotonic() + 15
             while not _gone(s["session"]) and time.monotonic() < deadline:
-                time.sleep(0.1)
+                pause(0.1)
         teardown_session(s)
         print(f"stopped {s['session']}")
     return 0
+
+
+def _skip_reason(session: dict) -> str:
+    host = split_owner(session["owner"])[0]
+    if host and host != hostname():
+        return f"owned by {session['owner']} on another host; run gc there"
+    return (f"cannot tell whether its owner {session['owner'] or '(none recorded)'} still runs; "
+            f"`claude-bottle stop {session['session']}` removes it")
 
 
 def cmd_gc(args, command) -> int:
     sessions = find_sessions()
     orphans = [s for s in sessions if is_orphan(s)]
     for s in sessions:
-        if s not in orphans and s["owner_alive"] is None and s["owner"]:
-            print(f"skipped {s['session']}: owned by {s['owner']} on another host; run gc there")
+        if s["owner_state"] == "unknown":
+            print(f"skipped {s['session']}: {_skip_reason(s)}")
     for s in orphans:
+        check_signal()
         names = [c["name"] for c in s["containers"]] + [n["name"] for n in s["networks"]]
         if args.dry_run:
             print(f"would remove {s['session']}: {', '.join(names)}")
@@ -1845,12 +2142,21 @@ def cmd_logs(args, command) -> int:
     sidecar = next((c["name"] for c in session["containers"] if c["role"] == "pipelock"), None)
     if sidecar is None:
         raise BottleError(f"session {session['session']} has no pipelock sidecar (any more)")
+    import select
     import subprocess
     proc = docker_popen("logs", *(["--follow"] if args.follow else []), sidecar,
-                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        for line in proc.stdout:
-            for event in parse_events(line):
+        buffered = b""
+        while True:
+            check_signal()
+            if not select.select([proc.stdout], [], [], 0.1)[0]:
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            *lines, buffered = (buffered + chunk).split(b"\n")
+            for event in parse_events(b"\n".join(lines).decode(errors="replace")):
                 print(json.dumps(event) if args.json else render_event(event), flush=True)
     finally:
         proc.kill()
@@ -2019,7 +2325,7 @@ def main(argv=None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1:]
-    old = {s: signal.signal(s, _raise_interrupted) for s in HANDLED_SIGNALS}
+    old = {s: signal.signal(s, _note_signal) for s in HANDLED_SIGNALS}
     try:
         args = build_parser().parse_args(argv)
         VERBOSE = args.verbose
@@ -2027,27 +2333,33 @@ def main(argv=None) -> int:
             raise ConfigError("-- COMMAND: only `start` runs a command; remove it")
         if command == []:
             raise ConfigError("-- COMMAND: nothing after --; write e.g. `-- bash`")
-        return args.func(args, command)
+        status = args.func(args, command)
+        check_signal()
+        return status
     except BottleError as e:
-        print(f"claude-bottle: error: {e}", file=sys.stderr)
+        say(f"claude-bottle: error: {e}")
         return e.status
     except Interrupted as e:
-        print(f"claude-bottle: interrupted by {signal.Signals(e.signum).name}", file=sys.stderr)
+        say(f"claude-bottle: interrupted by {signal.Signals(e.signum).name}")
         return 128 + e.signum
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
     except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # The reader went away (`| head`): stop quietly.
         return 128 + signal.SIGPIPE
     except Exception:
         import traceback
         traceback.print_exc()
-        print("claude-bottle: unexpected error (a bug); please report it with the lines above", file=sys.stderr)
+        say("claude-bottle: unexpected error (a bug); please report it with the lines above")
         return 3
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            # Keep Python from failing (exit 120) on flushing a stream whose reader is gone.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

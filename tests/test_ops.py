@@ -1,13 +1,19 @@
 """Operating bottles with a fake docker: ls, stop, gc, logs, doctor, and orphan reaping at start."""
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import unittest
+from pathlib import Path
 
 from tests.test_cli import CLI, CliTest
 
+from tests import guard
+
+cb = guard.cb
 HOST = socket.gethostname()
 
 
@@ -18,26 +24,48 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def live_owner(test) -> int:
-    """A running process that looks like a claude-bottle CLI (its command line says claude)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # claude-bottle stand-in"])
+def live_process(test, argv=None) -> subprocess.Popen:
+    """A running process (by default, whose command line does not mention claude at all)."""
+    proc = subprocess.Popen(argv or ["sleep", "60"])
     test.addCleanup(proc.wait)
     test.addCleanup(proc.kill)
-    return proc.pid
+    return proc
 
 
-def session_rules(sid: str, owner: str, state: str = "running", agent: str = "impl") -> list:
-    """`docker ps` and `docker network ls` answers for one session, in claude-bottle's listing format."""
-    def labels(role):
-        return ",".join(f"claude-bottle.{k}={v}" for k, v in (
-            ("session", sid), ("role", role), ("agent", agent), ("bottle", "web"), ("owner", owner)))
+def proven(test, pid: int, secret="s3cret", start=None) -> dict:
+    """Owner labels of a session started by `pid`, with its secret in a private dir, as a start records them."""
+    d = tempfile.mkdtemp(prefix="cb-owner-")
+    test.addCleanup(shutil.rmtree, d, True)
+    Path(d, "owner").write_text(secret)
+    return {"owner": f"{HOST}:{pid}", "owner-start": cb.process_start(pid) if start is None else start,
+            "owner-proof": cb.proof_of(secret), "owner-dir": d}
+
+
+def live_owner(test) -> dict:
+    return proven(test, live_process(test).pid)
+
+
+def gone_owner(test) -> dict:
+    return proven(test, dead_pid(), start="boot/123")
+
+
+def session_rules(sid: str, owner, state: str = "running", agent: str = "impl") -> list:
+    """`docker ps` and `docker network ls` answers for one session, in claude-bottle's listing format.
+
+    `owner` is a dict of owner labels, or a `host:pid` string alone (as an older claude-bottle recorded it).
+    """
+    owner = owner if isinstance(owner, dict) else {"owner": owner}
+
+    def item(name, role, created, state=""):
+        labels = {"session": sid, "role": role, "agent": agent, "bottle": "web", "owner": "",
+                  "owner-start": "", "owner-proof": "", "owner-dir": "", **owner}
+        return {"name": name, "state": state, **labels, "created": created}
+
     created = "2026-11-27 08:00:00 +0000 UTC"
-    ps = [{"name": f"claude-bottle-{sid}", "state": state, "labels": labels("agent"), "created": created},
-          {"name": f"claude-bottle-{sid}-pipelock", "state": "running", "labels": labels("pipelock"),
-           "created": created}]
-    nets = [{"name": f"claude-bottle-{sid}-internal", "state": "", "labels": labels("internal"),
-             "created": "2026-11-27 07:59:59.5 +0000 UTC"},
-            {"name": f"claude-bottle-{sid}-egress", "state": "", "labels": labels("egress"), "created": created}]
+    ps = [item(f"claude-bottle-{sid}", "agent", created, state),
+          item(f"claude-bottle-{sid}-pipelock", "pipelock", created, "running")]
+    nets = [item(f"claude-bottle-{sid}-internal", "internal", "2026-11-27 07:59:59.5 +0000 UTC"),
+            item(f"claude-bottle-{sid}-egress", "egress", created)]
     return [lines("ps", ps), lines("network ls", nets)]
 
 
@@ -57,8 +85,8 @@ def merge(*rule_sets) -> list:
 
 class Ls(CliTest):
     def test_lists_sessions_with_owner_liveness(self):
-        rules = merge(session_rules("impl-aaaaaa", f"{HOST}:{live_owner(self)}"),
-                      session_rules("impl-bbbbbb", f"{HOST}:{dead_pid()}", state="exited"),
+        rules = merge(session_rules("impl-aaaaaa", live_owner(self)),
+                      session_rules("impl-bbbbbb", gone_owner(self), state="exited"),
                       session_rules("impl-cccccc", "elsewhere:42"))
         proc = self.cli("ls", env=self.env(rules))
         self.assertEqual(proc.returncode, 0, proc.stderr)
@@ -91,8 +119,8 @@ class Ls(CliTest):
 
 class Gc(CliTest):
     def test_removes_only_sessions_whose_owner_is_gone(self):
-        rules = merge(session_rules("impl-dead00", f"{HOST}:{dead_pid()}"),
-                      session_rules("impl-live00", f"{HOST}:{live_owner(self)}"),
+        rules = merge(session_rules("impl-dead00", gone_owner(self)),
+                      session_rules("impl-live00", live_owner(self)),
                       session_rules("impl-away00", "elsewhere:42"))
         proc = self.cli("gc", env=self.env(rules))
         self.assertEqual(proc.returncode, 0, proc.stderr)
@@ -105,20 +133,20 @@ class Gc(CliTest):
             ["network", "rm", "claude-bottle-impl-dead00-egress", "claude-bottle-impl-dead00-internal"]])
 
     def test_dry_run_removes_nothing(self):
-        proc = self.cli("gc", "--dry-run", env=self.env(session_rules("impl-dead00", f"{HOST}:{dead_pid()}")))
+        proc = self.cli("gc", "--dry-run", env=self.env(session_rules("impl-dead00", gone_owner(self))))
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("would remove impl-dead00: claude-bottle-impl-dead00", proc.stdout)
         self.assertFalse([a for a in self.fake.argvs() if a[0] == "rm" or a[:2] == ["network", "rm"]])
 
     def test_never_prunes_globally(self):
-        self.cli("gc", env=self.env(session_rules("impl-dead00", f"{HOST}:{dead_pid()}")))
+        self.cli("gc", env=self.env(session_rules("impl-dead00", gone_owner(self))))
         for argv in self.fake.argvs():
             self.assertNotIn("prune", argv)
             if argv[0] in ("ps",) or argv[:2] == ["network", "ls"]:
                 self.assertIn("label=claude-bottle.session", argv)
 
     def test_start_reaps_orphans(self):
-        rules = session_rules("impl-dead00", f"{HOST}:{dead_pid()}")
+        rules = session_rules("impl-dead00", gone_owner(self))
         proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, start_rc=0))
         self.assertEqual(proc.returncode, 0, proc.stderr)
         calls = self.fake.argvs()
@@ -130,7 +158,7 @@ class Gc(CliTest):
 
 class Stop(CliTest):
     def test_stop_tears_down_a_session_whose_owner_is_gone(self):
-        rules = session_rules("impl-aaaaaa", f"{HOST}:{dead_pid()}")
+        rules = session_rules("impl-aaaaaa", gone_owner(self))
         proc = self.cli("stop", "impl-a", env=self.env(rules))
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertEqual(proc.stdout, "stopped impl-aaaaaa\n")
@@ -138,20 +166,33 @@ class Stop(CliTest):
                       self.fake.argvs())
 
     def test_stop_signals_a_live_owner(self):
-        owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # claude-bottle stand-in"])
-        self.addCleanup(owner.kill)
-        rules = session_rules("impl-aaaaaa", f"{HOST}:{owner.pid}")
+        owner = live_process(self)
+        rules = session_rules("impl-aaaaaa", proven(self, owner.pid))
         proc = self.cli("stop", "impl-aaaaaa", env=self.env(rules + [{"match": ["ps", "--all", "--quiet"]}]))
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertEqual(owner.wait(timeout=10), -15, "the owner gets SIGTERM, as on a normal interrupt")
+
+    def test_stop_never_signals_a_process_it_cannot_prove_is_the_owner(self):
+        for why, labels in (("a reused pid: another start time", lambda p: proven(self, p, start="boot/1")),
+                            ("no secret in the owner's dir", lambda p: {**proven(self, p), "owner-dir": "/nonexistent"}),
+                            ("a wrong secret", lambda p: {**proven(self, p), "owner-proof": cb.proof_of("other")}),
+                            ("an older claude-bottle's label, host:pid only", lambda p: f"{HOST}:{p}")):
+            with self.subTest(why=why):
+                bystander = live_process(self)
+                rules = session_rules("impl-aaaaaa", labels(bystander.pid))
+                proc = self.cli("stop", "impl-aaaaaa", env=self.env(rules))
+                self.assertEqual(proc.returncode, 0, proc.stderr)
+                self.assertIsNone(bystander.poll(), "a process that is not the proven owner is never signalled")
+                self.assertIn(["rm", "--force", "claude-bottle-impl-aaaaaa", "claude-bottle-impl-aaaaaa-pipelock"],
+                              self.fake.argvs(), "stop tears the session down itself instead")
 
     def test_unknown_or_missing_session(self):
         self.assertOneLineError(self.cli("stop", "nope"), 2, "matches no session")
         self.assertOneLineError(self.cli("stop"), 2, "--all")
 
     def test_stop_all(self):
-        rules = merge(session_rules("impl-aaaaaa", f"{HOST}:{dead_pid()}"),
-                      session_rules("impl-bbbbbb", f"{HOST}:{dead_pid()}"))
+        rules = merge(session_rules("impl-aaaaaa", gone_owner(self)),
+                      session_rules("impl-bbbbbb", gone_owner(self)))
         proc = self.cli("stop", "--all", env=self.env(rules))
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertEqual(sorted(proc.stdout.splitlines()), ["stopped impl-aaaaaa", "stopped impl-bbbbbb"])

@@ -77,7 +77,7 @@ class Base(unittest.TestCase):
         shown = f"fixtures/configs/{name}.toml"
         kw.setdefault("environ", self.environ)
         plan = cb.resolve_plan(cb.load_config(path), GOLDEN_AGENTS.get(name), cwd=self.project, suffix=SUFFIX,
-                               tty=False, owner=OWNER, **kw)
+                               tty=False, owner=OWNER, private_dir=PRIVATE_DIR, **kw)
         return plan._replace(workspace=WORKSPACE, config_path=shown,
                                    agent_source=plan.agent_source.replace(str(path), shown))
 
@@ -85,7 +85,8 @@ class Base(unittest.TestCase):
         path = (where or self.root) / "claude-bottle.toml"
         path.write_text(toml)
         kw.setdefault("environ", self.environ)
-        return cb.resolve_plan(cb.load_config(path), agent, cwd=self.project, suffix=SUFFIX, owner=OWNER, **kw)
+        return cb.resolve_plan(cb.load_config(path), agent, cwd=self.project, suffix=SUFFIX, owner=OWNER,
+                               private_dir=PRIVATE_DIR, **kw)
 
 
 # ---- Golden files ----
@@ -321,9 +322,9 @@ class SecretTest(Base):
                 plan = self.plan_from(name, environ=environ)
                 self.assertIn("ANTHROPIC_API_KEY", plan.env)
                 outputs = [cb.render_pipelock_yaml(plan), cb.render_ssh_config(plan),
-                           "\n".join(cb.render_summary(plan)), json.dumps(cb.plan_json(plan, PRIVATE_DIR)),
+                           "\n".join(cb.render_summary(plan)), json.dumps(cb.plan_json(plan)),
                            cb.ssh_tar(plan).decode("latin-1")]
-                outputs += [json.dumps(argv) for argv, _ in cb.planned_commands(plan, PRIVATE_DIR)]
+                outputs += [json.dumps(argv) for argv, _ in cb.planned_commands(plan)]
                 for out in outputs:
                     self.assertNotIn(sentinel, out)
 
@@ -333,7 +334,7 @@ class SecretTest(Base):
 class ArgvTest(Base):
     def test_agent_create_argv(self):
         plan = self.plan_from("two-hosts", environ={**self.environ, "NPM_TOKEN": "x"})
-        argv = cb.agent_create_argv(plan, PRIVATE_DIR)
+        argv = cb.agent_create_argv(plan)
         self.assertEqual(argv[:3], ["create", "--name", plan.agent_container])
         self.assertEqual(values_after(argv, "--network"), [plan.internal_network])
         self.assertTrue(has_pair(argv, "--dns", "127.0.0.1"))
@@ -366,13 +367,13 @@ class ArgvTest(Base):
 
     def test_agent_command_without_self_test(self):
         plan = self.plan_from("two-hosts")._replace(self_test=False)
-        argv = cb.agent_create_argv(plan, PRIVATE_DIR)
+        argv = cb.agent_create_argv(plan)
         self.assertEqual(argv[-5:], ["--entrypoint", "claude", plan.image, "-p", "run the tests"])
 
     def test_agent_tty_and_ssh_agent(self):
         environ = {**self.environ, "SSH_AUTH_SOCK": "/run/agent.sock"}
         plan = self.plan_from("ssh", environ=environ)._replace(tty=True)
-        argv = cb.agent_create_argv(plan, PRIVATE_DIR)
+        argv = cb.agent_create_argv(plan)
         self.assertIn("--tty", argv)
         self.assertIn(f"type=bind,source={PRIVATE_DIR}/ssh-agent.sock,target={cb.AGENT_SSH_AUTH_SOCK}",
                       values_after(argv, "--mount"))
@@ -386,13 +387,13 @@ class ArgvTest(Base):
     def test_config_inside_the_workspace_is_read_only(self):
         plan = self.plan_with("[agents.a]\n", "a", where=self.project)
         self.assertEqual(plan.workspace, str(self.project))
-        mounts = values_after(cb.agent_create_argv(plan, PRIVATE_DIR), "--mount")
+        mounts = values_after(cb.agent_create_argv(plan), "--mount")
         self.assertIn(f"type=bind,source={self.project}/claude-bottle.toml,target=/workspace/claude-bottle.toml,"
                       f"readonly", mounts)
 
     def test_sidecar_run_argv(self):
         plan = self.plan_from("ssh")
-        argv = cb.sidecar_run_argv(plan, PRIVATE_DIR)
+        argv = cb.sidecar_run_argv(plan)
         self.assertEqual(argv[:4], ["run", "--detach", "--name", plan.sidecar])
         joined = " ".join(argv)
         self.assertIn("--user 65534:65534 --read-only --cap-drop ALL", joined)
@@ -408,13 +409,14 @@ class ArgvTest(Base):
 
     def test_labels(self):
         plan = self.plan_from("defaults")
-        for argv, role in ((cb.sidecar_run_argv(plan, PRIVATE_DIR), "pipelock"),
-                           (cb.agent_create_argv(plan, PRIVATE_DIR), "agent"),
+        for argv, role in ((cb.sidecar_run_argv(plan), "pipelock"),
+                           (cb.agent_create_argv(plan), "agent"),
                            (cb.network_create_argv(plan, plan.internal_network, True), "internal")):
             labels = values_after(argv, "--label")
             self.assertEqual(labels, [f"claude-bottle.session={plan.session}", f"claude-bottle.role={role}",
                                       "claude-bottle.agent=reviewer", "claude-bottle.bottle=default",
-                                      f"claude-bottle.owner={OWNER}"])
+                                      f"claude-bottle.owner={OWNER}", "claude-bottle.owner-start=",
+                                      "claude-bottle.owner-proof=", f"claude-bottle.owner-dir={PRIVATE_DIR}"])
 
     def test_small_argv_builders(self):
         plan = self.plan_from("defaults")
@@ -473,22 +475,23 @@ def kind(argv) -> str:
 
 class PlannedCommandsTest(Base):
     def kinds(self, plan) -> list:
-        return [kind(argv) for argv, _ in cb.planned_commands(plan, PRIVATE_DIR)]
+        return [kind(argv) for argv, _ in cb.planned_commands(plan)]
 
     def test_order_built_in_image(self):
         plan = self.plan_from("defaults")
-        cmds = cb.planned_commands(plan, PRIVATE_DIR)
+        cmds = cb.planned_commands(plan)
         self.assertEqual([kind(a) for a, _ in cmds], [
             "image inspect", "build",
-            "network create", "network create", "ps", "network ls",  # orphans looked for meanwhile
+            "ps", "network ls",  # orphans looked for in the background
+            "network create", "network create",
             "run", "network connect", "create",
             "inspect", "start", "exec",  # addresses; the agent starts gated; self-test (also the health wait)
             "logs", "rm", "network rm"])
-        self.assertEqual(cmds[2][0][-1], plan.internal_network)
-        self.assertIn("--internal", cmds[2][0])
-        self.assertEqual(cmds[3][0][-1], plan.egress)
-        self.assertNotIn("--internal", cmds[3][0])
-        self.assertIn("label=claude-bottle.session", cmds[4][0])
+        self.assertEqual(cmds[4][0][-1], plan.internal_network)
+        self.assertIn("--internal", cmds[4][0])
+        self.assertEqual(cmds[5][0][-1], plan.egress)
+        self.assertNotIn("--internal", cmds[5][0])
+        self.assertIn("label=claude-bottle.session", cmds[2][0])
         self.assertEqual(cmds[9][0], cb.sidecar_inspect_argv(plan))
         self.assertEqual(cmds[11][0][:4], ["exec", plan.agent_container, "sh", "-c"])
         self.assertIn("/health", cmds[11][0][-1], "the self-test waits for pipelock's health from the agent")
@@ -499,42 +502,42 @@ class PlannedCommandsTest(Base):
     def test_order_with_image_and_ssh(self):
         plan = self.plan_from("ssh")
         self.assertEqual(self.kinds(plan), [
-            "network create", "network create", "ps", "network ls", "run", "network connect", "create", "cp",
+            "ps", "network ls", "network create", "network create", "run", "network connect", "create", "cp",
             "inspect", "start", "exec", "logs", "rm", "network rm"])
 
     def test_order_without_self_test(self):
         plan = self.plan_from("ssh")._replace(self_test=False)
         self.assertEqual(self.kinds(plan), [
-            "network create", "network create", "ps", "network ls", "run", "network connect", "create", "cp",
+            "ps", "network ls", "network create", "network create", "run", "network connect", "create", "cp",
             "exec", "start", "logs", "rm", "network rm"])
 
     def test_egress_network_is_inspected_not_created_or_removed(self):
         plan = self.plan_with('[bottles.b]\negress_network = "corp-egress"\n[agents.a]\nbottle = "b"\n'
                               'image = "registry.example/a:1"\n', "a")
-        cmds = cb.planned_commands(plan, PRIVATE_DIR)
+        cmds = cb.planned_commands(plan)
         self.assertEqual([kind(a) for a, _ in cmds], [
-            "network inspect", "network create", "ps", "network ls", "run", "network connect", "create",
+            "network inspect", "ps", "network ls", "network create", "run", "network connect", "create",
             "inspect", "start", "exec", "logs", "rm", "network rm"])
         self.assertEqual(cmds[0][0][-1], "corp-egress")
-        self.assertEqual(cmds[1][0][:3], ["network", "create", "--internal"])
-        self.assertEqual(cmds[1][0][-1], plan.internal_network)
+        self.assertEqual(cmds[3][0][:3], ["network", "create", "--internal"])
+        self.assertEqual(cmds[3][0][-1], plan.internal_network)
         self.assertEqual(cmds[-1][0], ["network", "rm", plan.internal_network])
         creates = [a for a, _ in cmds if a[:2] == ["network", "create"]]
         self.assertEqual(len(creates), 1)
-        self.assertEqual(values_after(cb.sidecar_run_argv(plan, PRIVATE_DIR), "--network"), ["corp-egress"])
+        self.assertEqual(values_after(cb.sidecar_run_argv(plan), "--network"), ["corp-egress"])
         self.assertNotIn("corp-egress", " ".join(" ".join(a) for a, _ in cmds[1:]
                                                  if kind(a) in ("network create", "network rm")))
 
     def test_plan_json(self):
         plan = self.plan_from("ssh")
-        data = json.loads(json.dumps(cb.plan_json(plan, PRIVATE_DIR)))
+        data = json.loads(json.dumps(cb.plan_json(plan)))
         self.assertEqual(data["egress_line"], cb.egress_line(plan.hosts))
         self.assertEqual(data["files"]["pipelock/pipelock.yaml"], cb.render_pipelock_yaml(plan))
         self.assertEqual(data["files"]["ssh_config"], cb.render_ssh_config(plan))
         self.assertEqual(data["containers"], {"agent": plan.agent_container, "pipelock": plan.sidecar})
         self.assertEqual(data["networks"]["created"], [n for n, _ in plan.created_networks])
         self.assertEqual([c["argv"] for c in data["docker_commands"]],
-                         [["docker", *a] for a, _ in cb.planned_commands(plan, PRIVATE_DIR)])
+                         [["docker", *a] for a, _ in cb.planned_commands(plan)])
         self.assertEqual(data["hosts"], list(plan.hosts))
 
 
