@@ -1979,7 +1979,7 @@ def render_event(event: dict) -> str:
     if kind == "tunnel_close":
         return f"{t} closed   {what} ({event.get('total_bytes', '?')} bytes, {event.get('duration_ms', '?')} ms)"
     if kind == "forward_http":
-        return f"{t} allowed  {event.get('method', '')} {what} -> {event.get('status', '?')}"
+        return f"{t} allowed  {event.get('method', '')} {what} -> {event.get('status_code', '?')}"
     return f"{t} {kind}  {event.get('message', '')}"
 
 

@@ -16,7 +16,7 @@ LOG = "\n".join([
     json.dumps({"level": "info", "event": "startup", "listen": "0.0.0.0:8888", "mode": "strict"}),
     json.dumps({"event": "tunnel_open", "target": "web:8000", "client_ip": "172.21.0.3"}),
     json.dumps({"event": "tunnel_close", "target": "web:8000", "total_bytes": 300, "duration_ms": 4}),
-    json.dumps({"event": "forward_http", "method": "GET", "url": "http://web:8000/", "status": 200}),
+    json.dumps({"event": "forward_http", "method": "GET", "url": "http://web:8000/", "status_code": 200}),
     json.dumps({"event": "tunnel_open", "target": "API.anthropic.com:443"}),
     json.dumps({"level": "warn", "event": "blocked", "method": "CONNECT", "target": "other:8000",
                 "scanner": "allowlist", "reason": "domain not in allowlist: other"}),

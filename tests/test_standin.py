@@ -1,7 +1,9 @@
 """Tests of the pipelock stand-in (tests/e2e/standin/pipelock), on the host, without Docker.
 
 The stand-in replaces the real pipelock in the end-to-end tests, so these tests pin it to the real one's contract
-(shared/reference/pipelock.md). Each proxy runs as a subprocess on 127.0.0.1; upstream servers run in this process
+(shared/reference/pipelock.md) and its event lines to the real 2.3.0's (fixtures/pipelock-2.3.0-events.jsonl, copied
+verbatim from shared/reference/pipelock-events.md): same event names, same keys in the same order, same constant
+values. Each proxy runs as a subprocess on 127.0.0.1; upstream servers run in this process
 on 127.0.0.1 too, so no traffic leaves the loopback interface and no name outside /etc/hosts is ever resolved.
 """
 
@@ -11,6 +13,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +28,7 @@ import unittest
 from pathlib import Path
 
 STANDIN = Path(__file__).resolve().parent / "e2e" / "standin" / "pipelock"
+REAL_EVENTS = Path(__file__).resolve().parent.parent / "fixtures" / "pipelock-2.3.0-events.jsonl"
 PYTHON = None  # an interpreter with PyYAML, found by setUpModule
 WEB_BODY = b"hello from web\n"
 
@@ -36,6 +40,45 @@ def _find_python():
             if probe.returncode == 0:
                 return candidate
     return None
+
+
+# ---- The real pipelock's event lines ----
+
+REAL = [json.loads(line) for line in REAL_EVENTS.read_text().splitlines()]
+# Keys whose value is the same on every line of one kind, whatever the request; the rest (addresses, ids, hosts,
+# sizes, times, hashes) vary, so only their JSON type is compared.
+RELOAD = "CONFIG_RELOAD"
+CONSTANT = ("level", "component", "event", "message", "method", "scanner", "mitre_technique", "agent", "mode",
+            "status", "detail", "category")
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # zerolog's RFC 3339, UTC, whole seconds
+
+
+def real(event, **fields):
+    """The real line of this kind: the fixture's line with this event name and these field values."""
+    [line] = [e for e in REAL if e["event"] == event and all(e.get(k) == v for k, v in fields.items())]
+    return line
+
+
+def json_type(value):
+    return {str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), type(value).__name__)
+
+
+def assert_like_real(test, event, model, constant=()):
+    """`event` (a stand-in line) has exactly `model`'s keys (a real line) in the same order, the same values for
+    the keys that are constant for a kind, values of the same JSON types, and a time written the same way."""
+    test.assertEqual(list(event), list(model), f"keys of {event} differ from the real {model}")
+    for key in (*CONSTANT, *constant):
+        if key in model:
+            test.assertEqual(event[key], model[key], f"{key} of {event}")
+    test.assertEqual({k: json_type(v) for k, v in event.items()}, {k: json_type(v) for k, v in model.items()})
+    test.assertRegex(event["time"], TIME)
+
+
+def like(model, rename=None, **values):
+    """A real line with keys renamed ({old: new}, order kept) and some values changed: the model for a stand-in line
+    of a kind the recorded log has no line of (a CONNECT refused by SSRF, a plain-HTTP dial error)."""
+    rename = rename or {}
+    return {rename.get(k, k): values.get(rename.get(k, k), v) for k, v in model.items()}
 
 
 # ---- Upstream servers (in this process, loopback only) ----
@@ -131,20 +174,22 @@ def config_text(allowlist, trusted=(), forward=True, max_tunnel=60, idle=60, rat
 
 
 class StandIn:
-    """One running stand-in; its stdout event lines are collected as they come."""
+    """One running stand-in; its stdout event lines and stderr lines are collected as they come."""
 
-    def __init__(self, text):
+    def __init__(self, text, host="127.0.0.1"):
         self.dir = tempfile.mkdtemp(prefix="standin-test-")
         self.path = os.path.join(self.dir, "pipelock.yaml")
         self.write(text)
         self.port = free_port()
-        self.lines = []
+        self.lines, self.errors = [], []
         self.cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [PYTHON, str(STANDIN), "run", "--config", self.path, "--listen", f"127.0.0.1:{self.port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-        self.reader = threading.Thread(target=self._collect, daemon=True)
-        self.reader.start()
+            [PYTHON, str(STANDIN), "run", "--config", self.path, "--listen", f"{host}:{self.port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", env=_env())
+        self.readers = [threading.Thread(target=self._collect, args=(stream, lines), daemon=True)
+                        for stream, lines in ((self.proc.stdout, self.lines), (self.proc.stderr, self.errors))]
+        for reader in self.readers:
+            reader.start()
         try:
             self._wait_healthy()
         except BaseException:
@@ -158,17 +203,18 @@ class StandIn:
             fh.write(text)
         os.replace(tmp, self.path)
 
-    def _collect(self):
-        for line in self.proc.stdout:
+    def _collect(self, stream, lines):
+        for line in stream:
             with self.cond:
-                self.lines.append(line)
+                lines.append(line)
                 self.cond.notify_all()
 
     def _wait_healthy(self):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"stand-in exited {self.proc.returncode}: {self.proc.stderr.read()}")
+                self.readers[1].join(5)
+                raise AssertionError(f"stand-in exited {self.proc.returncode}: {''.join(self.errors)}")
             with contextlib.suppress(OSError):
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
                 conn.request("GET", "/health")
@@ -184,16 +230,26 @@ class StandIn:
 
     def wait_event(self, name, timeout=5.0, after=0, **fields):
         """The first event `name` with these fields among the event lines from index `after` on."""
+        def match(line):
+            event = json.loads(line)
+            return event if event["event"] == name and all(event.get(k) == v for k, v in fields.items()) else None
+        return self._wait(self.lines, match, timeout, after, f"no {name} event with {fields}")
+
+    def wait_stderr(self, text, timeout=5.0, after=0):
+        """The first stderr line (from index `after` on) that contains `text`."""
+        return self._wait(self.errors, lambda line: line if text in line else None, timeout, after,
+                          f"no stderr line with {text!r}")
+
+    def _wait(self, lines, match, timeout, after, failure):
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
-                for line in self.lines[after:]:
-                    event = json.loads(line)
-                    if event["event"] == name and all(event.get(k) == v for k, v in fields.items()):
-                        return event
+                for line in lines[after:]:
+                    if found := match(line):
+                        return found
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise AssertionError(f"no {name} event with {fields} in {self.lines[after:]}")
+                    raise AssertionError(f"{failure} in {lines[after:]}")
                 self.cond.wait(remaining)
 
     def stop(self):
@@ -205,7 +261,8 @@ class StandIn:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
-            self.reader.join(5)
+            for reader in self.readers:
+                reader.join(5)
             self.proc.stdout.close()
             self.proc.stderr.close()
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -388,9 +445,9 @@ class ProxyTests(unittest.TestCase):
 
     def test_startup_event_and_listen_override(self):
         startup = self.pl.wait_event("startup")
+        assert_like_real(self, startup, real("startup"))
         self.assertEqual(startup["listen"], f"127.0.0.1:{self.pl.port}")
-        self.assertEqual(startup["mode"], "strict")
-        self.assertTrue(startup["version"])
+        self.assertTrue(startup["version"].startswith("2.3.0"))
         self.assertEqual(startup["config_hash"], hashlib.sha256(self.config.encode()).hexdigest())
         self.assertEqual(self.pl.events("anomaly"), [], "a loopback listener is no anomaly")
 
@@ -398,8 +455,8 @@ class ProxyTests(unittest.TestCase):
         http_via(self.pl.port, f"http://127.0.0.2:{WEB}/")
         self.pl.wait_event("blocked", url=f"http://127.0.0.2:{WEB}/")
         for event in self.pl.events():
-            for key in ("level", "component", "event", "time", "message"):
-                self.assertIn(key, event)
+            self.assertEqual(list(event)[:3], ["level", "component", "event"])
+            self.assertEqual(list(event)[-2:], ["time", "message"])
             self.assertEqual(event["component"], "pipelock")
 
     def test_health_endpoint_and_healthcheck_command(self):
@@ -415,16 +472,19 @@ class ProxyTests(unittest.TestCase):
         url = f"http://127.0.0.1:{WEB}/allowed"
         self.assertEqual(http_via(self.pl.port, url), (200, WEB_BODY.decode()))
         event = self.pl.wait_event("forward_http", url=url)
-        self.assertEqual((event["method"], event["status"]), ("GET", 200))
+        assert_like_real(self, event, real("forward_http"))
+        self.assertEqual((event["status_code"], event["size_bytes"], event["client_ip"]),
+                         (200, len(WEB_BODY), "127.0.0.1"))
+        self.assertGreater(event["duration_ms"], 0)
 
     def test_plain_http_blocked(self):
         url = f"http://127.0.0.2:{WEB}/blocked"
         status, body = http_via(self.pl.port, url)
         self.assertEqual((status, body.strip()), (403, "blocked: domain not in allowlist: 127.0.0.2"))
         event = self.pl.wait_event("blocked", url=url)
-        self.assertEqual((event["method"], event["scanner"], event["client_ip"]), ("GET", "allowlist", "127.0.0.1"))
-        self.assertEqual(event["reason"], "domain not in allowlist: 127.0.0.2")
-        self.assertTrue(event["request_id"].startswith("req-"))
+        assert_like_real(self, event, real("blocked", method="GET", scanner="allowlist"))
+        self.assertEqual((event["client_ip"], event["reason"]), ("127.0.0.1", "domain not in allowlist: 127.0.0.2"))
+        self.assertRegex(event["request_id"], r"^req-\d+$")
 
     def test_wildcard_covers_the_apex_in_any_case(self):
         self.assertEqual(http_via(self.pl.port, f"http://LocalHost.:{WEB}/")[0], 200)
@@ -435,9 +495,12 @@ class ProxyTests(unittest.TestCase):
             self.assertEqual(status, "HTTP/1.1 200 Connection Established")
             sock.sendall(b"ping")
             self.assertEqual(sock.recv(4), b"ping")
-        self.pl.wait_event("tunnel_open", target=f"127.0.0.1:{ECHO}")
+        opened = self.pl.wait_event("tunnel_open", target=f"127.0.0.1:{ECHO}")
+        assert_like_real(self, opened, real("tunnel_open"))
         close = self.pl.wait_event("tunnel_close", target=f"127.0.0.1:{ECHO}", total_bytes=8)
-        self.assertIsInstance(close["duration_ms"], int)
+        assert_like_real(self, close, real("tunnel_close"))
+        self.assertEqual(close["request_id"], opened["request_id"])
+        self.assertGreater(close["duration_ms"], 0)
 
     def test_connect_blocked(self):
         status, body, sock = connect_via(self.pl.port, f"127.0.0.2:{ECHO}")
@@ -445,7 +508,7 @@ class ProxyTests(unittest.TestCase):
         self.assertEqual(status, "HTTP/1.1 403 Forbidden")
         self.assertEqual(body.strip(), "CONNECT blocked: domain not in allowlist: 127.0.0.2")
         event = self.pl.wait_event("blocked", target=f"127.0.0.2:{ECHO}")
-        self.assertEqual((event["method"], event["scanner"]), ("CONNECT", "allowlist"))
+        assert_like_real(self, event, real("blocked", method="CONNECT", scanner="allowlist"))
 
     def test_host_port_entry_and_bare_star_never_match(self):
         status, body, sock = connect_via(self.pl.port, f"127.0.0.3:{WEB}")
@@ -454,15 +517,31 @@ class ProxyTests(unittest.TestCase):
         self.assertIn("domain not in allowlist: 127.0.0.3", body)
 
     def test_ssrf_refuses_allowed_but_untrusted_private_address(self):
-        status, body = http_via(self.pl.port, f"http://127.0.0.4:{WEB}/")
+        url = f"http://127.0.0.4:{WEB}/"
+        status, body = http_via(self.pl.port, url)
         self.assertEqual((status, body.strip()),
                          (403, "blocked: SSRF blocked: 127.0.0.4 resolves to internal IP 127.0.0.4"))
+        assert_like_real(self, self.pl.wait_event("blocked", url=url), real("blocked", method="GET", scanner="ssrf"))
         status, body, sock = connect_via(self.pl.port, f"127.0.0.4:{ECHO}")
         sock.close()
         self.assertEqual(status, "HTTP/1.1 403 Forbidden")
         self.assertEqual(body.strip(), "CONNECT blocked: SSRF blocked: 127.0.0.4 resolves to internal IP 127.0.0.4")
         event = self.pl.wait_event("blocked", target=f"127.0.0.4:{ECHO}")
-        self.assertEqual(event["scanner"], "ssrf")
+        assert_like_real(self, event, like(real("blocked", method="CONNECT"), scanner="ssrf", mitre_technique="T1046"))
+
+    def test_dial_failure_is_a_request_error(self):
+        closed = free_port()
+        status, body, sock = connect_via(self.pl.port, f"127.0.0.1:{closed}")
+        sock.close()
+        self.assertEqual((status, body.strip()), ("HTTP/1.1 502 Bad Gateway", "tunnel dial failed"))
+        event = self.pl.wait_event("error", target=f"127.0.0.1:{closed}")
+        assert_like_real(self, event, real("error", method="CONNECT"))
+        self.assertEqual(event["error"], f"dial tcp 127.0.0.1:{closed}: connect: connection refused")
+        url = f"http://127.0.0.1:{closed}/x"
+        self.assertEqual(http_via(self.pl.port, url), (502, "forward proxy fetch failed\n"))
+        event = self.pl.wait_event("error", url=url)
+        assert_like_real(self, event, like(real("error", method="CONNECT"), {"target": "url"}, method="GET"))
+        self.assertEqual(event["error"], f'Get "{url}": dial tcp 127.0.0.1:{closed}: connect: connection refused')
 
     def test_tls_client_hello_with_matching_sni_passes(self):
         hello = client_hello("localhost")
@@ -475,29 +554,98 @@ class ProxyTests(unittest.TestCase):
                 echoed += sock.recv(65536)
         self.assertEqual(echoed, hello)
 
-    def test_tls_client_hello_with_other_sni_is_closed(self):
+    def assert_sni_failure(self, category, sni_host, send=None, hold=False):
+        """A CONNECT to the echo server whose client sends `send` (or nothing, and closes unless `hold`) is closed
+        with one sni_mismatch event and no tunnel events."""
+        mark = len(self.pl.events())
         status, _, sock = connect_via(self.pl.port, f"127.0.0.1:{ECHO}")
         with sock:
             self.assertEqual(status, "HTTP/1.1 200 Connection Established")
-            sock.sendall(client_hello("elsewhere.example"))
-            self.assertEqual(read_all(sock), b"")
-        self.pl.wait_event("sni_mismatch", category="mismatch", connect_host="127.0.0.1")
+            if send:
+                sock.sendall(send)
+            elif not hold:
+                sock.shutdown(socket.SHUT_WR)
+            waited = time_until_closed(sock)
+        event = self.pl.wait_event("sni_mismatch", after=mark, category=category, sni_host=sni_host,
+                                   connect_host="127.0.0.1")
+        assert_like_real(self, event, like(real("sni_mismatch", category="mismatch"), category=category))
+        time.sleep(0.2)
+        self.assertEqual([e for e in self.pl.events() if e.get("request_id") == event["request_id"]], [event],
+                         "an SNI failure closes the tunnel without tunnel_open or tunnel_close")
+        return waited
+
+    def test_tls_client_hello_with_other_sni_is_closed(self):
+        self.assert_sni_failure("mismatch", "elsewhere.example", send=client_hello("elsewhere.example"))
 
     def test_malformed_tls_record_is_closed(self):
-        status, _, sock = connect_via(self.pl.port, f"127.0.0.1:{ECHO}")
-        with sock:
-            self.assertEqual(status, "HTTP/1.1 200 Connection Established")
-            sock.sendall(b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00")  # a handshake record, not a ClientHello
-            self.assertEqual(read_all(sock), b"")
-        self.pl.wait_event("sni_mismatch", category="malformed_tls", connect_host="127.0.0.1")
+        # A handshake record, but not a ClientHello.
+        self.assert_sni_failure("malformed_tls", "", send=b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00")
+
+    def test_client_closing_before_any_byte_is_an_sni_timeout(self):
+        self.assertLess(self.assert_sni_failure("timeout", ""), 2, "an early close is no reason to wait 5 s")
 
     def test_silent_client_is_closed_after_the_sni_peek(self):
-        status, _, sock = connect_via(self.pl.port, f"127.0.0.1:{DISCARD}")
-        with sock:
-            self.assertEqual(status, "HTTP/1.1 200 Connection Established")
-            waited = time_until_closed(sock)
-        self.assertGreater(waited, 4)
-        self.pl.wait_event("sni_mismatch", category="timeout", connect_host="127.0.0.1")
+        self.assertGreater(self.assert_sni_failure("timeout", "", hold=True), 4)
+
+
+class RealLinesTests(unittest.TestCase):
+    """Each line of fixtures/pipelock-2.3.0-events.jsonl has a stand-in counterpart with the same shape."""
+
+    def test_non_loopback_listener_logs_anomaly_then_startup(self):
+        # Bound to every interface for a moment, with nothing allowed to be reached through it.
+        pl = StandIn(config_text(["nothing.invalid"], forward=False), host="0.0.0.0")
+        try:
+            pl.wait_event("startup")
+            anomaly, startup = pl.events()[:2]
+        finally:
+            pl.stop()
+        assert_like_real(self, anomaly, real("anomaly"), constant=("reason", "score"))
+        self.assertEqual(anomaly["resource"], f"0.0.0.0:{pl.port}")
+        assert_like_real(self, startup, real("startup"))
+
+    def test_every_real_line_has_a_counterpart(self):
+        pl = StandIn(config_text(["127.0.0.1", "localhost"], ["127.0.0.1"], rate=5))
+        try:
+            # The scenario of pipelock-events.md, on the loopback interface.
+            http_via(pl.port, f"http://127.0.0.1:{WEB}/")
+            http_via(pl.port, f"http://127.0.0.2:{WEB}/")
+            http_via(pl.port, f"http://localhost:{WEB}/")
+            status, _, sock = connect_via(pl.port, f"127.0.0.1:{ECHO}")
+            with sock:
+                sock.sendall(b"SSH-2.0-test\r\n")
+                sock.recv(100)
+            connect_via(pl.port, f"127.0.0.2:{ECHO}")[2].close()
+            connect_via(pl.port, f"127.0.0.1:{free_port()}")[2].close()
+            for hello in (client_hello("evil.example"), None):
+                _, _, sock = connect_via(pl.port, f"127.0.0.1:{ECHO}")
+                with sock:
+                    if hello:
+                        sock.sendall(hello)
+                    else:
+                        sock.shutdown(socket.SHUT_WR)  # nothing, then EOF: a timeout without the 5 s wait
+                    read_all(sock)
+            for _ in range(6):
+                http_via(pl.port, f"http://127.0.0.1:{WEB}/")
+            pl.write(config_text(["127.0.0.1", "localhost", "127.0.0.5"], ["127.0.0.1"], rate=5))
+            pl.wait_event("config_reload")
+            pl.write(config_text(["127.0.0.1", "localhost"], ["127.0.0.1", "localhost"], rate=5))
+            pl.wait_event("error", method="CONFIG_RELOAD")
+            pl.wait_event("tunnel_close")
+            ours = pl.events()
+        finally:
+            pl.stop()
+        first = next(e for e in ours if "request_id" in e)
+        self.assertEqual(first["request_id"], "req-1", "health checks take no request id")
+        for model in REAL:
+            if model["event"] == "anomaly":
+                continue  # a loopback listener logs none: see the test above
+            kind = {k: model[k] for k in ("event", "method", "scanner", "category") if k in model}
+            with self.subTest(**kind):
+                counterpart = next((e for e in ours if all(e.get(k) == v for k, v in kind.items())), None)
+                self.assertIsNotNone(counterpart, f"no stand-in line like {model}")
+                # The reload refusal's error text is the same whatever the change; a dial error's is not.
+                constant = ("error",) if model.get("method") == RELOAD else ()
+                assert_like_real(self, counterpart, model, constant=constant)
 
 
 class NameAndRateTests(unittest.TestCase):
@@ -517,7 +665,9 @@ class NameAndRateTests(unittest.TestCase):
     def test_rate_limit_per_domain(self):
         statuses = [http_via(self.pl.port, f"http://127.0.0.1:{WEB}/{n}")[0] for n in range(4)]
         self.assertEqual(statuses, [403, 403, 403, 429])
-        self.pl.wait_event("blocked", scanner="ratelimit", url=f"http://127.0.0.1:{WEB}/3")
+        event = self.pl.wait_event("blocked", scanner="ratelimit", url=f"http://127.0.0.1:{WEB}/3")
+        assert_like_real(self, event, real("blocked", scanner="ratelimit"))
+        self.assertEqual(event["reason"], "rate limit exceeded for 127.0.0.1")
 
 
 class DisabledForwardProxyTests(unittest.TestCase):
@@ -568,34 +718,89 @@ class TunnelLifetimeTests(unittest.TestCase):
 
 
 class ReloadAndSignalTests(unittest.TestCase):
-    def test_reload_applies_allowlist_but_refuses_new_trusted_domains(self):
-        pl = StandIn(config_text(["127.0.0.1"], ["127.0.0.1"]))
-        try:
-            url = f"http://localhost:{WEB}/"
-            self.assertIn("domain not in allowlist", http_via(pl.port, url)[1])
-            mark = len(pl.events())
-            pl.write(config_text(["127.0.0.1", "localhost"], ["127.0.0.1"]))
-            pl.proc.send_signal(signal.SIGHUP)
-            pl.wait_event("config_reload", after=mark, status="applied")
-            self.assertIn("SSRF blocked: localhost", http_via(pl.port, url)[1])
-            mark = len(pl.events())
-            pl.write(config_text(["127.0.0.1", "localhost"], ["127.0.0.1", "localhost"]))
-            pl.proc.send_signal(signal.SIGHUP)
-            pl.wait_event("config_reload", after=mark, status="rejected")
-            self.assertIn("SSRF blocked: localhost", http_via(pl.port, url)[1])
-            mark = len(pl.events())
-            pl.write("mode: strict\napi_allowlist: [a]\nbogus: 1\n")
-            pl.proc.send_signal(signal.SIGHUP)
-            pl.wait_event("config_reload", after=mark, status="error")
-            self.assertIn("SSRF blocked: localhost", http_via(pl.port, url)[1])
-        finally:
-            pl.stop()
+    def setUp(self):
+        self.pl = StandIn(config_text(["127.0.0.1"], ["127.0.0.1"]))
+        self.addCleanup(self.pl.stop)
+        self.url = f"http://localhost:{WEB}/"
+
+    def reloads(self, after, count=0):
+        """The reload events from index `after` on, once there are at least `count` of them (within 5 s)."""
+        deadline = time.monotonic() + 5
+        while True:
+            found = [e for e in self.pl.events()[after:] if e["event"] == "config_reload" or e.get("method") == RELOAD]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    def test_reload_on_sighup_and_when_the_file_is_replaced(self):
+        pl = self.pl
+        pl.proc.send_signal(signal.SIGHUP)
+        event = pl.wait_event("config_reload")
+        assert_like_real(self, event, real("config_reload"))
+        self.assertEqual(event["config_hash"], hashlib.sha256(Path(pl.path).read_bytes()).hexdigest())
+        self.assertIn("domain not in allowlist", http_via(pl.port, self.url)[1])
+        # Adding a host: noticed without a signal, and applied to the next request.
+        mark = len(pl.events())
+        text = config_text(["127.0.0.1", "localhost"], ["127.0.0.1"])
+        started = time.monotonic()
+        pl.write(text)
+        event = pl.wait_event("config_reload", after=mark, config_hash=hashlib.sha256(text.encode()).hexdigest())
+        self.assertLess(time.monotonic() - started, 1.5)
+        self.assertIn("SSRF blocked: localhost", http_via(pl.port, self.url)[1])
+        # The same bytes again within 2 s (a SIGHUP stacked on the file change) are skipped silently.
+        pl.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        self.assertEqual(self.reloads(mark), [event])
+        # Removing a host applies to new requests too.
+        mark = len(pl.events())
+        pl.write(config_text(["127.0.0.1"], ["127.0.0.1"]))
+        pl.wait_event("config_reload", after=mark)
+        self.assertIn("domain not in allowlist", http_via(pl.port, self.url)[1])
+
+    def test_strict_mode_refuses_new_trusted_domains_and_an_invalid_file_changes_nothing(self):
+        pl = self.pl
+        pl.write(config_text(["127.0.0.1", "localhost"], ["127.0.0.1"]))
+        pl.wait_event("config_reload")
+        mark, errors = len(pl.events()), len(pl.errors)
+        pl.write(config_text(["127.0.0.1", "localhost"], ["127.0.0.1", "LocalHost", "other.example"]))
+        warning = pl.wait_stderr("WARNING: config reload:", after=errors)
+        self.assertEqual(warning, "WARNING: config reload: trusted_domains - trusted domains added: LocalHost, "
+                                  "other.example — SSRF internal-IP check bypassed for these hosts\n")
+        self.reloads(mark, count=2)
+        time.sleep(0.3)
+        refused = self.reloads(mark)
+        self.assertEqual(len(refused), 2, "logged twice, as the real one does for one rename")
+        for event in refused:
+            assert_like_real(self, event, real("error", method=RELOAD), constant=("error",))
+            self.assertEqual(event["resource"], pl.path)
+        self.assertEqual(*({k: v for k, v in event.items() if k != "time"} for event in refused))
+        self.assertEqual(len([e for e in pl.errors[errors:] if e.startswith("WARNING:")]), 1)
+        self.assertIn("SSRF blocked: localhost", http_via(pl.port, self.url)[1], "the old config stays")
+        # An invalid file: said on stderr only, and the running config stays.
+        mark, errors = len(pl.events()), len(pl.errors)
+        pl.write("mode: strict\napi_allowlist: [a]\nbogus: 1\n")
+        line = pl.wait_stderr("pipelock: config reload failed: ", after=errors)
+        self.assertIn("field bogus not found in type config.Config", line)
+        self.assertEqual(self.reloads(mark), [])
+        self.assertIn("SSRF blocked: localhost", http_via(pl.port, self.url)[1])
+        # Turning the forward proxy off is a downgrade too.
+        mark, errors = len(pl.events()), len(pl.errors)
+        pl.write(config_text(["127.0.0.1", "localhost"], ["127.0.0.1"], forward=False))
+        self.assertEqual(pl.wait_stderr("WARNING:", after=errors),
+                         "WARNING: config reload: forward_proxy.enabled - forward proxy disabled\n")
+        pl.wait_event("error", after=mark, error="rejected: security downgrade from strict mode")
+        self.assertEqual(http_via(pl.port, f"http://127.0.0.1:{WEB}/")[0], 200)
 
     def test_sigterm_exits_promptly_and_cleanly(self):
-        pl = StandIn(config_text(["127.0.0.1"]))
+        pl = self.pl
         started = time.monotonic()
         self.assertEqual(pl.stop(), 0)
         self.assertLess(time.monotonic() - started, 3)
+        # Not in the recorded log; the shape of pipelock 2.3.0's LogShutdown.
+        shutdown = pl.events()[-1]
+        self.assertEqual(list(shutdown), ["level", "component", "event", "reason", "time", "message"])
+        self.assertEqual((shutdown["event"], shutdown["reason"], shutdown["message"]),
+                         ("shutdown", "signal received", "pipelock stopping"))
 
 
 if __name__ == "__main__":
