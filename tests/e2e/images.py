@@ -9,6 +9,13 @@ The machine has no container registry, so every image is made here from Debian's
 - ``claude-bottle-test/pipelock:<hash>``: the pipelock stand-in (``standin/pipelock``) at ``/pipelock`` on top of
   the debian image, laid out like the official image. Set ``CLAUDE_BOTTLE_E2E_PIPELOCK_IMAGE`` to test against
   another pipelock image (e.g. the official one) instead.
+- ``claude-bottle-test/busybox:<hash>``: a busybox-only image: ``FROM scratch``, Debian's static busybox (the host's
+  ``/bin/busybox`` from busybox-static) at ``/bin/busybox`` and its applets as symlinks in ``/bin``; nothing else (no
+  ``/etc/passwd``, no ``/tmp``, no ``/home``).
+- ``claude-bottle-test/nouser:<hash>``: the debian image without a uid-1000 user: user and group ``claude``,
+  ``/home/claude`` and ``/workspace`` removed.
+- ``claude-bottle-test/node:<hash>``: nouser plus ``node`` (1000:1000, home ``/home/node``, 0755, shell bash), made
+  the way the official node images make it.
 
 ``<hash>`` is the first 12 hex digits of a sha256 over everything that made the image, so a tag that exists is
 up to date and its build is skipped.
@@ -44,9 +51,14 @@ PACKAGES = (
 )
 DEBIAN_REPO = "claude-bottle-test/debian"
 PIPELOCK_REPO = "claude-bottle-test/pipelock"
+BUSYBOX_REPO = "claude-bottle-test/busybox"
+NOUSER_REPO = "claude-bottle-test/nouser"
+NODE_REPO = "claude-bottle-test/node"
 PIPELOCK_IMAGE_ENV = "CLAUDE_BOTTLE_E2E_PIPELOCK_IMAGE"
 LABEL = "claude-bottle-test=1"
 STANDIN = Path(__file__).resolve().parent / "standin" / "pipelock"
+# Debian's busybox-static; the dynamically linked busybox package would not run in an image without libc.
+BUSYBOX = Path("/bin/busybox")
 
 # Runs inside the fresh root (chroot). Host keys go because every test generates its own at run time: keys baked
 # into a shared image would be the same for every test host.
@@ -67,6 +79,32 @@ COPY pipelock /pipelock
 ENV PYTHONDONTWRITEBYTECODE=1
 ENTRYPOINT ["/pipelock"]
 CMD ["run", "--listen", "0.0.0.0:8888"]
+"""
+
+# Exec form: the image has no shell until busybox has installed its applets.
+BUSYBOX_DOCKERFILE = f"""\
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+LABEL {LABEL}
+CMD ["sh"]
+"""
+
+# A base image with no user for uid 1000, as many are; /workspace goes too, it was made for claude.
+NOUSER_DOCKERFILE = """\
+FROM {parent}
+RUN userdel --remove claude \\
+ && if getent group claude >/dev/null; then groupdel claude; fi \\
+ && rm -rf /home/claude /workspace \\
+ && ! getent passwd 1000 && ! getent group 1000
+"""
+
+# The same commands as the official node images (docker-library/node), on the nouser image.
+NODE_DOCKERFILE = """\
+FROM {parent}
+RUN groupadd --gid 1000 node \\
+ && useradd --uid 1000 --gid node --shell /bin/bash --create-home node \\
+ && chmod 0755 /home/node
 """
 
 
@@ -123,6 +161,48 @@ def debian_tag() -> str:
 
 def pipelock_tag(parent: str) -> str:
     return f"{PIPELOCK_REPO}:{_digest(STANDIN.read_bytes(), parent, PIPELOCK_DOCKERFILE)}"
+
+
+def busybox_tag() -> str:
+    return f"{BUSYBOX_REPO}:{_digest(_busybox_bytes(), BUSYBOX_DOCKERFILE)}"
+
+
+def nouser_tag(parent: str) -> str:
+    return f"{NOUSER_REPO}:{_digest(parent, NOUSER_DOCKERFILE)}"
+
+
+def node_tag(parent: str) -> str:
+    return f"{NODE_REPO}:{_digest(parent, NODE_DOCKERFILE)}"
+
+
+def _is_dynamic_elf(data: bytes) -> bool:
+    """True when the ELF executable `data` names a program interpreter (PT_INTERP): it is dynamically linked."""
+    if data[:4] != b"\x7fELF":
+        raise ValueError("not an ELF file")
+    is64, order = data[4] == 2, "little" if data[5] == 1 else "big"
+    phoff, size, count = (0x20, 0x36, 0x38) if is64 else (0x1C, 0x2A, 0x2C)
+    start = int.from_bytes(data[phoff:phoff + (8 if is64 else 4)], order)
+    entsize = int.from_bytes(data[size:size + 2], order)
+    for n in range(int.from_bytes(data[count:count + 2], order)):
+        offset = start + n * entsize
+        if int.from_bytes(data[offset:offset + 4], order) == 3:  # PT_INTERP
+            return True
+    return False
+
+
+def _busybox_bytes() -> bytes:
+    try:
+        data = BUSYBOX.read_bytes()
+    except FileNotFoundError:
+        raise ImageBuildError(f"{BUSYBOX} not found; install it with: apt-get install busybox-static") from None
+    try:
+        dynamic = _is_dynamic_elf(data)
+    except (ValueError, IndexError):
+        raise ImageBuildError(f"{BUSYBOX} is not an ELF executable") from None
+    if dynamic:
+        raise ImageBuildError(f"{BUSYBOX} is linked dynamically; install the static one: "
+                              "apt-get install busybox-static")
+    return data
 
 
 @contextlib.contextmanager
@@ -192,12 +272,15 @@ def build_debian(tag: str) -> None:
         _remove_root(root)
 
 
-def build_pipelock(tag: str, parent: str) -> None:
-    context = tempfile.mkdtemp(prefix="claude-bottle-test-pipelock-")
+def _docker_build(tag: str, dockerfile: str, files: dict[str, bytes]) -> None:
+    """Build `dockerfile` with `files` (name -> bytes, made executable) as its context; tag the result `tag`."""
+    context = tempfile.mkdtemp(prefix="claude-bottle-test-context-")
     try:
-        shutil.copyfile(STANDIN, os.path.join(context, "pipelock"))
-        os.chmod(os.path.join(context, "pipelock"), 0o755)
-        dockerfile = PIPELOCK_DOCKERFILE.format(parent=parent)
+        for name, data in files.items():
+            path = os.path.join(context, name)
+            with open(path, "wb") as fh:
+                fh.write(data)
+            os.chmod(path, 0o755)
         # The legacy builder: this engine has no buildx, and it uses the local parent image without pulling.
         env = dict(os.environ, DOCKER_BUILDKIT="0")
         started = time.monotonic()
@@ -207,31 +290,47 @@ def build_pipelock(tag: str, parent: str) -> None:
         shutil.rmtree(context, ignore_errors=True)
 
 
+def build_pipelock(tag: str, parent: str) -> None:
+    _docker_build(tag, PIPELOCK_DOCKERFILE.format(parent=parent), {"pipelock": STANDIN.read_bytes()})
+
+
+def build_busybox(tag: str) -> None:
+    _docker_build(tag, BUSYBOX_DOCKERFILE, {"busybox": _busybox_bytes()})
+
+
+def build_nouser(tag: str, parent: str) -> None:
+    _docker_build(tag, NOUSER_DOCKERFILE.format(parent=parent), {})
+
+
+def build_node(tag: str, parent: str) -> None:
+    _docker_build(tag, NODE_DOCKERFILE.format(parent=parent), {})
+
+
+def _ensure(tag: str, build, *args) -> str:
+    if image_exists(tag):
+        _progress(f"{tag} exists, skipping")
+    else:
+        _progress(f"building {tag}")
+        build(tag, *args)
+    return tag
+
+
 def ensure_images(verbose: bool = False) -> dict[str, str]:
-    """Build whatever test image is missing; return {"debian": tag, "pipelock": tag}."""
+    """Build whatever test image is missing; return {"debian", "pipelock", "busybox", "nouser", "node": tag}."""
     global _verbose
     _verbose = verbose
     images = {}
     with _build_lock():
-        debian = debian_tag()
-        if image_exists(debian):
-            _progress(f"{debian} exists, skipping")
-        else:
-            _progress(f"building {debian}")
-            build_debian(debian)
-        images["debian"] = debian
+        debian = images["debian"] = _ensure(debian_tag(), build_debian)
         override = os.environ.get(PIPELOCK_IMAGE_ENV)
         if override:
             _progress(f"pipelock image from {PIPELOCK_IMAGE_ENV}: {override}")
             images["pipelock"] = override
-            return images
-        pipelock = pipelock_tag(debian)
-        if image_exists(pipelock):
-            _progress(f"{pipelock} exists, skipping")
         else:
-            _progress(f"building {pipelock}")
-            build_pipelock(pipelock, debian)
-        images["pipelock"] = pipelock
+            images["pipelock"] = _ensure(pipelock_tag(debian), build_pipelock, debian)
+        images["busybox"] = _ensure(busybox_tag(), build_busybox)
+        nouser = images["nouser"] = _ensure(nouser_tag(debian), build_nouser, debian)
+        images["node"] = _ensure(node_tag(nouser), build_node, nouser)
     return images
 
 
