@@ -14,7 +14,7 @@ machine, the engine and the targets of the issues. Measured:
 4. concurrency: 8, 16, 32 and 64 sessions started at once (--counts), running a short command or all up together,
    next to as many raw sequences at once; and the memory of one idle bottle.
 
-Plus one traced start: every docker call claude-bottle makes, with its duration.
+Plus one traced start: every docker call claude-bottle makes, with its duration, and where the time goes.
 
 Objects the bench creates itself are named `cbbench-*` and labelled `cbbench=<run tag>`, and are removed
 however the bench ends. Exit status: 0 when every measurement ran and left nothing behind (targets missed
@@ -720,45 +720,43 @@ def measure_concurrency(b: Bench, counts, warm: bool) -> dict:
 
 TRACE_SHIM = """\
 #!/bin/sh
-# Logs when each docker call starts and ends, then passes its exit status on.
+# Logs when each docker call starts and ends and its arguments (each ended by a US character, newlines as spaces),
+# in one write, then passes its exit status on.
 s=$(date +%s.%N)
 "$CBBENCH_REAL_DOCKER" "$@"
 rc=$?
-printf '%s %s %s %s\\n' "$s" "$(date +%s.%N)" "$rc" "$(printf '%s ' "$@" | tr '\\n' ' ' | cut -c1-200)" \
-  >> "$CBBENCH_TRACE"
+printf '%s %s %s %s\\n' "$s" "$(date +%s.%N)" "$rc" "$(printf '%s\\037' "$@" | tr '\\n' ' ')" >> "$CBBENCH_TRACE"
 exit $rc
 """
+# claude-bottle's -v lines: `claude-bottle: [  0.12s] message`, on its own clock (started as its module runs).
+VERBOSE_LINE = re.compile(r"^claude-bottle: \[\s*([\d.]+)s\] (.*)$")
 
 
-def measure_trace(b: Bench) -> list:
-    """One start with a logging `docker` first on PATH: every docker call, when it ran and for how long."""
+def measure_trace(b: Bench) -> dict:
+    """One start with -v and a logging `docker` first on PATH: every docker call, when it ran and for how long."""
     shim_dir = b.tmp / "trace-bin"
     shim_dir.mkdir()
     (shim_dir / "docker").write_text(TRACE_SHIM)
     (shim_dir / "docker").chmod(0o755)
     trace = b.tmp / "trace.log"
+    log = b.tmp / "trace-cli.log"
     env = b.env(PATH=f"{shim_dir}:{os.environ['PATH']}", CBBENCH_REAL_DOCKER=shutil.which("docker"),
                 CBBENCH_TRACE=str(trace))
     ws = b.project
     reset(ws)
     t0 = time.time()
-    proc = b.cli("start", "--yes", "-q", AGENT, "--", "sh", "-c", READY_CMD, cwd=ws, log=b.tmp / "trace-cli.log",
-                 env=env)
+    proc = b.cli("start", "--yes", "-q", "-v", AGENT, "--", "sh", "-c", READY_CMD, cwd=ws, log=log, env=env)
     rc = proc.wait()
     t_end = time.time()
     if rc != 0:
-        raise BenchError(f"traced start exited {rc}: {(b.tmp / 'trace-cli.log').read_text()[-600:]}")
-    session = (ws / "session").read_text().strip()
-    events = []
+        raise BenchError(f"traced start exited {rc}: {log.read_text()[-600:]}")
+    calls = []
     for line in trace.read_text().splitlines():
         start, end, code, args = line.split(" ", 3)
-        short = args.replace(f"claude-bottle-{session}", "S").split(" --label")[0]
-        events.append((float(start) - t0, float(end) - t0, int(code), short.strip()[:70]))
-    events.sort()
-    events.append((read_stamp(ws / "ready") - t0, None, None, "<- the agent command runs (ready stamp)"))
-    events.append((read_stamp(ws / "exit") - t0, None, None, "<- the agent command exits (exit stamp)"))
-    events.append((t_end - t0, None, None, "<- the CLI exits"))
-    return sorted(events, key=lambda e: e[0])
+        calls.append((float(start) - t0, float(end) - t0, int(code), args.split("\x1f")[:-1]))
+    verbose = [(float(m.group(1)), m.group(2)) for m in map(VERBOSE_LINE.match, log.read_text().splitlines()) if m]
+    return {"calls": sorted(calls), "verbose": verbose, "session": (ws / "session").read_text().strip(),
+            "ready": read_stamp(ws / "ready") - t0, "exit": read_stamp(ws / "exit") - t0, "end": t_end - t0}
 
 
 # ---- Report ----
@@ -854,6 +852,118 @@ def report_concurrency(conc: dict) -> list:
     return out
 
 
+# What each docker call of a start is for, by its first arguments (the first match wins).
+PURPOSES = (
+    (("network", "inspect"), "egress_network exists?"),
+    (("image", "inspect"), "agent image exists?"),
+    (("build",), "build the agent image"),
+    (("network", "create", "--internal"), "internal network"),
+    (("network", "create"), "egress network"),
+    (("ps",), "reaper (background)"),
+    (("network", "ls"), "reaper (background)"),
+    (("run", "--detach"), "sidecar: run"),
+    (("network", "connect"), "sidecar: join internal"),
+    (("create",), "agent: create"),
+    (("cp",), "agent: SSH config in"),
+    (("inspect",), "sidecar: its addresses"),
+    (("start",), "agent: start, attached"),
+    (("exec",), "self-test in the agent"),
+    (("logs",), "teardown: pipelock's log"),
+    (("rm",), "teardown: containers"),
+    (("network", "rm"), "teardown: networks"),
+)
+# Options left out of the trace's short form of a call: the same on every start, and long.
+TRACE_QUIET_OPTIONS = {"--label", "--env", "--mount", "--dns", "--dns-option", "--user", "--cap-drop", "--security-opt",
+                       "--pids-limit", "--workdir", "--opt", "--format", "--filter", "--entrypoint"}
+TRACE_QUIET_FLAGS = {"--read-only", "--init", "--interactive", "--tty", "--all"}
+
+
+def purpose(args: list) -> str:
+    if args[:1] == ["exec"] and "healthcheck" in args:
+        return "sidecar: health check"
+    return next((what for first, what in PURPOSES if tuple(args[:len(first)]) == first), "?")
+
+
+def short_call(args: list, names: dict) -> str:
+    words, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in TRACE_QUIET_OPTIONS:
+            skip = True
+        elif a not in TRACE_QUIET_FLAGS:
+            for long, short in names.items():
+                a = a.replace(long, short)
+            words.append(a if len(a) <= 40 else "<script>")
+    return " ".join(words)
+
+
+def report_trace(tr: dict, b: Bench) -> list:
+    calls, end = tr["calls"], tr["end"]
+    names = {f"claude-bottle-{tr['session']}": "S", b.pipelock: "PIPELOCK-IMAGE", b.debian: "AGENT-IMAGE"}
+    steps = [c for c in calls if c[3][:1] != ["start"]]
+    first = min((c[0] for c in calls), default=0.0)
+    # Time with no docker call in flight between the first call and the command running (the attached
+    # `docker start` left out: it lasts the whole session): Python and sleeps between the calls.
+    busy, reach = 0.0, first
+    for start, stop, *_ in sorted(c for c in steps if c[0] < tr["ready"]):
+        busy += max(0.0, min(stop, tr["ready"]) - max(start, reach))
+        reach = max(reach, min(stop, tr["ready"]))
+    attached = next((c[1] for c in calls if c[3][:1] == ["start"]), None)
+    after = [c for c in calls if c[0] >= tr["exit"]]
+    out = ["", "5. one traced claude-bottle start, with -v and a logging `docker` first on PATH (~3 ms more a call): "
+           "where the time goes", "  seconds after invoking the CLI:"]
+    first_v = next((t for t, msg in tr["verbose"] if msg.startswith("+ docker")), None)
+    if first_v is not None and calls:
+        # The -v clock starts as claude_bottle.py's module runs: the first call, on both clocks, gives the offset.
+        offset = max(0.0, first - first_v)
+        out.append(f"  {0:7.3f} .. {offset:.3f}  python start-up and imports, until claude_bottle.py's clock starts "
+                   f"(its -v log, to 10 ms)")
+        out.append(f"  {offset:7.3f} .. {first:.3f}  claude-bottle: config, plan, private files, until its first "
+                   f"docker call")
+    else:
+        offset = None
+        out.append(f"  {0:7.3f} .. {first:.3f}  python start-up, config, plan, private files, until the first "
+                   f"docker call")
+    out.append(f"  {first:7.3f} .. {tr['ready']:.3f}  docker calls until the agent command runs: "
+               f"{sum(1 for c in calls if c[0] < tr['ready'])} calls; no call in flight for "
+               f"{tr['ready'] - first - busy:.3f} s")
+    out.append(f"  {tr['ready']:7.3f} .. {tr['exit']:.3f}  the agent command itself (its ready and exit stamps)")
+    if attached is not None:
+        out.append(f"  {tr['exit']:7.3f} .. {attached:.3f}  until the attached `docker start` returns "
+                   f"(the agent container has stopped)")
+    last = max((c[1] for c in after), default=tr["exit"])
+    out.append(f"  {max(attached or 0, tr['exit']):7.3f} .. {last:.3f}  teardown: "
+               f"{', '.join('docker ' + ' '.join(c[3][:1 + (c[3][0] == 'network')]) for c in after) or 'nothing'}")
+    out.append(f"  {last:7.3f} .. {end:.3f}  until the CLI exits")
+    slowest = sorted(steps, key=lambda c: c[0] - c[1])[:3]
+    out.append("  slowest calls: " + "; ".join(f"{purpose(c[3])} {c[1] - c[0]:.3f} s" for c in slowest))
+    width = 32
+    scale = width / end if end > 0 else 0.0
+
+    def bar(start, stop):
+        lo = min(width - 1, int(start * scale))
+        hi = max(lo + 1, min(width, round(stop * scale)))
+        return " " * lo + "#" * (hi - lo) + " " * (width - hi)
+
+    out += ["", f"  {'start':>7} {'took':>7}  |{'0 s':<{width // 2}}{f'{end:.2f} s':>{width - width // 2}}|  "
+            f"{'what for':<25} the call (S = claude-bottle-<session>)"]
+    marks = [(tr["ready"], "the agent command runs (ready stamp)"),
+             (tr["exit"], "the agent command exits (exit stamp)"), (end, "the CLI exits")]
+    if offset is not None:
+        marks += [(offset + t, f"-v: {msg}") for t, msg in tr["verbose"] if not msg.startswith("+ ")]
+    rows = [(c[0], c) for c in calls] + [(t, msg) for t, msg in marks]
+    for at, what in sorted(rows, key=lambda r: r[0]):
+        if isinstance(what, str):
+            out.append(f"  {at:7.3f} {'':>7}  |{bar(at, at).replace('#', '^')}|  <- {what}")
+        else:
+            start, stop, code, args = what
+            status = f"  (exit {code})" if code else ""
+            out.append(f"  {start:7.3f} {stop - start:7.3f}  |{bar(start, stop)}|  "
+                       f"{purpose(args):<25} docker {short_call(args, names)[:50]}{status}")
+    return out
+
+
 def report(b: Bench, res: dict, wall: float, load: list) -> list:
     noise, noise_cb = b.noise or [0], b.noise_cb or [0]
     out = [f"claude-bottle bench: medians over each section's runs after {b.warmup} warm-up "
@@ -905,14 +1015,7 @@ def report(b: Bench, res: dict, wall: float, load: list) -> list:
     if "concurrency" in res:
         out += report_concurrency(res["concurrency"])
     if "trace" in res:
-        out += ["", "5. one traced claude-bottle start: every docker call (a logging shim on PATH adds ~3 ms a call)",
-                f"  {'start':>8} {'end':>8} {'took':>8}  docker call (S = claude-bottle-<session>)"]
-        for start, end, code, what in res["trace"]:
-            if end is None:
-                out.append(f"  {start:8.3f} {'':>8} {'':>8}  {what}")
-            else:
-                status = f"  (exit {code})" if code else ""
-                out.append(f"  {start:8.3f} {end:8.3f} {end - start:8.3f}  {what}{status}")
+        out += report_trace(res["trace"], b)
     out += ["", f"whole bench: {wall:.1f} s wall"]
     out += [f"PROBLEM: {p}" for p in b.problems]
     return out
