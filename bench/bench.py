@@ -13,6 +13,8 @@ machine, the engine and the targets of the issues. Measured:
 3. dry-run: `start --dry-run` and `check` on a config of 10 agents.
 4. concurrency: 8, 16, 32 and 64 sessions started at once (--counts), running a short command or all up together,
    next to as many raw sequences at once; and the memory of one idle bottle.
+5. throughput: direct, CONNECT and plain HTTP through the sidecar, and `git clone` over an SSH alias, from servers
+   on a network of the bench's own.
 
 Plus one traced start: every docker call claude-bottle makes, with its duration, and where the time goes.
 
@@ -44,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "claude_bottle.py"
 sys.path.insert(0, str(ROOT))
 from tests.e2e import images  # noqa: E402  (needs ROOT on sys.path)
-from tests.e2e.harness import agent_writable, cli_env  # noqa: E402
+from tests.e2e.harness import GIT_SERVER, agent_writable, cli_env  # noqa: E402
 
 # ---- Constants ----
 
@@ -55,8 +57,12 @@ SIGINT_MAX = 1.5
 DRY_RUN_MAX = 0.100
 
 # Measured runs per section when --runs is not given. A concurrency run already holds one sample per session.
-RUNS = {"start": 5, "sigint": 5, "dry": 10, "concurrency": 1}
+RUNS = {"start": 5, "sigint": 5, "dry": 10, "concurrency": 1, "throughput": 3}
 COUNTS = (8, 16, 32, 64)
+SIZES_MB = (1, 50)
+REPO_MB = 60
+REPO_FILES = 5
+TRANSFER_TIMEOUT = 300
 # How long a bottle sits idle before `docker stats` samples its memory.
 IDLE_SETTLE = 2.0
 
@@ -214,6 +220,7 @@ class Bench:
         self.noise = []          # containers running on the engine before each measured run: others' work
         self.noise_cb = []       # claude-bottle containers present then (a start looks at every session)
         self.problems = []
+        self.cleanups = []       # callables run by close(), last first: e.g. stopping the bench's ssh-agent
         self.closing = False     # set by close(): threads still starting raw sequences stop creating
         try:
             self._prepare()
@@ -279,6 +286,8 @@ class Bench:
         if stranded:
             self.problems.append(f"claude-bottle left {', '.join(stranded)}; removed by the bench")
         remove(*listed([f"label={self.label}"]))
+        for cleanup in reversed(self.cleanups):
+            cleanup()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -718,6 +727,172 @@ def measure_concurrency(b: Bench, counts, warm: bool) -> dict:
     return {"counts": list(counts), "runs": runs, "results": results, "memory": memory}
 
 
+# ---- Throughput: a web server and a git server on a network of the bench's own ----
+
+# The web server: the files, then `python3 -m http.server`. Binary: random bytes. Text: Python's own library
+# sources concatenated and repeated, the kind of text an agent fetches (pipelock may scan text bodies).
+WEB_SERVER = r"""
+set -e
+mkdir -p /srv/www && cd /srv/www
+for mb in $SIZES_MB; do head -c $((mb * 1000000)) /dev/urandom > bin-${mb}MB; done
+python3 - $SIZES_MB <<'PY'
+import pathlib, sys
+text = b"".join(p.read_bytes() for p in sorted(pathlib.Path("/usr/lib").glob("python3*/**/*.py")))
+for mb in sys.argv[1:]:
+    n = int(mb) * 1000000
+    pathlib.Path(f"text-{mb}MB").write_bytes((text * (n // len(text) + 1))[:n])
+PY
+touch /tmp/ready
+exec python3 -m http.server 8000
+"""
+
+# Run as root in the git server (harness.GIT_SERVER) once it is up: FILES files of BYTES random bytes committed
+# and pushed. Random bytes do not compress, so level 0 spares the CPU; the pushed pack is kept as it is (no
+# unpacking into loose objects), so a clone sends it without recompressing anything. The repository is the git
+# user's: root may use it here (safe.directory).
+GIT_FILL = r"""
+set -e
+git config --system safe.directory '*'
+git config --system core.compression 0
+git -C /srv/git/repo.git config receive.unpackLimit 1
+cd /tmp/seed
+i=0
+while [ $i -lt $FILES ]; do head -c $BYTES /dev/urandom > data-$i.bin; i=$((i + 1)); done
+git add . && git -c user.name=bench -c user.email=bench@example.test commit -qm data
+git push -q /srv/git/repo.git main
+chown -R git:git /srv/git
+"""
+
+# Every transfer of a throughput run, timed where it happens (curl's own clock; `date` around git clone).
+# One line each: run, way, file, exit status, HTTP status, seconds, bytes; git's complaints as "# " lines.
+TRANSFERS = r"""
+for r in $(seq 1 {rounds}); do
+  for f in {files}; do
+    for way in {ways}; do
+      case $way in
+        direct) set -- --noproxy '*' ;;
+        CONNECT) set -- --proxytunnel --proxy "$HTTPS_PROXY" ;;
+        plain) set -- --proxy "$http_proxy" ;;
+      esac
+      w=$(curl -s -o /dev/null --max-time {timeout} -w '%{{http_code}} %{{time_total}} %{{size_download}}' \
+          "$@" "http://web:8000/$f")
+      echo "$r $way $f $? $w"
+    done
+  done
+  rm -rf /tmp/cbbench-clone
+  s=$(date +%s.%N)
+  timeout {timeout} git clone -q {git_url} /tmp/cbbench-clone 2> /tmp/cbbench-clone.err
+  rc=$?
+  e=$(date +%s.%N)
+  size=$(cat /tmp/cbbench-clone/.git/objects/pack/*.pack 2> /dev/null | wc -c)
+  echo "$r git clone $rc 000 $(awk "BEGIN {{ print $e - $s }}") $size"
+  [ $rc = 0 ] || tail -n 3 /tmp/cbbench-clone.err | sed 's/^/# /'
+done
+rm -rf /tmp/cbbench-clone
+"""
+DIRECT_SSH = ("ssh -i /cbbench-key -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+              "-o LogLevel=ERROR")
+
+
+def ssh_agent(b: Bench) -> tuple:
+    """A fresh key in an ssh-agent of the bench's own, stopped by close(): (key file, public key, socket)."""
+    key = b.tmp / "id_ed25519"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cbbench", "-f", str(key)])
+    sock = str(b.tmp / "ssh-agent.sock")
+    pid = int(re.search(r"SSH_AGENT_PID=(\d+)", run(["ssh-agent", "-a", sock]).stdout).group(1))
+
+    def stop():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    b.cleanups.append(stop)
+    run(["ssh-add", "-q", str(key)], env={**os.environ, "SSH_AUTH_SOCK": sock})
+    return key, Path(f"{key}.pub").read_text().strip(), sock
+
+
+def start_server(b: Bench, network: str, alias: str, script: str, env: dict, probe: str) -> str:
+    """A server container on `network`, reachable as `alias`; returns once `probe` succeeds inside it."""
+    name = f"cbbench-{b.tag}-{alias}"
+    docker("run", "--detach", "--pull", "never", "--name", name, "--label", b.label, "--network", network,
+           "--network-alias", alias, *[a for k, v in env.items() for a in ("--env", f"{k}={v}")],
+           b.debian, "sh", "-c", script)
+    deadline = time.monotonic() + 300
+    while docker("exec", name, "sh", "-c", probe, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{name} never became ready: {docker('logs', name, check=False).stderr[-500:]}")
+        time.sleep(0.2)
+    return name
+
+
+def throughput_config(b: Bench, network: str) -> str:
+    return (f'[bottles.tput]\negress_network = "{network}"\nallow = ["web", "git"]\ntrusted = ["web", "git"]\n'
+            '[[bottles.tput.ssh]]\nHost = "gitserver"\nHostname = "git"\nUser = "git"\n'
+            f'[agents.{AGENT}]\nbottle = "tput"\nimage = "{b.debian}"\nenv = []\n')
+
+
+def parse_transfers(text: str, warmup: int) -> tuple:
+    """The TRANSFERS lines of the measured runs, {(way, file): [(exit, http, seconds, bytes)]}; and other lines."""
+    got, notes = {}, []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) == 7 and f[0].isdigit():
+            if int(f[0]) > warmup:
+                got.setdefault((f[1], f[2]), []).append((int(f[3]), f[4], float(f[5]), int(f[6])))
+        elif line.strip():
+            notes.append(line.removeprefix("# "))
+    return got, notes
+
+
+def measure_throughput(b: Bench, sizes, repo_mb: int, timeout: int) -> dict:
+    runs = b.runs("throughput")
+    rounds_ = b.warmup + runs
+    files = [f"{kind}-{mb}MB" for mb in sizes for kind in ("bin", "text")]
+    # Every transfer is bounded by `timeout`; this only stops a hung run.
+    budget = rounds_ * (2 * len(files) + 1) * (timeout + 10) + 300
+    network = f"cbbench-{b.tag}-outside"
+    # Internal: the servers, the plain container and the sidecar reach each other and nothing else.
+    docker("network", "create", "--internal", "--label", b.label, network)
+    key, pubkey, sock = ssh_agent(b)
+    progress(f"throughput: the web server makes its files ({', '.join(files)})")
+    start_server(b, network, "web", WEB_SERVER, {"SIZES_MB": " ".join(map(str, sizes))},
+                 "test -e /tmp/ready && curl -sf -o /dev/null http://127.0.0.1:8000/")
+    progress(f"throughput: the git server makes its repository ({REPO_FILES} x {repo_mb / REPO_FILES:g} MB)")
+    git = start_server(b, network, "git", GIT_SERVER, {"PUBKEY": pubkey}, "test -e /tmp/ready && nc -z 127.0.0.1 22")
+    docker("exec", "--env", f"FILES={REPO_FILES}", "--env", f"BYTES={repo_mb * 1000000 // REPO_FILES}", git,
+           "sh", "-c", GIT_FILL)
+
+    def transfers(ways: str, git_url: str) -> str:
+        return TRANSFERS.format(rounds=rounds_, files=" ".join(files), ways=ways, timeout=timeout, git_url=git_url)
+
+    sample_noise(b)
+    progress(f"throughput: direct, from a plain container on {network}: {runs_text(runs)} after {b.warmup} warm-up")
+    # The key file goes into this plain container only; the bottle gets the key through the ssh-agent.
+    direct = run(["docker", "run", "--rm", "--pull", "never", "--name", f"cbbench-{b.tag}-direct", "--label", b.label,
+                  "--network", network, "--mount", f"type=bind,source={key},target=/cbbench-key,readonly",
+                  "--env", f"GIT_SSH_COMMAND={DIRECT_SSH}", b.debian,
+                  "sh", "-c", transfers("direct", "git@git:/srv/git/repo.git")], timeout=budget).stdout
+    progress(f"throughput: CONNECT, plain HTTP and git over the SSH alias, inside a bottle: {runs_text(runs)} after "
+             f"{b.warmup} warm-up")
+    ws = b.workspace("throughput", throughput_config(b, network))
+    sample_noise(b)
+    script = ('echo "$CLAUDE_BOTTLE_SESSION" > /workspace/session; exec > /workspace/throughput.txt 2>&1\n'
+              + transfers("CONNECT plain", "gitserver:/srv/git/repo.git"))
+    log = b.tmp / "throughput-cli.log"
+    proc = b.cli("start", "--yes", "-q", AGENT, "--", "sh", "-c", script, cwd=ws, log=log,
+                 env=b.env(SSH_AUTH_SOCK=sock))
+    code = finish(proc, time.monotonic() + budget)
+    session = (ws / "session").read_text().strip() if (ws / "session").exists() else ""
+    left = cb_leftovers(session, proc.pid)
+    if code != 0 or left:
+        raise BenchError(f"the throughput bottle exited {code} and left {left}: {log.read_text()[-800:]}")
+    inside = (ws / "throughput.txt").read_text()
+    got, notes = parse_transfers(direct, b.warmup)
+    got_inside, notes_inside = parse_transfers(inside, b.warmup)
+    return {"runs": runs, "sizes": list(sizes), "timeout": timeout, "direct": got, "bottle": got_inside,
+            "notes": [f"direct: {n}" for n in notes] + [f"bottle: {n}" for n in notes_inside]}
+
+
 TRACE_SHIM = """\
 #!/bin/sh
 # Logs when each docker call starts and ends and its arguments (each ended by a US character, newlines as spaces),
@@ -852,6 +1027,65 @@ def report_concurrency(conc: dict) -> list:
     return out
 
 
+def number(x: float) -> str:
+    """Two decimals, or three significant digits below 0.1 (a crawl still shows)."""
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
+
+
+def transfer_rates(outcomes: list, expected: int | None) -> tuple:
+    """MB/s and seconds of each good transfer, and why each other one failed."""
+    rates, seconds, failures = [], [], []
+    for code, http, took, size in outcomes:
+        if code in (28, 124):
+            failures.append("timeout")
+        elif code != 0:
+            failures.append(f"exit {code}")
+        elif expected is not None and http != "200":
+            failures.append(f"HTTP {http}")
+        elif size == 0 or (expected is not None and size != expected) or took <= 0:
+            failures.append(f"{size} bytes" + (f" of {expected}" if expected else ""))
+        else:
+            rates.append(size / 1e6 / took)
+            seconds.append(took)
+    return rates, seconds, failures
+
+
+def report_throughput(tp: dict) -> list:
+    out = ["", f"5. throughput: a web and a git server on the bench's own network; median of {runs_text(tp['runs'])}"
+           "; MB = 10^6 bytes; per transfer at most",
+           f"   {tp['timeout']} s. direct: from a plain container on that network; CONNECT (curl -p) and plain "
+           "HTTP ($http_proxy): from inside the bottle",
+           f"  {'':<46} {'time':>10} {'MB/s':>8}  {'min .. max MB/s':<18} {'ratio to direct':>15}"]
+
+    def line(name, outcomes, expected, direct_rate=None):
+        rates, seconds, failures = transfer_rates(outcomes or [], expected)
+        if not rates:
+            why = ", ".join(sorted(set(failures))) or "not measured"
+            out.append(f"  {name:<46} {why} ({len(failures)} of {len(outcomes or [])} runs)")
+            return None
+        rate = statistics.median(rates)
+        ratio = f"{number(rate / direct_rate)}x" if direct_rate else ""
+        failed = f"  ({len(failures)} failed: {', '.join(sorted(set(failures)))})" if failures else ""
+        out.append(f"  {name:<46} {fmt(statistics.median(seconds))} {number(rate):>8}  "
+                   f"{f'{number(min(rates))} .. {number(max(rates))}':<18} {ratio:>15}{failed}")
+        return rate
+
+    for mb in tp["sizes"]:
+        for kind, label in (("bin", "binary"), ("text", "text")):
+            f = f"{kind}-{mb}MB"
+            direct = line(f"{mb} MB {label}: direct", tp["direct"].get(("direct", f)), mb * 1000000)
+            line(f"{mb} MB {label}: CONNECT through the sidecar", tp["bottle"].get(("CONNECT", f)), mb * 1000000,
+                 direct)
+            line(f"{mb} MB {label}: plain HTTP through the sidecar", tp["bottle"].get(("plain", f)), mb * 1000000,
+                 direct)
+    clones = tp["direct"].get(("git", "clone"), []) + tp["bottle"].get(("git", "clone"), [])
+    pack = max((size for *_, size in clones), default=0) / 1e6
+    direct = line(f"git clone ({pack:.1f} MB pack): direct, ssh", tp["direct"].get(("git", "clone")), None)
+    line("git clone: over the SSH alias (socat, CONNECT)", tp["bottle"].get(("git", "clone")), None, direct)
+    out += [f"  {note}" for note in tp["notes"][:6]]
+    return out
+
+
 # What each docker call of a start is for, by its first arguments (the first match wins).
 PURPOSES = (
     (("network", "inspect"), "egress_network exists?"),
@@ -911,7 +1145,7 @@ def report_trace(tr: dict, b: Bench) -> list:
         reach = max(reach, min(stop, tr["ready"]))
     attached = next((c[1] for c in calls if c[3][:1] == ["start"]), None)
     after = [c for c in calls if c[0] >= tr["exit"]]
-    out = ["", "5. one traced claude-bottle start, with -v and a logging `docker` first on PATH (~3 ms more a call): "
+    out = ["", "6. one traced claude-bottle start, with -v and a logging `docker` first on PATH (~3 ms more a call): "
            "where the time goes", "  seconds after invoking the CLI:"]
     first_v = next((t for t, msg in tr["verbose"] if msg.startswith("+ docker")), None)
     if first_v is not None and calls:
@@ -1014,6 +1248,8 @@ def report(b: Bench, res: dict, wall: float, load: list) -> list:
             out.append(f"  python3 on PATH: {pythons['python3 on PATH']}; sys.executable: {sys.executable}")
     if "concurrency" in res:
         out += report_concurrency(res["concurrency"])
+    if "throughput" in res:
+        out += report_throughput(res["throughput"])
     if "trace" in res:
         out += report_trace(res["trace"], b)
     out += ["", f"whole bench: {wall:.1f} s wall"]
@@ -1021,7 +1257,7 @@ def report(b: Bench, res: dict, wall: float, load: list) -> list:
     return out
 
 
-SECTIONS = ("start", "sigint", "dry", "concurrency", "trace")
+SECTIONS = ("start", "sigint", "dry", "concurrency", "throughput", "trace")
 
 
 def positive(text: str) -> int:
@@ -1035,11 +1271,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark claude-bottle against the raw docker sequence and "
                                      "docker-compose on the local engine.")
     parser.add_argument("--runs", type=positive, help="measured runs per measurement (default: start and sigint 5, "
-                        "dry 10, concurrency 1 per count)")
+                        "dry 10, concurrency 1 per count, throughput 3)")
     parser.add_argument("--warmup", type=int, default=1, help="discarded warm-up runs (default 1)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="measure only these sections")
     parser.add_argument("--counts", nargs="+", type=positive, default=list(COUNTS), metavar="N",
                         help="concurrency: sessions started at once (default: %(default)s)")
+    parser.add_argument("--sizes", nargs="+", type=positive, default=list(SIZES_MB), metavar="MB",
+                        help="throughput: file sizes in MB (10^6 bytes), each binary and text (default: %(default)s)")
+    parser.add_argument("--repo-mb", type=positive, default=REPO_MB, metavar="MB",
+                        help=f"throughput: size of the git repository in MB, {REPO_FILES} random files "
+                        "(default: %(default)s)")
+    parser.add_argument("--timeout", type=positive, default=TRANSFER_TIMEOUT, metavar="S",
+                        help="throughput: at most this long per transfer, then reported as a timeout "
+                        "(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
@@ -1065,6 +1309,8 @@ def main(argv=None) -> int:
         if "concurrency" in sections:
             # The start section, just run, has warmed the engine up; alone, the section warms up itself.
             res["concurrency"] = measure_concurrency(b, args.counts, warm="start" not in sections)
+        if "throughput" in sections:
+            res["throughput"] = measure_throughput(b, args.sizes, args.repo_mb, args.timeout)
         if "trace" in sections:
             res["trace"] = measure_trace(b)
         load[1] = os.getloadavg()[0]
