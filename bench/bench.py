@@ -357,10 +357,7 @@ def raw_sequence(b: Bench, name: str, ws: Path, command: str, env: dict | None =
             out["error"] = f"{what}: {next((line for line in lines if 'rror' in line), lines[0])}"
             break
     out["t_exit"] = time.time()
-    if made["container"]:
-        docker("rm", "--force", *made["container"], check=False)
-    if made["network"]:
-        docker("network", "rm", *made["network"], check=False)
+    remove(made["container"], made["network"])
     out["t_removed"] = time.time()
     out["left"] = leftovers(f"label=cbbench.session={name}")
     return out
