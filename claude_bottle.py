@@ -1094,7 +1094,7 @@ DOCKER_ANSWERED = False
 DOCKER_MISSING = ("docker: command not found; install Docker (https://docs.docker.com/engine/install/) "
                   "and make sure `docker` is on PATH")
 # How long one teardown call may take before claude-bottle stops waiting for an engine that does not answer.
-TEARDOWN_TIMEOUT = 30.0
+TEARDOWN_TIMEOUT = float(os.environ.get("CLAUDE_BOTTLE_TEARDOWN_TIMEOUT") or 30)
 # How long a setup call still running when a signal arrives may go on before it is killed.
 SIGNAL_GRACE = 10.0
 
@@ -1803,21 +1803,18 @@ def split_owner(owner: str) -> tuple:
     return host, int(pid) if pid.isdigit() else None
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+def process_start(pid: int, proc: str = "/proc") -> str | None:
+    """A token that changes when `pid` is reused: the boot and the process's start time.
 
-
-def process_start(pid: int) -> str | None:
-    """A token that changes when `pid` is reused: the boot and the process's start time. None: no such process."""
+    None: there is no such process. "": it cannot be told (then the owner is "unknown", never alive or gone).
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(proc, str(pid), "stat").read_text()
+        boot = Path(proc, "sys/kernel/random/boot_id").read_text().strip()
         # The 22nd field, counted after the command name in parentheses (which may hold spaces).
-        return f"{_boot_id()}/{stat.rpartition(')')[2].split()[19]}"
+        return f"{boot}/{stat.rpartition(')')[2].split()[19]}"
     except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
+        if os.path.isdir(os.path.join(proc, "self")):
             return None
     except (OSError, IndexError):
         return ""

@@ -9,6 +9,8 @@ text. `start` without a rule blocks until the agent container is removed (`rm --
 as `docker start --attach` does, or, once the self-test opened a gated agent's gate (or without a
 gate), exits with $FAKE_DOCKER_START_RC.
 `inspect` answers with an address on every network it saw created or named with `run --network`.
+A rule's `delay` makes the call take that many seconds; every call logs a second line, {"end": argv,
+"t": time}, when it is about to exit, so a test can tell what was still running when.
 """
 
 import json
@@ -28,8 +30,15 @@ passed = {}
 for i, a in enumerate(argv[:-1]):
     if a == "--env" and "=" not in argv[i + 1]:
         passed[argv[i + 1]] = os.environ.get(argv[i + 1])
-with open(os.environ["FAKE_DOCKER_LOG"], "a") as f:
-    f.write(json.dumps({"argv": argv, "stdin": len(stdin), "env": passed}) + "\n")
+def log(record):
+    with open(os.environ["FAKE_DOCKER_LOG"], "a") as f:
+        f.write(json.dumps(record) + "\n")
+log({"argv": argv, "stdin": len(stdin), "env": passed, "t": time.time()})
+real_exit = sys.exit
+def end(code=0):
+    log({"end": argv, "t": time.time()})
+    real_exit(code)
+sys.exit = end
 if argv[:2] == ["rm", "--force"]:
     for name in argv[2:]:
         open(os.path.join(state, "removed-" + name), "w").close()
@@ -49,6 +58,7 @@ for n, rule in enumerate(rules):
         if used >= rule["times"]:
             continue
         open(counter, "w").write(str(used + 1))
+    time.sleep(rule.get("delay", 0))
     sys.stdout.write(rule.get("stdout", ""))
     sys.stderr.write(rule.get("stderr", ""))
     sys.exit(rule.get("rc", 0))
@@ -73,6 +83,7 @@ if argv[:1] == ["inspect"]:
     names = open(networks).read().split() if os.path.exists(networks) else []
     print(json.dumps({n: {"IPAddress": "172.30.0.%d" % (i + 2), "Gateway": "172.30.%d.1" % i}
                       for i, n in enumerate(names)}))
+sys.exit(0)
 '''
 
 
@@ -113,11 +124,22 @@ class FakeDocker:
         env.update(extra)
         return env
 
-    def calls(self) -> list:
+    def records(self) -> list:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def calls(self) -> list:
+        return [r for r in self.records() if "argv" in r]
 
     def argvs(self) -> list:
         return [c["argv"] for c in self.calls()]
+
+    def wait_for_end(self, prefix, timeout=20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(r["end"][:len(prefix)] == prefix for r in self.records() if "end" in r):
+                return True
+            time.sleep(0.02)
+        return False
 
     def wait_for_call(self, prefix, timeout=20.0) -> bool:
         deadline = time.monotonic() + timeout

@@ -441,28 +441,43 @@ class Start(CliTest):
         self.assertEqual(len(self.fake.calls()), 1)
 
 
+class ClosedPipe:
+    """The write end of a pipe whose reader has gone: every write fails with EPIPE."""
+
+    @staticmethod
+    def writer() -> int:
+        r, w = os.pipe()
+        os.close(r)
+        return w
+
+
 class Signals(CliTest):
     """SIGINT, SIGTERM and SIGHUP mid-session: the same ordered teardown, exit 128+N."""
 
-    def interrupt(self, signum):
-        proc = subprocess.Popen([sys.executable, str(CLI), "start", "--yes", "--", "sleep", "600"],
-                                cwd=self.project, env=self.env(), stdin=subprocess.DEVNULL,
+    def launch(self, env=None, args=("--", "sleep", "600")):
+        proc = subprocess.Popen([sys.executable, str(CLI), "start", "--yes", *args],
+                                cwd=self.project, env=env or self.env(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            self.assertTrue(self.fake.wait_for_call(["start", "--attach"]), "the agent never started")
-            time.sleep(0.1)
-            proc.send_signal(signum)
-            out, err = proc.communicate(timeout=30)
-        finally:
-            proc.kill()
+        self.addCleanup(proc.kill)
+        return proc
+
+    def interrupt(self, signum):
+        proc = self.launch()
+        self.assertTrue(self.fake.wait_for_call(["start", "--attach"]), "the agent never started")
+        time.sleep(0.1)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
         return proc.returncode, err
+
+    def reset(self):
+        self.fake.log.write_text("")
+        for marker in self.fake.state.iterdir():
+            marker.unlink()
 
     def test_signals(self):
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with self.subTest(signal=signum.name):
-                self.fake.log.write_text("")
-                for marker in self.fake.state.iterdir():
-                    marker.unlink()
+                self.reset()
                 status, err = self.interrupt(signum)
                 self.assertEqual(status, 128 + signum, err)
                 self.assertIn(f"interrupted by {signum.name}", err)
@@ -472,6 +487,119 @@ class Signals(CliTest):
                 self.assertEqual(self.fake.argvs()[-2],
                                  ["rm", "--force", f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"])
                 self.assertNoPrivateDir()
+
+    # Every call that creates something, and every one that removes something.
+    CREATES = (["network", "create"], ["run"], ["create"], ["cp"])
+    REMOVES = (["rm"], ["network", "rm"])
+
+    @staticmethod
+    def is_(argv, kinds) -> bool:
+        return any(argv[:len(k)] == k for k in kinds)
+
+    def test_a_slow_setup_interrupted_at_any_moment_leaves_no_create_after_teardown(self):
+        # Each create takes a while, so signals land while calls are in flight, in every phase of setup.
+        rules = [{"match": ["network", "create"], "delay": 0.3}, {"match": ["run"], "delay": 0.8},
+                 {"match": ["create"], "delay": 0.5}]
+        for moment in (0.0, 0.15, 0.35, 0.6, 0.9, 1.2, 1.5, 2.0):
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                with self.subTest(moment=moment, signal=signum.name):
+                    self.reset()
+                    proc = self.launch(self.env(rules))
+                    self.assertTrue(self.fake.wait_for_call(["image", "inspect"]))
+                    time.sleep(moment)
+                    proc.send_signal(signum)
+                    out, err = proc.communicate(timeout=60)
+                    self.assertEqual(proc.returncode, 128 + signum, err)
+                    records = self.fake.records()
+                    created = [r for r in records if "end" in r and self.is_(r["end"], self.CREATES)]
+                    removals = [r for r in records if "argv" in r and self.is_(r["argv"], self.REMOVES)]
+                    starts = [r for r in records if "argv" in r and self.is_(r["argv"], self.CREATES)]
+                    self.assertEqual(len(created), len(starts), "every create that started has finished")
+                    if starts:
+                        self.assertTrue(removals, "something was being created, so teardown removes it")
+                        self.assertLessEqual(max(r["t"] for r in created), min(r["t"] for r in removals),
+                                             "a create finished after teardown began to remove things")
+                    names = {r["argv"][-1] for r in starts if r["argv"][:2] == ["network", "create"]}
+                    names |= {r["argv"][r["argv"].index("--name") + 1] for r in starts if r["argv"][0] in ("run",
+                                                                                                       "create")}
+                    removed = {n for r in removals for n in r["argv"][2:]}
+                    self.assertLessEqual(names, removed, "everything created is removed")
+                    self.assertNoPrivateDir()
+
+    def test_more_signals_during_teardown_do_not_stop_it(self):
+        rules = [{"match": ["rm"], "delay": 1.0}, {"match": ["logs"], "delay": 0.5}]
+        proc = self.launch(self.env(rules))
+        self.assertTrue(self.fake.wait_for_end(["exec"]), "the self-test opened the gate")
+        proc.send_signal(signal.SIGINT)
+        self.assertTrue(self.fake.wait_for_call(["logs"]))
+        proc.send_signal(signal.SIGINT)
+        self.assertTrue(self.fake.wait_for_call(["rm"]))
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertEqual([a[:2] for a in self.fake.argvs()][-2:], [["rm", "--force"], ["network", "rm"]])
+        self.assertNoPrivateDir()
+
+    def test_a_hung_engine_in_teardown_says_what_may_be_left(self):
+        rules = [{"match": ["rm"], "delay": 30}]
+        env = self.env(rules, start_rc=0, CLAUDE_BOTTLE_TEARDOWN_TIMEOUT="1")
+        started = time.monotonic()
+        proc = self.cli("start", "--yes", "--", "true", env=env)
+        self.assertLess(time.monotonic() - started, 20, "the CLI does not wait for an engine that does not answer")
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        sid = self.sid()
+        self.assertIn(f"may be left: claude-bottle-{sid}, claude-bottle-{sid}-pipelock, claude-bottle-{sid}-egress, "
+                      f"claude-bottle-{sid}-internal", proc.stderr)
+        self.assertIn("claude-bottle gc", proc.stderr)
+        self.assertNotIn(["network", "rm"], [a[:2] for a in self.fake.argvs()], "no more calls to a hung engine")
+        self.assertNoPrivateDir()
+
+    def assertEverythingCreatedIsRemoved(self):
+        argvs = self.fake.argvs()
+        created = {a[-1] for a in argvs if a[:2] == ["network", "create"]}
+        created |= {a[a.index("--name") + 1] for a in argvs if a[0] in ("run", "create")}
+        removed = {n for a in argvs if self.is_(a, self.REMOVES) for n in a[2:]}
+        self.assertLessEqual(created, removed)
+        if created:
+            self.assertEqual([a[:2] for a in argvs][-1], ["network", "rm"])
+
+    def test_closed_stderr_still_runs_every_undo(self):
+        """`start ... 2>&1 | head -1`: every print after the first line fails; teardown must not.
+
+        When the preflight itself cannot be printed the start stops before creating anything (exit 141); once
+        anything exists, no failing print can keep it from being removed.
+        """
+        cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(CLI))} start --yes -- true 2>&1 | head -1"
+        for run in range(5):
+            with self.subTest(run=run):
+                self.reset()
+                subprocess.run(cmd, shell=True, cwd=self.project, env=self.env(start_rc=0), capture_output=True,
+                               timeout=60)
+                self.assertEverythingCreatedIsRemoved()
+                self.assertNoPrivateDir()
+        # The egress report and the warnings come after the bottle exists: stderr alone closed, from the start.
+        for run in range(3):
+            with self.subTest(stderr_closed=run):
+                self.reset()
+                proc = subprocess.run([sys.executable, str(CLI), "start", "--yes", "-v", "--", "true"],
+                                      cwd=self.project, env=self.env([{"match": ["rm"], "rc": 1, "stderr": "x"}],
+                                                                     start_rc=0),
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=ClosedPipe.writer(),
+                                      timeout=60)
+                self.assertEqual(proc.returncode, 0)
+                self.assertTrue(self.fake.argvs(), "the start went ahead")
+                self.assertEverythingCreatedIsRemoved()
+                self.assertNoPrivateDir()
+
+    def test_commondir_written_during_the_session_is_moved_aside(self):
+        proc = self.launch()
+        self.assertTrue(self.fake.wait_for_call(["start", "--attach"]))
+        (self.project / ".git" / "commondir").write_text("/elsewhere\n")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        self.assertFalse(os.path.lexists(self.project / ".git" / "commondir"))
+        self.assertIn("moved it to", err)
 
 
 if __name__ == "__main__":

@@ -418,6 +418,16 @@ class ArgvTest(Base):
                                       f"claude-bottle.owner={OWNER}", "claude-bottle.owner-start=",
                                       "claude-bottle.owner-proof=", f"claude-bottle.owner-dir={PRIVATE_DIR}"])
 
+    def test_internal_network_has_no_host_address(self):
+        """An internal network still puts its gateway on a host bridge, and every host service on 0.0.0.0 would be
+        in the agent's reach through it; inhibit_ipv4 leaves the bridge without an address."""
+        plan = self.plan_from("defaults")
+        argv = cb.network_create_argv(plan, plan.internal_network, True)
+        self.assertEqual(argv[:3], ["network", "create", "--internal"])
+        self.assertTrue(has_pair(argv, "--opt", "com.docker.network.bridge.inhibit_ipv4=true"))
+        internal = next(a for a, _ in cb.planned_commands(plan) if a[:3] == ["network", "create", "--internal"])
+        self.assertTrue(has_pair(internal, "--opt", "com.docker.network.bridge.inhibit_ipv4=true"))
+
     def test_small_argv_builders(self):
         plan = self.plan_from("defaults")
         self.assertEqual(cb.network_create_argv(plan, "n", True)[-1], "n")

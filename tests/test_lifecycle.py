@@ -1,0 +1,427 @@
+"""The lifecycle's parts on their own, in this process: Teardown, the step runner, signals, the owner check,
+the ssh-agent relay and the `.git/commondir` guards. No docker: the seam is replaced per test by a recorder.
+"""
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from pathlib import Path
+from unittest import mock
+
+from tests import guard
+
+cb = guard.cb
+setUpModule, tearDownModule = guard.setUpModule, guard.tearDownModule
+
+
+class Recorder:
+    """Stands in for cb.docker: records argv, answers from `answers` (argv prefix -> (rc, stderr) or exception)."""
+
+    def __init__(self, answers=()):
+        self.calls, self.answers = [], list(answers)
+
+    def __call__(self, *args, check=True, input=None, capture=True, timeout=None):
+        self.calls.append(list(args))
+        for prefix, answer in self.answers:
+            if list(args[:len(prefix)]) == prefix:
+                if isinstance(answer, BaseException):
+                    raise answer
+                rc, err = answer
+                return subprocess.CompletedProcess(["docker", *args], rc, "", err)
+        return subprocess.CompletedProcess(["docker", *args], 0, "", "")
+
+
+class SeamTest(unittest.TestCase):
+    def use(self, recorder: Recorder) -> Recorder:
+        patch = mock.patch.object(cb, "docker", recorder)
+        patch.start()
+        self.addCleanup(patch.stop)
+        return recorder
+
+    def setUp(self):
+        for name, value in (("SIGNALLED", 0), ("SIGNALLED_AT", 0.0), ("DOCKER_ANSWERED", True)):
+            patch = mock.patch.object(cb, name, value)
+            patch.start()
+            self.addCleanup(patch.stop)
+
+
+def timeout_error(*argv):
+    return cb.DockerTimeout(["docker", *argv], 30)
+
+
+# ---- Teardown ----
+
+class TeardownTest(SeamTest):
+    def test_reverse_order_one_call_per_kind(self):
+        docker = self.use(Recorder())
+        order = []
+        with cb.Teardown() as td:
+            td.callback(order.append, "files")
+            td.network("n-internal")
+            td.network("n-egress")
+            td.container("c-sidecar")
+            td.container("c-agent")
+            td.callback(lambda: order.append(("report", list(docker.calls))))
+        self.assertEqual(order, [("report", []), "files"], "the report runs first, the files go last")
+        self.assertEqual(docker.calls, [["rm", "--force", "c-agent", "c-sidecar"],
+                                        ["network", "rm", "n-egress", "n-internal"]])
+
+    def test_a_failing_step_never_skips_the_rest(self):
+        docker = self.use(Recorder([(["rm"], (1, "Error response from daemon: boom")),
+                                    (["network", "rm"], (1, "Error: network x not found"))]))
+        done = []
+
+        def broken():
+            raise OSError("disk full")
+
+        stderr = io.StringIO()
+        with mock.patch.object(sys, "stderr", stderr):
+            with cb.Teardown() as td:
+                td.callback(done.append, "last")
+                td.network("n")
+                td.container("c")
+                td.callback(broken)
+        self.assertEqual([c[:2] for c in docker.calls], [["rm", "--force"], ["network", "rm"]])
+        self.assertEqual(done, ["last"])
+        self.assertIn("could not remove container c: Error response from daemon: boom", stderr.getvalue())
+        self.assertIn("teardown step broken failed: disk full", stderr.getvalue())
+        self.assertNotIn("network", stderr.getvalue(), "a network already gone counts as removed")
+
+    def test_closed_stderr_never_skips_an_undo_step(self):
+        class Closed(io.StringIO):
+            def write(self, text):
+                raise BrokenPipeError(32, "Broken pipe")
+
+        docker = self.use(Recorder([(["rm"], (1, "Error response from daemon: boom"))]))
+        done = []
+        with mock.patch.object(sys, "stderr", Closed()), mock.patch.object(cb, "VERBOSE", True):
+            with cb.Teardown() as td:
+                td.callback(done.append, "files")
+                td.network("n")
+                td.container("c")
+                td.callback(cb.warn, "a print in the report")
+        self.assertEqual([c[:2] for c in docker.calls], [["rm", "--force"], ["network", "rm"]])
+        self.assertEqual(done, ["files"])
+
+    def test_a_hung_engine_ends_teardown_with_what_may_be_left(self):
+        docker = self.use(Recorder([(["rm"], timeout_error("rm"))]))
+        done = []
+        stderr = io.StringIO()
+        with mock.patch.object(sys, "stderr", stderr):
+            with cb.Teardown() as td:
+                td.callback(done.append, "files")
+                td.network("n1")
+                td.container("c1")
+        self.assertEqual(docker.calls, [["rm", "--force", "c1"]], "no more calls to an engine that does not answer")
+        self.assertEqual(done, ["files"], "local steps still run")
+        self.assertEqual(td.left, ["c1", "n1"])
+        self.assertIn("may be left: c1, n1", stderr.getvalue())
+        self.assertIn("`claude-bottle gc` removes them", stderr.getvalue())
+
+    def test_signals_during_teardown_are_only_noted(self):
+        """Ctrl-C three times while teardown runs: every step still runs (the handler raises nothing)."""
+        self.use(Recorder())
+        old = signal.signal(signal.SIGINT, cb._note_signal)
+        self.addCleanup(signal.signal, signal.SIGINT, old)
+        done = []
+
+        def interrupted_step(name):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs here, in this (the main) thread
+            done.append(name)
+
+        with cb.Teardown() as td:
+            td.callback(interrupted_step, "third")
+            td.callback(interrupted_step, "second")
+            td.callback(interrupted_step, "first")
+        self.assertEqual(done, ["first", "second", "third"])
+        self.assertEqual(cb.SIGNALLED, signal.SIGINT, "the first signal is kept for the exit status")
+
+    def test_uncertain_create_is_swept_by_label(self):
+        found = [{"session": "s1", "containers": [{"name": "late-sidecar"}], "networks": [{"name": "late-net"}]}]
+        docker = self.use(Recorder())
+        with mock.patch.object(cb, "find_sessions", lambda session: found if session == "s1" else []):
+            with cb.Teardown() as td:
+                td.uncertain = "s1"
+        self.assertEqual(docker.calls, [["rm", "--force", "late-sidecar"], ["network", "rm", "late-net"]])
+
+
+# ---- The step runner ----
+
+def step(name, fn, after=(), **kw):
+    return cb.Step(name, (["true"],), after=after, action=lambda run: fn(run), **kw)
+
+
+class RunnerTest(SeamTest):
+    def new_run(self):
+        td = cb.Teardown()
+        plan = mock.Mock(session="s1")
+        return cb.Run(plan, td), td
+
+    def test_results_are_values_and_after_is_respected(self):
+        run, td = self.new_run()
+        results = cb.run_steps([
+            step("a", lambda r: 1),
+            step("b", lambda r: r.results["a"] + 1, after=("a",)),
+            step("c", lambda r: r.results["a"] + r.results["b"], after=("a", "b")),
+        ], run)
+        self.assertEqual((results["a"], results["b"], results["c"]), (1, 2, 3))
+
+    def test_undo_is_pushed_before_the_step_runs(self):
+        run, td = self.new_run()
+        seen = []
+        cb.run_steps([step("x", lambda r: seen.append(list(r.td.steps)), undo=(("container", "ctr"),))], run)
+        self.assertEqual(seen, [[("container", "ctr")]])
+
+    def test_a_failure_starts_nothing_new_and_waits_for_what_runs(self):
+        run, td = self.new_run()
+        finished = {}
+
+        def slow(r):
+            time.sleep(0.5)
+            finished["slow"] = time.monotonic()
+
+        def fail(r):
+            raise cb.BottleError("create failed")
+
+        never = []
+        with self.assertRaises(cb.BottleError):
+            cb.run_steps([step("slow", slow), step("fail", fail), step("later", never.append, after=("fail",)),
+                          step("after-slow", never.append, after=("slow",))], run)
+        raised = time.monotonic()
+        self.assertIn("slow", finished, "run_steps returned while a step was still running")
+        self.assertLess(finished["slow"], raised)
+        self.assertEqual(never, [], "nothing starts after a failure")
+
+    def test_a_signal_waits_for_the_running_call_then_unwinds(self):
+        run, td = self.new_run()
+        log = []
+
+        def slow_create(r):
+            cb._note_signal(signal.SIGTERM, None)  # arrives while the create is in flight
+            time.sleep(0.3)
+            log.append("created")
+
+        with self.assertRaises(cb.Interrupted) as caught:
+            cb.run_steps([step("create", slow_create, undo=(("container", "c"),)),
+                          step("next", lambda r: log.append("next"), after=("create",))], run)
+        self.assertEqual(caught.exception.signum, signal.SIGTERM)
+        self.assertEqual(log, ["created"], "the create in flight finished; nothing after it started")
+        self.assertEqual(td.steps, [("container", "c")], "its undo is on the stack for teardown")
+
+    def test_repeating_steps_stop_when_the_start_is_abandoned(self):
+        run, td = self.new_run()
+        tries = []
+
+        def poll(r):
+            while True:
+                tries.append(1)
+                r.pause(0.02)
+
+        def fail(r):
+            time.sleep(0.1)
+            raise cb.BottleError("sidecar failed")
+
+        started = time.monotonic()
+        with self.assertRaisesRegex(cb.BottleError, "sidecar failed"):
+            cb.run_steps([step("poll", poll), step("fail", fail)], run)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertTrue(tries)
+
+    def test_a_timed_out_create_asks_teardown_to_look_again(self):
+        run, td = self.new_run()
+
+        def hung(r):
+            raise timeout_error("run")
+
+        with self.assertRaises(cb.DockerTimeout):
+            cb.run_steps([step("sidecar", hung)], run)
+        self.assertEqual(td.uncertain, "s1")
+
+    def test_background_steps_are_joined_by_teardown(self):
+        run, td = self.new_run()
+        done = threading.Event()
+
+        def background(r):
+            time.sleep(0.2)
+            done.set()
+
+        cb.run_steps([step("bg", background, background=True), step("quick", lambda r: None)], run)
+        self.assertFalse(done.is_set(), "the runner does not wait for a background step")
+        td.run()
+        self.assertTrue(done.is_set(), "teardown does")
+
+    def test_dry_run_and_start_share_one_list(self):
+        """The dry run's commands are the steps' argvs and their undo entries, nothing written beside them."""
+        root = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, root)
+        plan = cb.resolve_plan(cb.Config(), None, cwd=root, environ={"HOME": "/nonexistent"}, suffix="abcdef",
+                               private_dir="/p")
+        steps = cb.start_steps(plan)
+        shown = [argv for argv, _ in cb.planned_commands(plan)]
+        self.assertEqual(shown[:len(shown) - 3], [a for s in steps for a in s.argvs])
+        self.assertEqual(shown[-3:], [cb.logs_argv(plan), ["rm", "--force", plan.agent_container, plan.sidecar],
+                                      ["network", "rm", plan.egress, plan.internal_network]])
+
+
+# ---- The owner check ----
+
+class OwnerTest(unittest.TestCase):
+    def record(self, pid, secret="s3cret", start=None, host=None):
+        d = tempfile.mkdtemp(prefix="cb-owner-")
+        self.addCleanup(shutil.rmtree, d, True)
+        Path(d, cb.OWNER_SECRET).write_text(secret)
+        return {"owner": f"{host or cb.hostname()}:{pid}",
+                "owner-start": cb.process_start(pid) if start is None else start,
+                "owner-proof": cb.proof_of(secret), "owner-dir": d}
+
+    def process(self, argv=("sleep", "60")) -> subprocess.Popen:
+        proc = subprocess.Popen(list(argv))
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        return proc
+
+    def test_alive_needs_pid_start_time_and_secret(self):
+        # A renamed program: nothing in its command line says claude.
+        proc = self.process(("sleep", "60"))
+        self.assertEqual(cb.owner_state(self.record(proc.pid)), "alive")
+        self.assertEqual(cb.owner_state(self.record(os.getpid())), "alive")
+
+    def test_gone(self):
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        self.assertEqual(cb.owner_state(self.record(dead.pid, start="boot/1")), "gone")
+
+    def test_a_reused_pid_is_gone(self):
+        # The recorded start time is another process's: the pid now belongs to someone else.
+        proc = self.process()
+        self.assertEqual(cb.owner_state(self.record(proc.pid, start="boot/1")), "gone")
+        real = cb.process_start(proc.pid)
+        self.assertEqual(cb.owner_state(self.record(proc.pid, start=real.replace("/", "/9"))), "gone")
+
+    def test_unknown_is_never_alive_nor_gone(self):
+        proc = self.process()
+        cases = {
+            "another host": self.record(proc.pid, host="elsewhere.example"),
+            "no start time recorded (an older claude-bottle)": {**self.record(proc.pid), "owner-start": ""},
+            "no secret": {**self.record(proc.pid), "owner-dir": "/nonexistent"},
+            "a wrong secret": {**self.record(proc.pid), "owner-proof": cb.proof_of("other")},
+            "no owner label": {"owner": "", "owner-start": "", "owner-proof": "", "owner-dir": ""},
+        }
+        for why, record in cases.items():
+            with self.subTest(why=why):
+                self.assertEqual(cb.owner_state(record), "unknown")
+        with mock.patch.object(cb, "process_start", lambda pid: ""):
+            self.assertEqual(cb.owner_state(self.record(proc.pid, start="x/1")), "unknown",
+                             "a start time that cannot be read is unknown")
+
+    def test_start_time_without_proc(self):
+        """No /proc (macOS, BSD): `ps -o lstart=` tells the start; no ps either: unknown, not gone."""
+        proc = self.process()
+        token = cb.process_start(proc.pid, proc="/nonexistent")
+        self.assertTrue(token.startswith("ps/"), token)
+        self.assertEqual(token, cb.process_start(proc.pid, proc="/nonexistent"))
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        self.assertIsNone(cb.process_start(dead.pid, proc="/nonexistent"))
+        with mock.patch.dict(os.environ, {"PATH": "/nonexistent"}):
+            self.assertEqual(cb.process_start(proc.pid, proc="/nonexistent"), "")
+
+    def test_start_tokens_tell_processes_apart(self):
+        a, b = self.process(), self.process()
+        self.assertNotEqual(cb.process_start(a.pid), cb.process_start(b.pid) + "x")
+        self.assertEqual(cb.process_start(a.pid), cb.process_start(a.pid))
+
+    def test_signal_owner_only_signals_the_proven_owner(self):
+        bystander = self.process()
+        self.assertFalse(cb.signal_owner(self.record(bystander.pid, start="boot/1")))
+        self.assertFalse(cb.signal_owner({**self.record(bystander.pid), "owner-proof": "0" * 32}))
+        self.assertIsNone(bystander.poll())
+        owner = self.process()
+        self.assertTrue(cb.signal_owner(self.record(owner.pid)))
+        self.assertEqual(owner.wait(timeout=10), -signal.SIGTERM)
+
+
+# ---- The ssh-agent relay ----
+
+class FakeAgent:
+    """An ssh-agent that answers every message with SSH_AGENT_SUCCESS and remembers the types it saw."""
+
+    def __init__(self, path):
+        self.seen = []
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(path)
+        self.sock.listen(4)
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                while True:
+                    head = conn.recv(4)
+                    if len(head) < 4:
+                        break
+                    body = conn.recv(int.from_bytes(head, "big"))
+                    self.seen.append(body[0])
+                    conn.sendall(b"\0\0\0\1\6")
+
+
+class RelayTest(unittest.TestCase):
+    def test_passes_list_and_sign_refuses_everything_else(self):
+        d = tempfile.mkdtemp(prefix="cb-relay-")
+        self.addCleanup(shutil.rmtree, d, True)
+        agent = FakeAgent(os.path.join(d, "upstream.sock"))
+        self.addCleanup(agent.sock.close)
+        relay = cb.SshAgentRelay(os.path.join(d, "upstream.sock"), os.path.join(d, "relay.sock"))
+        self.addCleanup(relay.close)
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(os.path.join(d, "relay.sock"))
+            answers = {}
+            # 11 list, 13 sign, 27 extension; 17/25 add, 18 remove, 19 remove all, 22 lock, 23 unlock,
+            # 20/21 smartcard keys. The agent protocol has no way to export a private key.
+            for kind in (11, 13, 27, 17, 25, 18, 19, 22, 23, 20, 21):
+                c.sendall(b"\0\0\0\2" + bytes([kind, 0]))
+                answers[kind] = c.recv(5)
+        self.assertEqual(agent.seen, [11, 13, 27])
+        for kind in (11, 13, 27):
+            self.assertEqual(answers[kind], b"\0\0\0\1\6", kind)
+        for kind in (17, 25, 18, 19, 22, 23, 20, 21):
+            self.assertEqual(answers[kind], b"\0\0\0\1\5", f"message {kind} must be refused (SSH_AGENT_FAILURE)")
+
+
+# ---- .git/commondir ----
+
+class CommondirTest(unittest.TestCase):
+    def setUp(self):
+        self.ws = Path(tempfile.mkdtemp(prefix="cb-ws-")).resolve()
+        self.addCleanup(shutil.rmtree, self.ws, True)
+        (self.ws / ".git" / "hooks").mkdir(parents=True)
+
+    def test_start_refuses_an_existing_commondir(self):
+        (self.ws / ".git" / "commondir").write_text("/elsewhere\n")
+        with self.assertRaisesRegex(cb.ConfigError, r"\.git/commondir exists"):
+            cb.resolve_plan(cb.Config(), None, cwd=self.ws, environ={"HOME": "/nonexistent"}, suffix="abcdef")
+
+    def test_teardown_moves_one_the_agent_wrote_out_of_the_way(self):
+        plan = cb.resolve_plan(cb.Config(), None, cwd=self.ws, environ={"HOME": "/nonexistent"}, suffix="abcdef")
+        (self.ws / ".git" / "commondir").write_text("/elsewhere\n")
+        with mock.patch.object(sys, "stderr", io.StringIO()):
+            cb.quarantine_commondir(plan)
+        self.assertFalse(os.path.lexists(self.ws / ".git" / "commondir"))
+        self.assertEqual((self.ws / ".git" / f"commondir.claude-bottle-{plan.session}").read_text(), "/elsewhere\n")
+
+
+if __name__ == "__main__":
+    unittest.main()
