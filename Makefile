@@ -6,8 +6,10 @@ VERSION = $(shell $(PYTHON) ./claude_bottle.py --version | cut -d' ' -f2)
 
 .PHONY: test unit e2e images lint bench install version
 
-# Unit tests (fake docker) and end-to-end tests (real engine; images built when missing).
+# Unit tests (fake docker) and end-to-end tests (real engine; images built when missing), after installing the
+# Debian packages they need that are missing (tests/prereqs.sh; CLAUDE_BOTTLE_NO_INSTALL=1 installs nothing).
 test:
+	sh tests/prereqs.sh
 	$(PYTHON) -m unittest discover -s tests -t . -p 'test_*.py' $(TESTFLAGS)
 
 unit: export CLAUDE_BOTTLE_E2E = 0

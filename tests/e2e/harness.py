@@ -4,7 +4,8 @@ Every test drives `claude_bottle.py start --yes ... -- COMMAND` on the real Dock
 world is ours: a user-defined bridge (the bottle's `egress_network`) holding two HTTP servers, a TCP
 echo service and an sshd git server. No test sends traffic to any other address.
 
-Without a working docker the tests skip with a one-line reason, unless CI is set: then they fail.
+Without a working docker, or as a non-root user before the images were built once as root, the tests skip with a
+one-line reason, unless CI is set: then they fail.
 `CLAUDE_BOTTLE_E2E=0` skips them on purpose (`make unit`).
 """
 
@@ -42,6 +43,9 @@ def require_engine() -> dict:
         reason = "no docker CLI on PATH"
     elif subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
         reason = "the Docker daemon does not answer"
+    elif os.geteuid() != 0 and not images.image_exists(images.debian_tag()):
+        # A user in the docker group can run every test but cannot debootstrap the image they all start from.
+        reason = "the test images are missing and building them needs root (debootstrap): run `sudo make images` once"
     if reason:
         if os.environ.get("CI"):
             raise RuntimeError(f"e2e: {reason}, and CI is set: the end-to-end tests must run")
