@@ -1,0 +1,316 @@
+"""Editing claude-bottle.toml and proposing allowlists: pure functions, no files, no docker.
+
+Every edit is compared byte for byte with the text expected; every refusal is one line naming the file and the
+bottle and ending with the line to write by hand.
+"""
+
+import tomllib
+import unittest
+from unittest import mock
+
+from tests import guard
+from tests.guard import cb
+
+setUpModule, tearDownModule = guard.setUpModule, guard.tearDownModule
+
+HOSTS = ["registry.npmjs.org", "pypi.org"]
+NEW = 'allow = ["registry.npmjs.org", "pypi.org"]'
+
+
+def edit(text, bottle="web", hosts=HOSTS):
+    return cb.edit_bottle_allow(text, bottle, hosts, "proj/claude-bottle.toml")
+
+
+class EditOneLineArrayTests(unittest.TestCase):
+    def test_one_line_array_keeps_comments_spacing_and_other_tables(self):
+        before = (
+            "# claude-bottle config for the shop\n"
+            "\n"
+            "[bottles.default]\n"
+            'allow = ["example.com"]\n'
+            "\n"
+            "[bottles.web]   # the bottle the implementer uses\n"
+            "# hosts beyond the defaults\n"
+            'allow  =  ["github.com", "*.githubusercontent.com"]   # egress\n'
+            'trusted = ["git.corp.example"]\n'
+            "\n"
+            "[agents.implementer]\n"
+            'bottle = "web"\n'
+        )
+        after = before.replace('allow  =  ["github.com", "*.githubusercontent.com"]',
+                               'allow  =  ["registry.npmjs.org", "pypi.org"]')
+        self.assertEqual(edit(before), after)
+
+    def test_only_the_named_bottle_changes(self):
+        head, tail = '[bottles.a]\nallow = ["a.example"]\n\n', '\n\n[bottles.z]\nallow = ["z.example"]\n'
+        before = head + "[bottles.web]\nallow = []" + tail
+        after = head + "[bottles.web]\n" + NEW + tail
+        self.assertEqual(edit(before), after)
+
+    def test_no_hosts_writes_an_empty_array(self):
+        self.assertEqual(edit('[bottles.web]\nallow = [\n  "a.example",\n]\n', hosts=[]),
+                         "[bottles.web]\nallow = []\n")
+
+    def test_no_final_newline_stays_without_one(self):
+        self.assertEqual(edit('[bottles.web]\nallow = ["a.example"]'), "[bottles.web]\n" + NEW)
+
+    def test_crlf_file(self):
+        before = '# cfg\r\n[bottles.web]\r\nallow = ["a.example"] # x\r\ntrusted = []\r\n'
+        self.assertEqual(edit(before), '# cfg\r\n[bottles.web]\r\n' + NEW + ' # x\r\ntrusted = []\r\n')
+
+    def test_value_scanner_follows_dates_inline_tables_and_escaped_quotes(self):
+        before = (
+            "[bottles.web]\n"
+            'note = "a \\" [bottles.web] # not a comment"\n'
+            "reviewed = 1979-05-27 07:32:00Z  # a date-time with a space\n"
+            "limits = { a = \"]\", b = [1, 2], c = { d = 'x' } }\n"
+            "ratio = 0.5\n"
+            'allow = ["a.example"]\n'
+        )
+        self.assertEqual(edit(before), before.replace('allow = ["a.example"]', NEW))
+
+
+class EditMultiLineArrayTests(unittest.TestCase):
+    def test_multi_line_with_trailing_comma(self):
+        before = (
+            "[bottles.web]\n"
+            "allow = [\n"
+            '    "github.com",\n'
+            '    "*.githubusercontent.com",\n'
+            "]  # grown by learn mode\n"
+            "egress_network = \"corp\"\n"
+        )
+        after = (
+            "[bottles.web]\n"
+            "allow = [\n"
+            '    "registry.npmjs.org",\n'
+            '    "pypi.org",\n'
+            "]  # grown by learn mode\n"
+            "egress_network = \"corp\"\n"
+        )
+        self.assertEqual(edit(before), after)
+
+    def test_multi_line_without_trailing_comma_and_several_items_per_line(self):
+        before = '[bottles.web]\nallow = [\n  "a.example", "b.example",\n  "c.example"\n]\n'
+        after = '[bottles.web]\nallow = [\n  "registry.npmjs.org",\n  "pypi.org"\n]\n'
+        self.assertEqual(edit(before), after)
+
+    def test_multi_line_in_an_indented_table_with_tabs(self):
+        before = '[bottles.web]\n\tallow = [\n\t\t"a.example",\n\t]\n\ttrusted = []\n'
+        after = '[bottles.web]\n\tallow = [\n\t\t"registry.npmjs.org",\n\t\t"pypi.org",\n\t]\n\ttrusted = []\n'
+        self.assertEqual(edit(before), after)
+
+    def test_closing_bracket_after_the_last_item(self):
+        before = '[bottles.web]\nallow = [\n    "a.example",\n    "b.example"]\n'
+        after = '[bottles.web]\nallow = [\n    "registry.npmjs.org",\n    "pypi.org"]\n'
+        self.assertEqual(edit(before), after)
+
+    def test_hanging_layout_aligns_items_after_the_bracket(self):
+        before = '[bottles.web]\nallow = ["a.example",\n         "b.example"]  # aligned\n'
+        after = '[bottles.web]\nallow = ["registry.npmjs.org",\n         "pypi.org"]  # aligned\n'
+        self.assertEqual(edit(before), after)
+
+    def test_empty_multi_line_array_gets_one_item_per_line(self):
+        before = "[bottles.web]\nallow = [\n]\n"
+        after = '[bottles.web]\nallow = [\n    "registry.npmjs.org",\n    "pypi.org",\n]\n'
+        self.assertEqual(edit(before), after)
+
+    def test_crlf_multi_line(self):
+        before = '[bottles.web]\r\nallow = [\r\n  "a.example",\r\n]\r\n\r\n[agents.x]\r\nbottle = "web"\r\n'
+        after = ('[bottles.web]\r\nallow = [\r\n  "registry.npmjs.org",\r\n  "pypi.org",\r\n]\r\n\r\n'
+                 '[agents.x]\r\nbottle = "web"\r\n')
+        self.assertEqual(edit(before), after)
+        self.assertNotIn("\n", after.replace("\r\n", ""))
+
+
+class EditWhereAllowIsMissingTests(unittest.TestCase):
+    def test_allow_inserted_right_after_the_header(self):
+        before = (
+            "[bottles.web]  # web\n"
+            "# the corporate egress network\n"
+            'egress_network = "corp"\n'
+        )
+        after = (
+            "[bottles.web]  # web\n"
+            + NEW + "\n"
+            "# the corporate egress network\n"
+            'egress_network = "corp"\n'
+        )
+        self.assertEqual(edit(before), after)
+
+    def test_allow_indented_like_the_first_key(self):
+        before = '[bottles.web]\n  trusted = []\n  egress_network = "corp"\n'
+        self.assertEqual(edit(before), '[bottles.web]\n  ' + NEW + '\n  trusted = []\n  egress_network = "corp"\n')
+
+    def test_empty_table_at_the_end_without_final_newline(self):
+        self.assertEqual(edit("# x\n[bottles.web]"), "# x\n[bottles.web]\n" + NEW)
+
+    def test_crlf_insert(self):
+        self.assertEqual(edit("[bottles.web]\r\ntrusted = []\r\n"), "[bottles.web]\r\n" + NEW + "\r\ntrusted = []\r\n")
+
+    def test_sub_tables_after_the_table(self):
+        before = (
+            "[bottles.web]\n"
+            'egress_network = "corp"\n'
+            "\n"
+            "[bottles.web.ssh]\n"
+            "allow = 1\n"
+            "\n"
+            "[[bottles.web.ssh2]]\n"
+            'Host = "github"\n'
+            'allow = ["not.this.one"]\n'
+        )
+        after = before.replace('[bottles.web]\n', '[bottles.web]\n' + NEW + '\n', 1)
+        self.assertEqual(edit(before), after)
+
+    def test_array_of_ssh_tables_after_the_table_with_allow(self):
+        before = (
+            "[bottles.web]\n"
+            'allow = ["github.com"]\n'
+            "\n"
+            "[[bottles.web.ssh]]\n"
+            'Host = "github"\n'
+            'Hostname = "github.com"\n'
+            "\n"
+            "[[bottles.web.ssh]]\n"
+            'Host = "corp"\n'
+            'Hostname = "git.corp.example"\n'
+        )
+        self.assertEqual(edit(before), before.replace('allow = ["github.com"]', NEW))
+
+
+class EditWhereTheTableIsMissingTests(unittest.TestCase):
+    def test_appended_after_a_blank_line(self):
+        before = '# config\n[agents.x]\nbottle = "default"\n'
+        self.assertEqual(edit(before), before + "\n[bottles.web]\n" + NEW + "\n")
+
+    def test_file_ending_in_a_blank_line_gets_no_second_one(self):
+        before = '[agents.x]\nbottle = "default"\n\n'
+        self.assertEqual(edit(before), before + "[bottles.web]\n" + NEW + "\n")
+
+    def test_file_without_final_newline(self):
+        self.assertEqual(edit('[agents.x]\nbottle = "default"'),
+                         '[agents.x]\nbottle = "default"\n\n[bottles.web]\n' + NEW + "\n")
+
+    def test_empty_file(self):
+        self.assertEqual(edit(""), "[bottles.web]\n" + NEW + "\n")
+
+    def test_crlf_file(self):
+        self.assertEqual(edit("# config\r\n"), "# config\r\n\r\n[bottles.web]\r\n" + NEW + "\r\n")
+
+    def test_bottle_known_only_from_its_ssh_sub_table(self):
+        before = '[[bottles.web.ssh]]\nHost = "g"\nHostname = "github.com"\n'
+        self.assertEqual(edit(before), before + "\n[bottles.web]\n" + NEW + "\n")
+
+    def test_other_bottles_are_not_this_one(self):
+        before = '[bottles.webapp]\nallow = ["a.example"]\n\n[bottles]\nweb2 = {}\n'
+        self.assertEqual(edit(before), before + "\n[bottles.web]\n" + NEW + "\n")
+
+
+class EditQuotingAndStringsTests(unittest.TestCase):
+    def test_multi_line_strings_that_look_like_the_table_are_not_touched(self):
+        before = (
+            "[agents.implementer]\n"
+            "command = [\"bash\", \"-c\", \"\"\"\n"
+            "cat > claude-bottle.toml <<'EOF'\n"
+            "[bottles.web]\n"
+            "allow = [\"evil.example\",\n"
+            "# not a comment\n"
+            "EOF\n"
+            "\"\"\"]\n"
+            "workspace = '''\n"
+            "[bottles.web]\n"
+            "allow = ['''\n"
+            "\n"
+            "[bottles.web]\n"
+            'allow = ["a.example"]\n'
+        )
+        after = before[:before.rindex('allow = ["a.example"]')] + NEW + "\n"
+        self.assertEqual(edit(before), after)
+
+    def test_quoted_header_and_key(self):
+        before = '[ bottles . "web" ]\n"allow" = ["a.example"]\n'
+        self.assertEqual(edit(before), '[ bottles . "web" ]\n"allow" = ["registry.npmjs.org", "pypi.org"]\n')
+
+    def test_literal_quoted_header(self):
+        before = "[bottles.'web']\n'allow'=['a.example']\n"
+        self.assertEqual(edit(before), "[bottles.'web']\n'allow'=[\"registry.npmjs.org\", \"pypi.org\"]\n")
+
+    def test_a_bottle_name_that_needs_quotes(self):
+        self.assertEqual(edit("", bottle="my web"), '[bottles."my web"]\n' + NEW + "\n")
+        with self.assertRaises(cb.ConfigError) as ctx:
+            cb.edit_bottle_allow('[[bottles."a\\nb"]]\n', "a\nb", [], "f")
+        self.assertIn('f: cannot edit allow in [bottles."a\\nb"]: bottles or', str(ctx.exception))
+        self.assertNotIn("\n", str(ctx.exception))
+
+    def test_escaped_key_in_header(self):
+        before = '[bottles."w\\u0065b"]\nallow = []\n'
+        self.assertEqual(edit(before), '[bottles."w\\u0065b"]\n' + NEW + "\n")
+
+    def test_every_edit_reads_back_as_intended(self):
+        before = '[bottles.web]\nallow = ["a.example"]\n'
+        data = tomllib.loads(edit(before))
+        self.assertEqual(data, {"bottles": {"web": {"allow": HOSTS}}})
+
+
+class EditRefusalTests(unittest.TestCase):
+    def assertRefused(self, text, why):
+        with self.assertRaises(cb.ConfigError) as ctx:
+            edit(text)
+        message = str(ctx.exception)
+        self.assertNotIn("\n", message)
+        self.assertTrue(message.startswith("proj/claude-bottle.toml: cannot edit allow in [bottles.web]: "), message)
+        self.assertTrue(message.endswith('; edit it by hand: allow = ["registry.npmjs.org", "pypi.org"]'), message)
+        self.assertIn(why, message)
+        self.assertEqual(ctx.exception.status, 2)
+
+    def test_inline_table_under_bottles(self):
+        self.assertRefused('[bottles]\nweb = { allow = ["a.example"] }\n',
+                           "bottles.web is written as an inline table")
+
+    def test_bottles_as_an_inline_table(self):
+        self.assertRefused('bottles = { web = { allow = [] } }\n', "bottles is written as an inline table")
+
+    def test_dotted_keys_at_the_root(self):
+        self.assertRefused('bottles.web.allow = ["a.example"]\n', "dotted keys (bottles.web.allow)")
+
+    def test_dotted_keys_under_bottles(self):
+        self.assertRefused('[bottles]\nweb.trusted = []\n', "dotted keys (bottles.web.trusted)")
+
+    def test_dotted_allow(self):
+        self.assertRefused('[bottles.web]\nallow.x = 1\n', "allow is written with dotted keys")
+
+    def test_allow_as_a_table(self):
+        self.assertRefused('[bottles.web]\n[bottles.web.allow]\nx = 1\n', "allow is written as a table")
+
+    def test_allow_not_an_array(self):
+        self.assertRefused('[bottles.web]\nallow = "a.example"\n', "allow is not an array")
+
+    def test_comment_inside_the_array(self):
+        self.assertRefused('[bottles.web]\nallow = [\n  "a.example",  # for the docs\n]\n',
+                           "the allow array has comments inside it")
+
+    def test_comment_line_inside_the_array(self):
+        self.assertRefused('[bottles.web]\nallow = [\n  # none yet\n]\n', "comments inside it")
+
+    def test_duplicate_allow(self):
+        self.assertRefused('[bottles.web]\nallow = ["a.example"]\nallow = ["b.example"]\n', "not valid TOML")
+
+    def test_duplicate_table(self):
+        self.assertRefused('[bottles.web]\nallow = []\n[bottles.web]\ntrusted = []\n', "not valid TOML")
+
+    def test_array_of_tables(self):
+        self.assertRefused('[[bottles.web]]\nallow = []\n', "not a table")
+
+    def test_invalid_toml(self):
+        self.assertRefused('[bottles.web\nallow = []\n', "not valid TOML")
+
+    def test_the_read_back_check_refuses_a_wrong_edit(self):
+        with mock.patch.object(cb, "_allow_array", return_value='["registry.npmjs.org"]'):
+            self.assertRefused('[bottles.web]\nallow = ["a.example"]\n', "would change more than this allow list")
+        with mock.patch.object(cb, "_allow_array", return_value='["a", ]]'):
+            self.assertRefused('[bottles.web]\nallow = ["a.example"]\n', "would not be valid TOML")
+
+
+if __name__ == "__main__":
+    unittest.main()
