@@ -504,6 +504,7 @@ _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 # An unquoted value: a number, boolean, date or time. A date and a time may be joined by one space.
 _TOML_SCALAR_RE = re.compile(r"[^\s#,\[\]{}]+")
 _TOML_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_PRESET_RE = re.compile(r"@[a-z0-9-]+")
 
 
 class _TomlLayout(Exception):
@@ -796,6 +797,60 @@ def edit_bottle_allow(text: str, bottle: str, hosts: list[str], origin: str) -> 
     if after != expected:
         raise refused("the edit would change more than this allow list")
     return new
+
+
+def expand_allow(entries, presets: dict[str, tuple[str, ...]], field: str) -> tuple:
+    """Allow entries with each `@name` replaced by the hosts of preset `name`: order kept, duplicates dropped.
+
+    Host entries pass through as they are (check them with check_host afterwards); an unknown or malformed
+    preset is a ConfigError naming `field` and listing the known presets.
+    """
+    hosts = {}
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ConfigError(f"{field}: expected a hostname or @preset string, got {type(entry).__name__}")
+        if not entry.startswith("@"):
+            hosts[entry] = None
+            continue
+        if not _PRESET_RE.fullmatch(entry) or entry[1:] not in presets:
+            known = ", ".join("@" + name for name in sorted(presets)) or "none"
+            raise ConfigError(f"{field}: unknown preset {_printable(entry)}; known presets: {known}")
+        hosts.update(dict.fromkeys(presets[entry[1:]]))
+    return tuple(hosts)
+
+
+def propose_allow(used_hosts: list[str], defaults: tuple[str, ...],
+                  presets: dict[str, tuple[str, ...]]) -> tuple[list[str], list[str]]:
+    """The allow entries that cover what a session reached: (["@preset", ...], ["host", ...]), both sorted.
+
+    The rule: a used host that a default covers needs nothing. For the rest, presets are chosen one at a time:
+    the preset that covers the most hosts not yet covered (ties: the one with fewer entries, then the first by
+    name), until no preset covers a host that is still uncovered; so every proposed preset covers at least one
+    used host that no other proposed preset covers first, and no preset is proposed for nothing. The hosts left
+    are proposed as they are, never widened to a wildcard. Entries that are not valid hostnames (check_host)
+    are skipped: no allow entry could match them. `[*presets, *hosts]` is the allow list to write.
+    """
+    needed = set()
+    for host in used_hosts:
+        try:
+            host = check_host(host, "host", wildcard=False)
+        except ConfigError:
+            continue
+        if not any(host_matches(p, host) for p in defaults):
+            needed.add(host)
+    chosen = []
+    while True:
+        candidates = []
+        for name, patterns in presets.items():
+            covers = {h for h in needed if any(host_matches(p, h) for p in patterns)}
+            if covers:
+                candidates.append((-len(covers), len(patterns), name, covers))
+        if not candidates:
+            break
+        _, _, name, covers = min(candidates, key=lambda c: c[:3])
+        chosen.append("@" + name)
+        needed -= covers
+    return sorted(chosen), sorted(needed)
 
 
 # ---- The plan: plain data, resolved before anything is created ----

@@ -312,5 +312,86 @@ class EditRefusalTests(unittest.TestCase):
             self.assertRefused('[bottles.web]\nallow = ["a.example"]\n', "would not be valid TOML")
 
 
+PRESETS = {
+    "npm": ("registry.npmjs.org",),
+    "pypi": ("pypi.org", "files.pythonhosted.org"),
+    "github": ("github.com", "api.github.com", "codeload.github.com", "*.githubusercontent.com"),
+}
+
+
+class ProposeAllowTests(unittest.TestCase):
+    def propose(self, used, presets=PRESETS, defaults=cb.DEFAULT_HOSTS):
+        return cb.propose_allow(used, defaults, presets)
+
+    def test_defaults_need_nothing(self):
+        self.assertEqual(self.propose(["api.anthropic.com", "claude.ai"]), ([], []))
+
+    def test_presets_cover_and_other_hosts_are_listed(self):
+        used = ["pypi.org", "files.pythonhosted.org", "raw.githubusercontent.com", "example.org",
+                "api.anthropic.com", "mirror.corp.example", "example.org"]
+        self.assertEqual(self.propose(used), (["@github", "@pypi"], ["example.org", "mirror.corp.example"]))
+
+    def test_one_host_of_a_preset_is_enough_to_propose_it(self):
+        self.assertEqual(self.propose(["files.pythonhosted.org"]), (["@pypi"], []))
+
+    def test_no_wildcard_for_plain_hosts(self):
+        self.assertEqual(self.propose(["a.corp.example", "b.corp.example"]), ([], ["a.corp.example", "b.corp.example"]))
+
+    def test_a_preset_that_adds_nothing_is_not_proposed(self):
+        presets = {**PRESETS, "gh-api": ("api.github.com",), "gh-all": ("github.com", "api.github.com")}
+        # gh-all and github both cover both hosts; gh-all has fewer entries.
+        self.assertEqual(self.propose(["github.com", "api.github.com"], presets), (["@gh-all"], []))
+        # One host: the smallest preset covering it.
+        self.assertEqual(self.propose(["api.github.com"], presets), (["@gh-api"], []))
+        # The one covering the most is taken first; the rest then add nothing.
+        self.assertEqual(self.propose(["github.com", "api.github.com", "codeload.github.com"], presets),
+                         (["@github"], []))
+
+    def test_ties_go_to_the_first_name(self):
+        presets = {"b": ("x.example",), "a": ("x.example",)}
+        self.assertEqual(self.propose(["x.example"], presets), (["@a"], []))
+
+    def test_wildcard_defaults_cover_subdomains(self):
+        self.assertEqual(self.propose(["corp.example", "git.corp.example", "other.example"],
+                                      defaults=("*.corp.example",)), ([], ["other.example"]))
+
+    def test_unusable_hosts_are_skipped(self):
+        self.assertEqual(self.propose(["::1", "", "bad host", "Example.ORG"]), ([], ["example.org"]))
+
+    def test_no_presets(self):
+        self.assertEqual(self.propose(["pypi.org"], {}), ([], ["pypi.org"]))
+
+
+class ExpandAllowTests(unittest.TestCase):
+    def test_presets_expand_in_place_without_duplicates(self):
+        self.assertEqual(cb.expand_allow(["example.org", "@npm", "@pypi", "pypi.org", "@npm"], PRESETS, "allow"),
+                         ("example.org", "registry.npmjs.org", "pypi.org", "files.pythonhosted.org"))
+
+    def test_plain_hosts_pass_through(self):
+        self.assertEqual(cb.expand_allow(("a.example", "*.b.example"), PRESETS, "allow"), ("a.example", "*.b.example"))
+        self.assertEqual(cb.expand_allow([], PRESETS, "allow"), ())
+
+    def test_unknown_preset(self):
+        with self.assertRaises(cb.ConfigError) as ctx:
+            cb.expand_allow(["@npm", "@rubygems"], PRESETS, "cfg.toml: [bottles.web] allow")
+        self.assertEqual(str(ctx.exception), "cfg.toml: [bottles.web] allow: unknown preset '@rubygems'; "
+                                             "known presets: @github, @npm, @pypi")
+
+    def test_malformed_preset_names(self):
+        for entry in ("@", "@NPM", "@npm x", "@npm.org", "@np_m", "@npm\n"):
+            with self.subTest(entry=entry), self.assertRaises(cb.ConfigError) as ctx:
+                cb.expand_allow([entry], PRESETS, "--allow")
+            self.assertIn("unknown preset", str(ctx.exception))
+            self.assertNotIn("\n", str(ctx.exception))
+
+    def test_no_presets_known(self):
+        with self.assertRaisesRegex(cb.ConfigError, "known presets: none$"):
+            cb.expand_allow(["@npm"], {}, "allow")
+
+    def test_non_string_entry(self):
+        with self.assertRaisesRegex(cb.ConfigError, "^allow: expected a hostname or @preset string, got int$"):
+            cb.expand_allow([1], PRESETS, "allow")
+
+
 if __name__ == "__main__":
     unittest.main()
