@@ -853,6 +853,55 @@ def propose_allow(used_hosts: list[str], defaults: tuple[str, ...],
     return sorted(chosen), sorted(needed)
 
 
+def reload_event_for(lines, config_hash: str) -> dict | None:
+    """The first of pipelock's stdout `lines` (only those after the config write) that settles its reload.
+
+    That is a `config_reload` event with status "success" and `config_hash` (the sha256 of the bytes written)
+    equal to ours; a success for another hash (an earlier write) is skipped. Or an `error` event whose method
+    is CONFIG_RELOAD: it carries no hash, so the first one after the write counts as the refusal of ours.
+    Lines that are not JSON objects are skipped; None when no line settles it.
+    """
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        if (event.get("event") == "config_reload" and event.get("status") == "success"
+                and str(event.get("config_hash", "")).lower() == config_hash.lower()):
+            return event
+        if event.get("event") == "error" and event.get("method") == "CONFIG_RELOAD":
+            return event
+    return None
+
+
+class ReloadWait:
+    """The wait for pipelock to reload a config we wrote: "waiting" until fed the event that settles it, then
+    "applied" or "refused" for good (`event` is that event; `reason` pipelock's error text when refused).
+
+    Feed pipelock's stdout as it arrives, in chunks of any size: a line split across chunks is joined first.
+    """
+
+    def __init__(self, config_hash: str):
+        self.config_hash, self.state, self.event, self.reason, self._partial = config_hash, "waiting", None, "", ""
+
+    def feed(self, chunk: str) -> str:
+        if self.state != "waiting":
+            return self.state
+        *lines, self._partial = (self._partial + chunk).split("\n")
+        # The last line may be whole but not yet terminated; if so it is read again once its newline comes.
+        event = reload_event_for([*lines, self._partial], self.config_hash)
+        if event is not None:
+            self.event = event
+            self.state = "applied" if event.get("event") == "config_reload" else "refused"
+            self.reason = "" if self.state == "applied" else str(event.get("error", ""))
+        return self.state
+
+
 # ---- The plan: plain data, resolved before anything is created ----
 
 PLAN_FIELDS = (

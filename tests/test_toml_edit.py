@@ -393,5 +393,104 @@ class ExpandAllowTests(unittest.TestCase):
             cb.expand_allow([1], PRESETS, "allow")
 
 
+# Verbatim from pipelock 2.3.0's stdout (shared/reference/pipelock-events.md), split only to fit our line length.
+STARTUP = [
+    '{"level":"warn","component":"pipelock","event":"anomaly","method":"STARTUP","resource":"0.0.0.0:8888",'
+    '"reason":"listen address is not loopback — /metrics and /stats endpoints are exposed to the network",'
+    '"score":0.5,"time":"2026-12-01T18:55:49Z","message":"anomaly detected"}',
+    '{"level":"info","component":"pipelock","event":"startup","listen":"0.0.0.0:8888","mode":"strict",'
+    '"version":"2.3.0","config_hash":"3762fe3c8620d6f1c923310db56e91534368b750d1b0ef196af782ddc740a826",'
+    '"time":"2026-12-01T18:55:49Z","message":"pipelock started"}',
+]
+RELOADED = (
+    '{"level":"info","component":"pipelock","event":"config_reload","status":"success","detail":"mode=strict",'
+    '"config_hash":"941429f4de349145f4e21433c6541b32404ca2fca70faaf4e6b038aabf4196cb",'
+    '"time":"2026-12-01T18:55:54Z","message":"configuration reloaded"}'
+)
+RELOADED_HASH = "941429f4de349145f4e21433c6541b32404ca2fca70faaf4e6b038aabf4196cb"
+REJECTED = (
+    '{"level":"error","component":"pipelock","event":"error","method":"CONFIG_RELOAD",'
+    '"resource":"/config/pipelock.yaml","error":"rejected: security downgrade from strict mode",'
+    '"time":"2026-12-01T18:55:56Z","message":"request error"}'
+)
+TUNNEL = (
+    '{"level":"info","component":"pipelock","event":"tunnel_open","target":"web:8000","client_ip":"172.23.0.4",'
+    '"request_id":"req-4","agent":"anonymous","time":"2026-12-01T18:55:52Z","message":"tunnel opened"}'
+)
+CONNECT_ERROR = (
+    '{"level":"error","component":"pipelock","event":"error","method":"CONNECT","target":"web:9",'
+    '"client_ip":"172.23.0.4","request_id":"req-6","agent":"anonymous",'
+    '"error":"dial tcp 172.23.0.2:9: connect: connection refused","time":"2026-12-01T18:55:52Z",'
+    '"message":"request error"}'
+)
+NOISE = ["WARNING: config reload: trusted_domains - trusted domains added: notrusted", "", "{not json", "[1, 2]"]
+
+
+class ReloadEventTests(unittest.TestCase):
+    def test_success_for_our_hash(self):
+        event = cb.reload_event_for([*NOISE, TUNNEL, CONNECT_ERROR, RELOADED + "\n"], RELOADED_HASH)
+        self.assertEqual((event["event"], event["status"], event["config_hash"]),
+                         ("config_reload", "success", RELOADED_HASH))
+
+    def test_success_for_another_hash_is_not_ours(self):
+        self.assertIsNone(cb.reload_event_for([*STARTUP, RELOADED], "0" * 64))
+
+    def test_startup_hash_is_not_a_reload(self):
+        startup_hash = "3762fe3c8620d6f1c923310db56e91534368b750d1b0ef196af782ddc740a826"
+        self.assertIsNone(cb.reload_event_for(STARTUP, startup_hash))
+
+    def test_refusal(self):
+        event = cb.reload_event_for([*NOISE, CONNECT_ERROR, REJECTED, REJECTED], RELOADED_HASH)
+        self.assertEqual(event["error"], "rejected: security downgrade from strict mode")
+
+    def test_first_settling_line_wins(self):
+        self.assertEqual(cb.reload_event_for([REJECTED, RELOADED], RELOADED_HASH)["event"], "error")
+        self.assertEqual(cb.reload_event_for([RELOADED, REJECTED], RELOADED_HASH)["event"], "config_reload")
+
+    def test_nothing_yet(self):
+        self.assertIsNone(cb.reload_event_for([*STARTUP, *NOISE, TUNNEL, CONNECT_ERROR], RELOADED_HASH))
+        self.assertIsNone(cb.reload_event_for([], RELOADED_HASH))
+
+    def test_reads_lines_lazily(self):
+        def lines():
+            yield TUNNEL
+            yield RELOADED
+            raise AssertionError("read past the settling line")
+        self.assertEqual(cb.reload_event_for(lines(), RELOADED_HASH)["status"], "success")
+
+
+class ReloadWaitTests(unittest.TestCase):
+    def test_applied_when_fed_one_character_at_a_time(self):
+        wait = cb.ReloadWait(RELOADED_HASH)
+        stream = "\n".join([*STARTUP, TUNNEL, RELOADED]) + "\n"
+        states = [wait.feed(c) for c in stream]
+        # Settled by the line's closing brace, the newline not needed; not a character before.
+        self.assertEqual(set(states[:-2]), {"waiting"})
+        self.assertEqual((states[-2], states[-1], wait.reason), ("applied", "applied", ""))
+        self.assertEqual(wait.event["config_hash"], RELOADED_HASH)
+
+    def test_refused_in_uneven_chunks(self):
+        wait = cb.ReloadWait(RELOADED_HASH)
+        stream = "\n".join([TUNNEL, *NOISE, REJECTED, RELOADED]) + "\n"
+        for i in range(0, len(stream), 37):
+            wait.feed(stream[i:i + 37])
+        self.assertEqual(wait.state, "refused")
+        self.assertEqual(wait.reason, "rejected: security downgrade from strict mode")
+
+    def test_a_last_line_without_newline_settles(self):
+        wait = cb.ReloadWait(RELOADED_HASH)
+        self.assertEqual(wait.feed(TUNNEL + "\n" + RELOADED), "applied")
+
+    def test_settled_for_good(self):
+        wait = cb.ReloadWait(RELOADED_HASH)
+        self.assertEqual(wait.feed(REJECTED + "\n"), "refused")
+        self.assertEqual(wait.feed(RELOADED + "\n"), "refused")
+
+    def test_waiting(self):
+        wait = cb.ReloadWait(RELOADED_HASH)
+        self.assertEqual(wait.feed("\n".join(STARTUP) + "\n" + RELOADED[:50]), "waiting")
+        self.assertIsNone(wait.event)
+
+
 if __name__ == "__main__":
     unittest.main()
