@@ -502,6 +502,414 @@ def find_config(cwd: Path, explicit: str | None, environ) -> Path | None:
     return _owned(user) if user.is_file() else None
 
 
+# ---- Editing claude-bottle.toml and proposing allowlists ----
+
+# A line scanner that knows just enough TOML to find a table's `allow = [...]` exactly: table headers, keys,
+# the four kinds of string, comments, arrays and inline tables. It is no parser: every edit is checked by
+# parsing the old and new text with tomllib, and anything the scanner or that check doubts is refused.
+
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+# An unquoted value: a number, boolean, date or time. A date and a time may be joined by one space.
+_TOML_SCALAR_RE = re.compile(r"[^\s#,\[\]{}]+")
+_TOML_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_PRESET_RE = re.compile(r"@[a-z0-9-]+")
+
+
+class _TomlLayout(Exception):
+    """The scanner met text it does not understand; the edit is refused."""
+
+
+class _TomlStatement(namedtuple("_TomlStatement", "kind header key line value")):
+    """A table header (kind "table" or "array_table"; `header` is its path) or a key line (kind "key";
+    `key` is the dotted key under `header`). `line` is the offset where its line starts; a key's `value` is
+    (start, end, items, trailing_comma, comment): its span, an array's item spans (None for other values),
+    whether the last item is followed by a comma, and whether a comment sits inside it."""
+
+    __slots__ = ()
+
+
+def _toml_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    return i
+
+
+def _toml_eol(text: str, i: int) -> int:
+    """The offset of the newline ending the line that holds offset `i` (len(text) on the last line)."""
+    end = text.find("\n", i)
+    return len(text) if end < 0 else end
+
+
+def _toml_blank(text: str, i: int) -> tuple:
+    """Skip blanks, newlines and comments between array items: the next offset, and whether a comment was seen."""
+    comment = False
+    while i < len(text):
+        if text[i] in " \t\r\n":
+            i += 1
+        elif text[i] == "#":
+            comment, i = True, _toml_eol(text, i)
+        else:
+            break
+    return i, comment
+
+
+def _toml_string_end(text: str, i: int) -> int:
+    """The offset just past the string that starts at `i`: basic, literal, or either of them multi-line."""
+    q = text[i]
+    if text.startswith(q * 3, i):
+        j = i + 3
+        while j < len(text):
+            if q == '"' and text[j] == "\\":
+                j += 2
+            elif text.startswith(q * 3, j):
+                end = j + 3
+                # Up to two more quotes belong to the content: """a""""" is 'a""'.
+                while end < len(text) and text[end] == q and end - j < 5:
+                    end += 1
+                return end
+            else:
+                j += 1
+        raise _TomlLayout("an unterminated multi-line string")
+    j = i + 1
+    while j < len(text) and text[j] not in (q, "\n"):
+        j += 2 if q == '"' and text[j] == "\\" else 1
+    if j >= len(text) or text[j] != q:
+        raise _TomlLayout("an unterminated string")
+    return j + 1
+
+
+def _toml_key(text: str, i: int) -> tuple:
+    """A dotted key at `i` (bare or quoted parts): its parts as a tuple, and the offset after it."""
+    parts = []
+    while True:
+        i = _toml_ws(text, i)
+        if text[i:i + 1] in ('"', "'") and not text.startswith(text[i] * 3, i):
+            end = _toml_string_end(text, i)
+            # A quoted key means what tomllib says it means (escapes included).
+            parts.append(tomllib.loads("k = " + text[i:end])["k"])
+            i = end
+        else:
+            m = _BARE_KEY_RE.match(text, i)
+            if not m:
+                raise _TomlLayout(f"no key at offset {i}")
+            parts.append(m.group())
+            i = m.end()
+        i = _toml_ws(text, i)
+        if text[i:i + 1] != ".":
+            return tuple(parts), i
+        i += 1
+
+
+def _toml_value(text: str, i: int) -> tuple:
+    """The value at `i`: (end, items, trailing_comma, comment) as in _TomlStatement.value, without the start."""
+    c = text[i:i + 1]
+    if c in ('"', "'"):
+        return _toml_string_end(text, i), None, False, False
+    if c == "[":
+        items, comma, comment = [], False, False
+        i += 1
+        while True:
+            i, seen = _toml_blank(text, i)
+            comment |= seen
+            if text[i:i + 1] == "]":
+                return i + 1, items, comma, comment
+            end, _, _, seen = _toml_value(text, i)
+            items.append((i, end))
+            i, seen2 = _toml_blank(text, end)
+            comment |= seen or seen2
+            comma = text[i:i + 1] == ","
+            if comma:
+                i += 1
+            elif text[i:i + 1] != "]":
+                raise _TomlLayout(f"an array item not followed by ',' or ']' at offset {i}")
+    if c == "{":
+        comment = False
+        i = _toml_ws(text, i + 1)
+        while text[i:i + 1] != "}":
+            _, i = _toml_key(text, i)
+            if text[i:i + 1] != "=":
+                raise _TomlLayout(f"no '=' in an inline table at offset {i}")
+            i, _, _, seen = _toml_value(text, _toml_ws(text, i + 1))
+            comment |= seen
+            i = _toml_ws(text, i)
+            if text[i:i + 1] == ",":
+                i = _toml_ws(text, i + 1)
+            elif text[i:i + 1] != "}":
+                raise _TomlLayout(f"an inline table entry not followed by ',' or '}}' at offset {i}")
+        return i + 1, None, False, comment
+    m = _TOML_SCALAR_RE.match(text, i)
+    if not m:
+        raise _TomlLayout(f"no value at offset {i}")
+    end = m.end()
+    if _TOML_DATE_RE.fullmatch(m.group()) and re.match(r" \d\d:", text[end:end + 4]):
+        end = _TOML_SCALAR_RE.match(text, end + 1).end()
+    return end, None, False, False
+
+
+def _toml_statements(text: str) -> list:
+    """Every table header and key line of a valid TOML document, in order, as _TomlStatement."""
+    statements, header, i = [], (), 0
+    while i < len(text):
+        line = i
+        i = _toml_ws(text, i)
+        if text.startswith("\r\n", i) or text[i:i + 1] == "\n":
+            i = _toml_eol(text, i) + 1
+            continue
+        if text[i:i + 1] == "#":
+            i = _toml_eol(text, i) + 1
+            continue
+        if i >= len(text):
+            break
+        if text[i] == "[":
+            array = text.startswith("[[", i)
+            header, i = _toml_key(text, i + 1 + array)
+            close = "]]" if array else "]"
+            if not text.startswith(close, i):
+                raise _TomlLayout(f"a table header not closed by {close!r} at offset {i}")
+            i += len(close)
+            statements.append(_TomlStatement("array_table" if array else "table", header, (), line, None))
+        else:
+            key, i = _toml_key(text, i)
+            if text[i:i + 1] != "=":
+                raise _TomlLayout(f"no '=' after a key at offset {i}")
+            start = _toml_ws(text, i + 1)
+            i, items, comma, comment = _toml_value(text, start)
+            statements.append(_TomlStatement("key", header, key, line, (start, i, items, comma, comment)))
+        i = _toml_ws(text, i)
+        if text[i:i + 1] == "#":
+            i = _toml_eol(text, i)
+        if text.startswith("\r\n", i):
+            i += 2
+        elif text[i:i + 1] == "\n":
+            i += 1
+        elif i < len(text):
+            raise _TomlLayout(f"more text after a value at offset {i}")
+    return statements
+
+
+def _allow_array(text: str, value: tuple, hosts: list, indent: str, nl: str) -> str:
+    """`hosts` as a TOML array laid out like the array `value` it replaces.
+
+    A one-line array (or no hosts) becomes one line. A multi-line one gets one item per line: indented like its
+    first item (on the line after '[', or aligned after '[' when the first item follows it), with a trailing
+    comma when the last item had one, and ']' on a line of its own (indented as it was) when it was on one.
+    """
+    start, end, items, comma, _ = value
+    if not hosts or "\n" not in text[start:end]:
+        return _toml_list(hosts)
+    close_bol = text.rfind("\n", 0, end - 1) + 1
+    close_indent = re.match(r"[ \t]*", text[close_bol:end - 1]).group()
+    if not items:
+        lead, item_indent, comma, close = nl + indent + "    ", indent + "    ", True, nl + close_indent + "]"
+    else:
+        first_bol = text.rfind("\n", 0, items[0][0]) + 1
+        if first_bol > start:
+            item_indent = text[first_bol:items[0][0]]
+            lead = nl + item_indent
+        else:
+            item_indent = re.sub(r"[^\t]", " ", text[first_bol:items[0][0]])
+            lead = ""
+        close = nl + close_indent + "]" if close_bol > items[-1][1] else "]"
+    body = ("," + nl + item_indent).join(json.dumps(h) for h in hosts)
+    return "[" + lead + body + ("," if comma else "") + close
+
+
+def edit_bottle_allow(text: str, bottle: str, hosts: list[str], origin: str) -> str:
+    """`text` (a claude-bottle.toml) with `[bottles.<bottle>]`'s allow set to `hosts`; every other byte kept.
+
+    - `allow = [...]` present: only the array is rewritten (the key's spelling, spacing and any comment after
+      the array stay); see _allow_array for the layout. An array with a comment inside is refused, since the
+      edit would lose the comment.
+    - the table present without allow: `allow = [...]` is inserted on the line right after the header (indented
+      like the table's first key), so comments below the header stay with the key they describe.
+    - no such table: `[bottles.<bottle>]` and allow are appended at the end, after a blank line. This is also
+      where it goes when the bottle exists only through its sub-tables (`[[bottles.<bottle>.ssh]]`).
+    New lines use the file's line ending (that of its first line). `hosts` are already validated strings.
+
+    Refused with a ConfigError naming `origin` and giving the line to write by hand, whenever the edit cannot be
+    made safely: the text is not valid TOML; the bottle (or `bottles`) is an inline table or written with dotted
+    keys; allow is written twice, as a table or with dotted keys, is not an array, or holds a comment; the
+    scanner doubts the layout; or tomllib, reading the result, finds anything changed besides this allow.
+    """
+    new_value = _toml_list(hosts)
+    name = bottle if _BARE_KEY_RE.fullmatch(bottle) else json.dumps(bottle)
+
+    def refused(why: str) -> ConfigError:
+        return ConfigError(f"{origin}: cannot edit allow in [bottles.{name}]: {why}; "
+                           f"edit it by hand: allow = {new_value}")
+
+    # Floats as their text: an exact comparison, and `nan` equals itself.
+    try:
+        before = tomllib.loads(text, parse_float=str)
+    except tomllib.TOMLDecodeError as e:
+        raise refused(f"it is not valid TOML ({e})") from None
+    bottles = before.get("bottles", {})
+    if not isinstance(bottles, dict) or not isinstance(bottles.get(bottle, {}), dict):
+        raise refused(f"bottles or bottles.{name} is not a table")
+    try:
+        statements = _toml_statements(text)
+    except _TomlLayout as e:
+        raise refused(f"its layout is not one this editor can follow ({e})") from None
+    target = ("bottles", bottle)
+    table, first_key, allow = None, None, []
+    for s in statements:
+        path = s.header + s.key
+        if s.kind != "key":
+            # Not [[bottles.NAME]]: tomllib found a table there.
+            if path == target:
+                table = s
+            elif path[:3] == (*target, "allow"):
+                raise refused("allow is written as a table")
+        elif path == target[:len(path)]:
+            raise refused(f"{'.'.join(path)} is written as an inline table")
+        elif path[:2] == target and s.header[:2] != target:
+            raise refused(f"it is written with dotted keys ({'.'.join(path)})")
+        elif s.header == target:
+            first_key = first_key or s
+            if s.key[0] == "allow":
+                if len(s.key) > 1:
+                    raise refused("allow is written with dotted keys")
+                allow.append(s)
+    first = text.find("\n")
+    nl = "\r\n" if first > 0 and text[first - 1] == "\r" else "\n"
+    if len(allow) > 1:
+        raise refused("allow is written twice")
+    if allow:
+        start, end, items, _, comment = allow[0].value
+        if items is None:
+            raise refused("allow is not an array")
+        if comment:
+            raise refused("the allow array has comments inside it, which an edit would lose")
+        indent = re.match(r"[ \t]*", text[allow[0].line:]).group()
+        new = text[:start] + _allow_array(text, allow[0].value, hosts, indent, nl) + text[end:]
+    elif table is not None:
+        indent = re.match(r"[ \t]*", text[first_key.line:]).group() if first_key else ""
+        line = f"{indent}allow = {new_value}"
+        eol = _toml_eol(text, table.line)
+        new = text + nl + line if eol == len(text) else text[:eol + 1] + line + nl + text[eol + 1:]
+    else:
+        block = f"[bottles.{name}]{nl}allow = {new_value}{nl}"
+        if not text:
+            new = block
+        elif not text.endswith("\n"):
+            new = text + nl + nl + block
+        elif not text[:-1].rsplit("\n", 1)[-1].strip():
+            new = text + block
+        else:
+            new = text + nl + block
+    expected = {**before, "bottles": {**bottles, bottle: {**bottles.get(bottle, {}), "allow": list(hosts)}}}
+    try:
+        after = tomllib.loads(new, parse_float=str)
+    except tomllib.TOMLDecodeError as e:
+        raise refused(f"the edited text would not be valid TOML ({e})") from None
+    if after != expected:
+        raise refused("the edit would change more than this allow list")
+    return new
+
+
+def expand_allow(entries, presets: dict[str, tuple[str, ...]], field: str) -> tuple:
+    """Allow entries with each `@name` replaced by the hosts of preset `name`: order kept, duplicates dropped.
+
+    Host entries pass through as they are (check them with check_host afterwards); an unknown or malformed
+    preset is a ConfigError naming `field` and listing the known presets.
+    """
+    hosts = {}
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ConfigError(f"{field}: expected a hostname or @preset string, got {type(entry).__name__}")
+        if not entry.startswith("@"):
+            hosts[entry] = None
+            continue
+        if not _PRESET_RE.fullmatch(entry) or entry[1:] not in presets:
+            known = ", ".join("@" + name for name in sorted(presets)) or "none"
+            raise ConfigError(f"{field}: unknown preset {_printable(entry)}; known presets: {known}")
+        hosts.update(dict.fromkeys(presets[entry[1:]]))
+    return tuple(hosts)
+
+
+def propose_allow(used_hosts: list[str], defaults: tuple[str, ...],
+                  presets: dict[str, tuple[str, ...]]) -> tuple[list[str], list[str]]:
+    """The allow entries that cover what a session reached: (["@preset", ...], ["host", ...]), both sorted.
+
+    The rule: a used host that a default covers needs nothing. For the rest, presets are chosen one at a time:
+    the preset that covers the most hosts not yet covered (ties: the one with fewer entries, then the first by
+    name), until no preset covers a host that is still uncovered; so every proposed preset covers at least one
+    used host that no other proposed preset covers first, and no preset is proposed for nothing. The hosts left
+    are proposed as they are, never widened to a wildcard. Entries that are not valid hostnames (check_host)
+    are skipped: no allow entry could match them. `[*presets, *hosts]` is the allow list to write.
+    """
+    needed = set()
+    for host in used_hosts:
+        try:
+            host = check_host(host, "host", wildcard=False)
+        except ConfigError:
+            continue
+        if not any(host_matches(p, host) for p in defaults):
+            needed.add(host)
+    chosen = []
+    while True:
+        candidates = []
+        for name, patterns in presets.items():
+            covers = {h for h in needed if any(host_matches(p, h) for p in patterns)}
+            if covers:
+                candidates.append((-len(covers), len(patterns), name, covers))
+        if not candidates:
+            break
+        _, _, name, covers = min(candidates, key=lambda c: c[:3])
+        chosen.append("@" + name)
+        needed -= covers
+    return sorted(chosen), sorted(needed)
+
+
+def reload_event_for(lines, config_hash: str) -> dict | None:
+    """The first of pipelock's stdout `lines` (only those after the config write) that settles its reload.
+
+    That is a `config_reload` event with status "success" and `config_hash` (the sha256 of the bytes written)
+    equal to ours; a success for another hash (an earlier write) is skipped. Or an `error` event whose method
+    is CONFIG_RELOAD: it carries no hash, so the first one after the write counts as the refusal of ours.
+    Lines that are not JSON objects are skipped; None when no line settles it.
+    """
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        if (event.get("event") == "config_reload" and event.get("status") == "success"
+                and str(event.get("config_hash", "")).lower() == config_hash.lower()):
+            return event
+        if event.get("event") == "error" and event.get("method") == "CONFIG_RELOAD":
+            return event
+    return None
+
+
+class ReloadWait:
+    """The wait for pipelock to reload a config we wrote: "waiting" until fed the event that settles it, then
+    "applied" or "refused" for good (`event` is that event; `reason` pipelock's error text when refused).
+
+    Feed pipelock's stdout as it arrives, in chunks of any size: a line split across chunks is joined first.
+    """
+
+    def __init__(self, config_hash: str):
+        self.config_hash, self.state, self.event, self.reason, self._partial = config_hash, "waiting", None, "", ""
+
+    def feed(self, chunk: str) -> str:
+        if self.state != "waiting":
+            return self.state
+        *lines, self._partial = (self._partial + chunk).split("\n")
+        # The last line may be whole but not yet terminated; if so it is read again once its newline comes.
+        event = reload_event_for([*lines, self._partial], self.config_hash)
+        if event is not None:
+            self.event = event
+            self.state = "applied" if event.get("event") == "config_reload" else "refused"
+            self.reason = "" if self.state == "applied" else str(event.get("error", ""))
+        return self.state
+
+
 # ---- The plan: plain data, resolved before anything is created ----
 
 PLAN_FIELDS = (
