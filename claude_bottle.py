@@ -1562,6 +1562,302 @@ def run_session(plan: Plan, report_json: str | None = None, quiet: bool = False)
         return attached[0].wait()
 
 
+# ---- Credential broker: secrets stay on the host; the bottle gets a placeholder and a local address ----
+
+# The broker runs in this process. For each brokered endpoint it listens on a Unix socket in the private dir;
+# the bottle reaches it at http://127.0.0.1:PORT through a small forwarder, with a placeholder in the secret's
+# variable. The broker sets the real header on the way to the endpoint's one upstream, always over verified
+# HTTPS and always through pipelock's CONNECT, so the allowlist and the audit log see its traffic too.
+
+CREDENTIAL_KEYS = ("env", "host", "header", "format", "base_url_env", "upstream", "ca_file", "git")
+BROKER_PLACEHOLDER = "brokered-by-claude-bottle"
+ANTHROPIC_API_HOST = "api.anthropic.com"
+OAUTH_BETA = "oauth-2025-04-20"
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HOP_BY_HOP = frozenset(("connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"))
+# Headers the broker writes itself: a credential may not name them.
+_MANAGED_HEADERS = _HOP_BY_HOP | {"host", "content-length", "expect"}
+# Variables a base URL or placeholder must never land in: they steer the shell, the loader, node or git.
+_UNSAFE_ENV = frozenset(("PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "BASH_ENV", "ENV", "SHELL", "USER",
+                         "NODE_OPTIONS", "NODE_PATH", "PYTHONPATH", "PYTHONSTARTUP", "PERL5OPT", "PERL5LIB",
+                         "GIT_CONFIG_COUNT", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM"))
+
+
+class Credential(namedtuple("Credential", "env host header format base_url_env upstream ca_file git",
+                            defaults=("{}", None, None, None, False))):
+    """One `[[bottles.NAME.credentials]]` entry: the host variable holding the secret (never its value), the
+    host it belongs to, the header and its format, the variable that gets the broker's address, the upstream
+    as (host, port) (None: the host on 443), an extra CA file and whether git's https://HOST/ goes through it."""
+
+    __slots__ = ()
+
+
+class Endpoint(namedtuple("Endpoint", "index host upstream header format strip beta base_url_env env "
+                                      "placeholder git ca_file")):
+    """One address the broker serves for a session: no secret in it, so plans and dry runs may print it.
+
+    upstream is ("https", host, port); strip the lower-cased headers dropped from the agent's request before
+    `header` is set to `format` around the secret; beta an anthropic-beta token the request must carry (or
+    None); placeholder the value the agent gets in `env`."""
+
+    __slots__ = ()
+
+
+def builtin_credentials() -> tuple:
+    """Claude Code's own: an API key (x-api-key) or a subscription token (Authorization: Bearer), one endpoint."""
+    upstream = (ANTHROPIC_API_HOST, 443)
+    return (
+        Credential("ANTHROPIC_API_KEY", ANTHROPIC_API_HOST, "x-api-key", "{}", "ANTHROPIC_BASE_URL", upstream),
+        Credential("CLAUDE_CODE_OAUTH_TOKEN", ANTHROPIC_API_HOST, "Authorization", "Bearer {}", "ANTHROPIC_BASE_URL",
+                   upstream),
+    )
+
+
+def _check_var(value, field: str) -> str:
+    if not isinstance(value, str) or not _ENV_RE.fullmatch(value):
+        raise ConfigError(f"{field}: {_printable(value)} is not an environment variable name; "
+                          f"use letters, digits and '_'")
+    if value in RESERVED_ENV or value in _UNSAFE_ENV or value.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")):
+        raise ConfigError(f"{field}: {value} is set by claude-bottle or steers a program in the bottle; "
+                          f"name a variable of your own")
+    return value
+
+
+def _check_upstream(value, field: str) -> tuple:
+    """`https://host[:port][/]` as (host, port); nothing else, so a secret only ever goes where it says."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{field}: expected a URL string like 'https://mirror.example:8443', "
+                          f"got {type(value).__name__}")
+    if not value.startswith("https://"):
+        raise ConfigError(f"{field}: {_printable(value)} is not an https:// URL; the broker sends secrets "
+                          f"over verified HTTPS only")
+    rest = value[len("https://"):]
+    for char, what in (("@", "user info"), ("?", "a query"), ("#", "a fragment"), ("\\", "a backslash")):
+        if char in rest:
+            raise ConfigError(f"{field}: {_printable(value)} has {what}; write only https://host[:port]")
+    authority, _, path = rest.partition("/")
+    if path:
+        raise ConfigError(f"{field}: {_printable(value)} has a path; write only https://host[:port] "
+                          f"(the agent's request supplies the path)")
+    if authority.startswith("["):
+        raise ConfigError(f"{field}: {_printable(value)} is an IPv6 address; use a hostname or an IPv4 address")
+    host, colon, port_text = authority.partition(":")
+    port = 443
+    if colon:
+        if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+            raise ConfigError(f"{field}: {_printable(value)} has no valid port; use 1 to 65535")
+        port = int(port_text)
+    return check_host(host, field, wildcard=False), port
+
+
+def _check_ca_file(value, field: str, base_dir: Path) -> str:
+    if not isinstance(value, str) or not value or "\0" in value or "\n" in value:
+        raise ConfigError(f"{field}: expected the path of a PEM file of CA certificates")
+    path = (base_dir / os.path.expanduser(value)).resolve()
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"{field}: {_visible(str(path))} {what}; give a PEM file of CA certificates "
+                          f"(relative paths start at the config file's directory)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024 * 1024)
+    except OSError as e:
+        raise ConfigError(f"{field}: cannot read {_visible(str(path))}: {e.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ConfigError(f"{field}: {_visible(str(path))} holds no PEM certificate "
+                          f"(-----BEGIN CERTIFICATE-----); convert it with `openssl x509 -outform PEM`")
+    return str(path)
+
+
+def _parse_credential(entry, at: str, base_dir: Path) -> Credential:
+    entry = _table(entry, at)
+    _check_keys(at, entry, CREDENTIAL_KEYS)
+    for key in ("env", "host", "header", "base_url_env"):
+        if key not in entry:
+            raise ConfigError(f"{at}: missing {key}; every credential needs env, host, header and base_url_env")
+    env = _check_var(entry["env"], f"{at} env")
+    host = check_host(entry["host"], f"{at} host", wildcard=False)
+    header = entry["header"]
+    if not isinstance(header, str) or not _TOKEN_RE.fullmatch(header):
+        raise ConfigError(f"{at} header: {_printable(header)} is not a header name; write one like "
+                          f"'Authorization' or 'x-api-key'")
+    if header.lower() in _MANAGED_HEADERS or header.lower().startswith("proxy-"):
+        raise ConfigError(f"{at} header: {header} is managed by the broker; name the header the service "
+                          f"reads the secret from")
+    fmt = entry.get("format", "{}")
+    if not isinstance(fmt, str) or not all(" " <= c <= "~" for c in fmt):
+        raise ConfigError(f"{at} format: {_printable(fmt)} must be printable ASCII (no CR, LF, NUL or "
+                          f"other control characters)")
+    if fmt.count("{}") != 1:
+        raise ConfigError(f"{at} format: {_printable(fmt)} must hold exactly one {{}} where the secret goes, "
+                          f"like 'Bearer {{}}'")
+    base_url_env = _check_var(entry["base_url_env"], f"{at} base_url_env")
+    if base_url_env == env:
+        raise ConfigError(f"{at} base_url_env: {base_url_env} is also env; the agent gets a placeholder in env "
+                          f"and the broker's address in base_url_env, so name two variables")
+    upstream = (_check_upstream(entry["upstream"], f"{at} upstream") if "upstream" in entry else (host, 443))
+    ca_file = _check_ca_file(entry["ca_file"], f"{at} ca_file", base_dir) if "ca_file" in entry else None
+    git = entry.get("git", False)
+    if not isinstance(git, bool):
+        raise ConfigError(f"{at} git: {_printable(git)} is not true or false")
+    return Credential(env, host, header, fmt, base_url_env, upstream, ca_file, git)
+
+
+def parse_credentials(entries, where: str, base_dir: Path) -> tuple:
+    """Validate a bottle's `[[bottles.NAME.credentials]]` array; `where` names it in messages, e.g.
+    "claude-bottle.toml: [[bottles.web.credentials]]"; a relative ca_file starts at `base_dir`."""
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: expected an array of tables, got {type(entries).__name__}; write "
+                          f"each credential under its own [[...credentials]] header")
+    builtin = builtin_credentials()
+    builtin_env = {c.env for c in builtin}
+    builtin_base = {c.base_url_env for c in builtin}
+    credentials, names, git_hosts = [], {}, set()
+    for i, entry in enumerate(entries, 1):
+        at = f"{where} #{i}"
+        c = _parse_credential(entry, at, base_dir)
+        for key, name in (("env", c.env), ("base_url_env", c.base_url_env)):
+            if name in names:
+                raise ConfigError(f"{at} {key}: {name} is already used by {names[name]}; give each credential "
+                                  f"its own variables")
+            names[name] = f"#{i} {key}"
+        if c.env == "CLAUDE_CODE_OAUTH_TOKEN" and (c.host != ANTHROPIC_API_HOST or c.upstream != (c.host, 443)):
+            # A subscription token is for Anthropic's own API; a gateway or mirror must never receive it.
+            raise ConfigError(f"{at} host: a Claude subscription token is only ever sent to "
+                              f"{ANTHROPIC_API_HOST}; remove host and upstream or this entry")
+        if c.env in builtin_base:
+            raise ConfigError(f"{at} env: {c.env} is where the built-in Anthropic credentials put the "
+                              f"broker's address; name the variable that holds your secret")
+        if c.base_url_env in builtin_env:
+            raise ConfigError(f"{at} base_url_env: {c.base_url_env} is a built-in credential's variable; "
+                              f"name another")
+        if c.base_url_env in builtin_base and c.env not in builtin_env:
+            raise ConfigError(f"{at} base_url_env: {c.base_url_env} belongs to the built-in Anthropic "
+                              f"credentials; to replace one, set env to {' or '.join(sorted(builtin_env))}")
+        if c.env in builtin_env and c.base_url_env not in builtin_base:
+            # One endpoint per base URL: it must drop the placeholder header of either built-in.
+            raise ConfigError(f"{at} base_url_env: a replacement for the built-in {c.env} keeps "
+                              f"base_url_env = {' or '.join(sorted(builtin_base))}")
+        if c.git:
+            if c.host in git_hosts:
+                raise ConfigError(f"{at} git: another credential already takes git's https://{c.host}/; "
+                                  f"set git on one of them")
+            git_hosts.add(c.host)
+        credentials.append(c)
+    return tuple(credentials)
+
+
+def credential_env_names(credentials) -> frozenset:
+    """Every variable that may hold a secret (built-in and `credentials`): the bottle must never get the host's
+    value of one; it gets a placeholder from agent_env_for() or nothing."""
+    return frozenset(c.env for c in (*builtin_credentials(), *credentials))
+
+
+def brokered_endpoints(credentials, environ) -> list:
+    """The endpoints of a session: built-in credentials, each replaced by a user credential with the same env,
+    then the user's; only those whose variable is set (non-empty) on the host. Credentials sharing a
+    base_url_env make one endpoint, whose secret is the first one set (the API key before the OAuth token,
+    Claude Code's own order), and which drops every header those credentials could send."""
+    slots = list(builtin_credentials())
+    for c in credentials:
+        same = [i for i, b in enumerate(slots) if b.env == c.env]
+        if same:
+            slots[same[0]] = c
+        else:
+            slots.append(c)
+    chosen, strip = {}, {}
+    for c in slots:
+        strip.setdefault(c.base_url_env, set()).add(c.header.lower())
+        if environ.get(c.env) and c.base_url_env not in chosen:
+            value = environ[c.env]
+            if not all(" " <= ch <= "~" for ch in value):
+                raise ConfigError(f"{c.env}: its value holds a newline, a control or a non-ASCII character, so "
+                                  f"it cannot be sent in a header; fix the variable on the host")
+            chosen[c.base_url_env] = c
+    return [
+        Endpoint(index=i, host=c.host, upstream=("https", *(c.upstream or (c.host, 443))), header=c.header,
+                 format=c.format,
+                 strip=tuple(sorted(strip[c.base_url_env])),
+                 beta=OAUTH_BETA if c.env == "CLAUDE_CODE_OAUTH_TOKEN" else None,
+                 base_url_env=c.base_url_env, env=c.env, placeholder=BROKER_PLACEHOLDER, git=c.git,
+                 ca_file=c.ca_file)
+        for i, c in enumerate(chosen.values())
+    ]
+
+
+def broker_secrets(endpoints, environ) -> dict:
+    """{env: value} for the endpoints: handed to the broker only, never part of a plan."""
+    return {ep.env: environ[ep.env] for ep in endpoints}
+
+
+def describe_endpoint(ep: Endpoint) -> str:
+    """One line for the summary and the dry run (no secret is known here)."""
+    _, host, port = ep.upstream
+    target = host if port == 443 else f"{host}:{port}"
+    git = f", git https://{ep.host}/" if ep.git else ""
+    return f"{ep.env} as {ep.header} to https://{target} ({ep.base_url_env}{git})"
+
+
+def broker_socket_name(endpoint: Endpoint) -> str:
+    return f"broker-{endpoint.index}.sock"
+
+
+def broker_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def agent_env_for(endpoints, ports) -> list:
+    """The bottle's variables for the endpoints (`ports[ep.index]` is the forwarder's port for each): the
+    placeholder, the base URL, and git's url.<broker>.insteadOf https://<host>/ as GIT_CONFIG_* variables."""
+    env, git = [], []
+    for ep in endpoints:
+        url = broker_url(ports[ep.index])
+        env += [(ep.env, ep.placeholder), (ep.base_url_env, url)]
+        if ep.git:
+            git.append((f"url.{url}/.insteadOf", f"https://{ep.host}/"))
+    if git:
+        env.append(("GIT_CONFIG_COUNT", str(len(git))))
+        for i, (key, value) in enumerate(git):
+            env += [(f"GIT_CONFIG_KEY_{i}", key), (f"GIT_CONFIG_VALUE_{i}", value)]
+    return env
+
+
+def _without_hop_by_hop(headers) -> list:
+    """`headers` without hop-by-hop ones: the fixed set, Proxy-*, and whatever Connection names."""
+    named = {t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")}
+    return [(n, v) for n, v in headers
+            if n.lower() not in _HOP_BY_HOP and not n.lower().startswith("proxy-") and n.lower() not in named]
+
+
+def inject_headers(headers: list, endpoint: Endpoint, secret: str) -> list:
+    """The agent's headers with every header it could carry a placeholder in dropped and the real one set;
+    for a subscription token, `anthropic-beta` carries the OAuth beta exactly once."""
+    out = [(n, v) for n, v in headers if n.lower() not in endpoint.strip]
+    if endpoint.beta:
+        betas = [i for i, (n, _) in enumerate(out) if n.lower() == "anthropic-beta"]
+        tokens = {t.strip() for i in betas for t in out[i][1].split(",")}
+        if not betas:
+            out.append(("anthropic-beta", endpoint.beta))
+        elif endpoint.beta not in tokens:
+            name, value = out[betas[-1]]
+            out[betas[-1]] = (name, f"{value},{endpoint.beta}" if value.strip() else endpoint.beta)
+    out.append((endpoint.header, endpoint.format.replace("{}", secret, 1)))
+    return out
+
+
+def upstream_headers(headers: list, endpoint: Endpoint, secret: str, body_length: int | None) -> list:
+    """What goes upstream: Host for the upstream, the agent's end-to-end headers, the credential, and the
+    length of the body the broker read (None: the request had none)."""
+    _, host, port = endpoint.upstream
+    kept = [(n, v) for n, v in _without_hop_by_hop(headers)
+            if n.lower() not in ("host", "content-length", "expect")]
+    out = [("Host", host if port == 443 else f"{host}:{port}"), *inject_headers(kept, endpoint, secret)]
+    if body_length is not None:
+        out.append(("Content-Length", str(body_length)))
+    return out
+
+
 # ---- Operating bottles: finding sessions, stopping them, reaping orphans ----
 
 def parse_labels(text: str) -> dict:
