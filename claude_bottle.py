@@ -1573,8 +1573,18 @@ CREDENTIAL_KEYS = ("env", "host", "header", "format", "base_url_env", "upstream"
 BROKER_PLACEHOLDER = "brokered-by-claude-bottle"
 ANTHROPIC_API_HOST = "api.anthropic.com"
 OAUTH_BETA = "oauth-2025-04-20"
+BROKER_MAX_BODY = 64 * 1024 * 1024
+BROKER_CONNECT_TIMEOUT = 30.0
+# Between two reads, not for a whole response: a streamed answer may take many minutes.
+BROKER_READ_TIMEOUT = 600.0
+BROKER_CHUNK = 64 * 1024
+BROKER_MAX_LINE = 64 * 1024
+BROKER_MAX_HEADERS = 100
+# TRACE and TRACK would echo the request, secret included, back to the bottle.
+BROKER_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HOP_BY_HOP = frozenset(("connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"))
 # Headers the broker writes itself: a credential may not name them.
 _MANAGED_HEADERS = _HOP_BY_HOP | {"host", "content-length", "expect"}
@@ -1856,6 +1866,390 @@ def upstream_headers(headers: list, endpoint: Endpoint, secret: str, body_length
     if body_length is not None:
         out.append(("Content-Length", str(body_length)))
     return out
+
+
+class _Refusal(Exception):
+    """A request the broker answers itself, then closes the connection."""
+
+    def __init__(self, status: int, text: str):
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
+def _read_head(rfile):
+    """(method, target, version, headers) of the next request, or None at a clean end of the connection."""
+    line = rfile.readline(BROKER_MAX_LINE + 1)
+    if line in (b"\r\n", b"\n"):  # RFC 9112 2.2: one empty line before a request is tolerated
+        line = rfile.readline(BROKER_MAX_LINE + 1)
+    if not line:
+        return None
+    if len(line) > BROKER_MAX_LINE:
+        raise _Refusal(414, "request line too long")
+    parts = line.rstrip(b"\r\n").decode("latin-1").split(" ")
+    if not line.endswith(b"\n") or len(parts) != 3 or not _TOKEN_RE.fullmatch(parts[0]):
+        raise _Refusal(400, "malformed request line")
+    if parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
+        raise _Refusal(505, "the broker speaks HTTP/1.1")
+    headers = []
+    while True:
+        line = rfile.readline(BROKER_MAX_LINE + 1)
+        if line in (b"\r\n", b"\n"):
+            return parts[0], parts[1], parts[2], headers
+        if len(line) > BROKER_MAX_LINE or len(headers) >= BROKER_MAX_HEADERS:
+            raise _Refusal(431, "request headers too large")
+        if not line.endswith(b"\n") or line[:1] in (b" ", b"\t"):
+            raise _Refusal(400, "malformed header (or obsolete line folding)")
+        name, colon, value = line.rstrip(b"\r\n").decode("latin-1").partition(":")
+        value = value.strip(" \t")
+        if not colon or not _TOKEN_RE.fullmatch(name) or _HEADER_VALUE_BAD.search(value):
+            raise _Refusal(400, "malformed header")
+        headers.append((name, value))
+
+
+def _read_chunked(rfile, cap: int) -> bytes:
+    body = bytearray()
+    while True:
+        line = rfile.readline(BROKER_MAX_LINE + 1)
+        size = line.split(b";", 1)[0].strip()
+        if not line.endswith(b"\n") or not re.fullmatch(rb"[0-9A-Fa-f]{1,16}", size):
+            raise _Refusal(400, "malformed chunked body")
+        size = int(size, 16)
+        if size == 0:
+            break
+        if len(body) + size > cap:
+            raise _Refusal(413, f"request body over {cap} bytes")
+        data = rfile.read(size)
+        if len(data) != size or rfile.readline(3) not in (b"\r\n", b"\n"):
+            raise _Refusal(400, "malformed chunked body")
+        body += data
+    for _ in range(BROKER_MAX_HEADERS):  # trailers: read and dropped
+        line = rfile.readline(BROKER_MAX_LINE + 1)
+        if line in (b"\r\n", b"\n"):
+            return bytes(body)
+        if not line.endswith(b"\n"):
+            break
+    raise _Refusal(400, "malformed chunked trailer")
+
+
+def _read_body(rfile, headers, cap: int = BROKER_MAX_BODY) -> bytes | None:
+    """The request body (chunked decoded), or None when the request has none."""
+    te = [v for n, v in headers if n.lower() == "transfer-encoding"]
+    cl = [v for n, v in headers if n.lower() == "content-length"]
+    if te and cl:
+        raise _Refusal(400, "both Transfer-Encoding and Content-Length")
+    if te:
+        if [c.strip().lower() for v in te for c in v.split(",") if c.strip()] != ["chunked"]:
+            raise _Refusal(501, "only the chunked transfer coding is supported")
+        return _read_chunked(rfile, cap)
+    if not cl:
+        return None
+    lengths = {v.strip() for v in ",".join(cl).split(",")}
+    if len(lengths) != 1 or not re.fullmatch(r"[0-9]{1,18}", next(iter(lengths))):
+        raise _Refusal(400, "malformed Content-Length")
+    length = int(lengths.pop())
+    if length > cap:
+        raise _Refusal(413, f"request body over {cap} bytes")
+    body = rfile.read(length)
+    if len(body) != length:
+        raise _Refusal(400, "request body shorter than its Content-Length")
+    return body
+
+
+def _has_token(headers, name: str, token: str) -> bool:
+    return any(t.strip().lower() == token for n, v in headers if n.lower() == name for t in v.split(","))
+
+
+def _tls_context(ca_file: str | None):
+    """Verified TLS for an upstream: the system's CAs (SSL_CERT_FILE honoured) plus `ca_file`."""
+    import ssl
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def _stale(sock) -> bool:
+    """A kept connection with something to read between responses has been closed (or broken) by the far end."""
+    import select
+    if getattr(sock, "pending", lambda: 0)():
+        return True
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+class _Tunnel:
+    """One agent connection's kept HTTPS connection to its endpoint's upstream, through the proxy's CONNECT."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self.proxy = self.context = self.conn = None
+
+    def _connect(self):
+        import http.client
+        _, host, port = self.endpoint.upstream
+        conn = http.client.HTTPSConnection(self.proxy[0], self.proxy[1], timeout=BROKER_CONNECT_TIMEOUT,
+                                           context=self.context)
+        conn.set_tunnel(host, port)
+        try:
+            conn.connect()
+        except BaseException:
+            conn.close()
+            raise
+        conn.sock.settimeout(BROKER_READ_TIMEOUT)
+        return conn
+
+    def send(self, method: str, target: str, headers: list, body: bytes | None):
+        """The upstream's response to the request. A kept connection the far end has closed is replaced; one
+        that fails before any answer is retried once on a new connection (the body is in memory)."""
+        import ssl
+        for attempt in (1, 2):
+            fresh = self.conn is None or self.conn.sock is None or _stale(self.conn.sock)
+            if fresh:
+                self.close()
+                self.conn = self._connect()
+            try:
+                self.conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+                for name, value in headers:
+                    self.conn.putheader(name, value)
+                self.conn.endheaders(body)
+                return self.conn.getresponse()
+            except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                self.close()
+                if fresh or attempt == 2:
+                    raise
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _reason(error: BaseException) -> str:
+    return _visible(str(error) or type(error).__name__)[:300]
+
+
+class CredentialBroker:
+    """Adds each endpoint's secret to the requests that arrive on its Unix socket, on their way to its upstream.
+
+    The upstream comes from the socket alone, never from the request: the broker takes paths only and sets Host
+    itself, so nothing the bottle sends can point a secret at another host or at plain HTTP. Redirects come back
+    unchanged and are never followed. Responses stream back as they arrive (server-sent events stay live).
+
+        broker = CredentialBroker(endpoints, broker_secrets(endpoints, os.environ), private_dir)
+        td.callback(broker.close)
+        paths = broker.start()          # one socket per endpoint, broker_socket_name(ep) in private_dir
+        broker.set_proxy((sidecar_ip, PROXY_PORT))  # before the bottle's first request
+    """
+
+    def __init__(self, endpoints, secrets: dict, socket_dir: str, log=log):
+        self.endpoints = list(endpoints)
+        missing = [ep.env for ep in self.endpoints if not secrets.get(ep.env)]
+        if missing:
+            raise BottleError(f"credential broker: no value for {', '.join(missing)}")
+        self._secrets = {ep.env: secrets[ep.env] for ep in self.endpoints}
+        self.paths = [os.path.join(socket_dir, broker_socket_name(ep)) for ep in self.endpoints]
+        self._log = log
+        self._proxy = None
+        self._lock = threading.Lock()
+        self._counts = [{"requests": 0, "status": {}} for _ in self.endpoints]
+        self._contexts, self._tls_lock = {}, threading.Lock()
+        self._listeners, self._bound, self._conns = [], [], set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<CredentialBroker {', '.join(ep.host for ep in self.endpoints) or 'no endpoints'}>"
+
+    def start(self) -> list:
+        """Bind and serve each endpoint's socket (0600, or shared with the bottle's user); return the paths.
+
+        Cheap: the trust store (a few hundred ms) is loaded at the first request, not on the way to the bottle."""
+        import socket
+        for ep, path in zip(self.endpoints, self.paths):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._listeners.append(sock)
+            sock.bind(path)
+            self._bound.append(path)
+            share_with(path, AGENT_UID, 0o600, 0o666)
+            sock.listen(64)
+            threading.Thread(target=self._accept, args=(sock, ep), daemon=True, name=f"broker-{ep.index}").start()
+        return list(self.paths)
+
+    def set_proxy(self, address: tuple) -> None:
+        """The CONNECT proxy (pipelock's address as the host reaches it) every upstream connection goes through."""
+        host, port = address
+        self._proxy = (str(host), int(port))
+
+    def close(self) -> None:
+        """Stop listening and end every open connection; safe to call at any point, and twice."""
+        import socket
+        with self._lock:
+            self._closed = True
+            conns, self._conns = list(self._conns), set()
+        for sock in [*self._listeners, *conns]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self._listeners = []
+        for path in self._bound:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._bound = []
+
+    def stats(self) -> list:
+        """Per endpoint: {"host", "env", "requests", "status": {code: count}}; no secret anywhere."""
+        with self._lock:
+            return [{"host": ep.host, "env": ep.env, "requests": c["requests"], "status": dict(c["status"])}
+                    for ep, c in zip(self.endpoints, self._counts)]
+
+    def _context(self, ca_file: str | None):
+        with self._tls_lock:
+            if ca_file not in self._contexts:
+                self._contexts[ca_file] = _tls_context(ca_file)
+            return self._contexts[ca_file]
+
+    def _record(self, ep: Endpoint, method: str, target: str, status: int) -> None:
+        with self._lock:
+            counts = self._counts[ep.index]
+            counts["requests"] += 1
+            counts["status"][status] = counts["status"].get(status, 0) + 1
+        self._log(f"broker: {method} {ep.host} {_visible(target)[:200]} {status}")
+
+    def _accept(self, sock, ep: Endpoint) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn, ep), daemon=True, name=f"broker-{ep.index}-conn").start()
+
+    def _serve(self, conn, ep: Endpoint) -> None:
+        import http.client
+        tunnel = _Tunnel(ep)
+        rfile = conn.makefile("rb")
+        try:
+            conn.settimeout(BROKER_READ_TIMEOUT)
+            while True:
+                head = None
+                try:
+                    head = _read_head(rfile)
+                    if head is None:
+                        return
+                    method, target, version, headers = head
+                    self._check(method, target)
+                    if version == "HTTP/1.1" and _has_token(headers, "expect", "100-continue"):
+                        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    body = _read_body(rfile, headers)
+                except _Refusal as r:
+                    method, target = head[:2] if head else ("-", "-")
+                    self._answer(conn, ep, method, target, r.status, r.text, keep=False)
+                    return
+                keep = version == "HTTP/1.1" and not _has_token(headers, "connection", "close")
+                if not self._exchange(conn, ep, tunnel, method, target, version, headers, body, keep):
+                    return
+        except (OSError, http.client.HTTPException):
+            return  # the bottle went away, a read timed out, or the upstream broke off mid-answer
+        except Exception as e:  # a bug: say so without a message, which might quote a header
+            self._log(f"broker: {ep.host}: internal error ({type(e).__name__}); connection closed")
+        finally:
+            tunnel.close()
+            rfile.close()
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def _exchange(self, conn, ep: Endpoint, tunnel: _Tunnel, method: str, target: str, version: str,
+                  headers: list, body: bytes | None, keep: bool) -> bool:
+        """One request upstream and its answer back; True when the agent's connection may carry another."""
+        import http.client
+        if self._proxy is None:
+            self._answer(conn, ep, method, target, 503, "the broker has no proxy yet; try again", keep)
+            return keep
+        secret = self._secrets[ep.env]
+        tunnel.proxy = self._proxy
+        try:
+            tunnel.context = self._context(ep.ca_file)
+            resp = tunnel.send(method, target, upstream_headers(headers, ep, secret, None if body is None
+                                                                else len(body)), body)
+        except (OSError, http.client.HTTPException) as e:
+            tunnel.close()
+            _, host, port = ep.upstream
+            reason = _reason(e).replace(secret, "[secret]")
+            self._answer(conn, ep, method, target, 502,
+                         f"cannot reach https://{host}:{port} through the proxy: {reason}", keep)
+            return keep
+        if resp.status < 200:
+            # http.client reads past 100 Continue only; after another 1xx the real answer is still on the wire.
+            tunnel.close()
+            self._answer(conn, ep, method, target, 502, f"{ep.host} sent an informational {resp.status}, "
+                         f"which the broker does not relay", keep)
+            return keep
+        return self._relay(conn, ep, method, target, version, resp, keep, tunnel)
+
+    @staticmethod
+    def _check(method: str, target: str) -> None:
+        if method == "CONNECT":
+            raise _Refusal(405, "the broker takes no CONNECT; send requests with a path to its address")
+        if method not in BROKER_METHODS:
+            raise _Refusal(405, f"the broker forwards {', '.join(BROKER_METHODS)} only")
+        if not target.startswith("/"):
+            raise _Refusal(400, "the broker takes paths only")
+        if not all("!" <= c <= "~" for c in target):
+            raise _Refusal(400, "the request target must be ASCII without spaces or control characters")
+
+    def _answer(self, conn, ep: Endpoint, method: str, target: str, status: int, text: str, keep: bool) -> None:
+        import http.client
+        body = f"claude-bottle broker: {text}\n".encode()
+        head = [f"HTTP/1.1 {status} {http.client.responses.get(status, 'Error')}",
+                "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}"]
+        if not keep:
+            head.append("Connection: close")
+        self._record(ep, method, target, status)
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+    def _relay(self, conn, ep: Endpoint, method: str, target: str, version: str, resp, keep: bool,
+               tunnel: _Tunnel) -> bool:
+        """Send the upstream's response back as it arrives; True when the agent's connection may carry another."""
+        headers = [(n, v.replace("\r", " ").replace("\n", " ")) for n, v in _without_hop_by_hop(resp.getheaders())
+                   if _TOKEN_RE.fullmatch(n)]
+        if method == "HEAD" or resp.status in (204, 304):
+            framing = "none"
+        elif resp.length is not None and not resp.chunked:
+            framing = "length"
+        else:
+            headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+            framing = "chunked" if version == "HTTP/1.1" else "close"
+            if framing == "chunked":
+                headers.append(("Transfer-Encoding", "chunked"))
+            else:
+                keep = False
+        if not keep:
+            headers.append(("Connection", "close"))
+        reason = "".join(c for c in resp.reason if " " <= c <= "~")
+        head = [f"HTTP/1.1 {resp.status} {reason}", *(f"{n}: {v}" for n, v in headers)]
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        self._record(ep, method, target, resp.status)
+        if framing == "none":
+            resp.read()
+            return keep
+        expected, sent = resp.length, 0
+        while data := resp.read1(BROKER_CHUNK):
+            sent += len(data)
+            conn.sendall(b"%x\r\n%s\r\n" % (len(data), data) if framing == "chunked" else data)
+        if framing == "chunked":
+            conn.sendall(b"0\r\n\r\n")
+        if framing == "length" and sent != expected:
+            tunnel.close()  # the upstream ended early: the agent must see a short body, not a framing error later
+            return False
+        resp.close()
+        return keep
 
 
 # ---- Operating bottles: finding sessions, stopping them, reaping orphans ----
