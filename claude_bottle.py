@@ -1582,6 +1582,7 @@ BROKER_MAX_LINE = 64 * 1024
 BROKER_MAX_HEADERS = 100
 # TRACE and TRACK would echo the request, secret included, back to the bottle.
 BROKER_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+FORWARDER_TOOLS = ("socat", "python3", "node", "perl")
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -2250,6 +2251,151 @@ class CredentialBroker:
             return False
         resp.close()
         return keep
+
+
+# The forwarders: accept on 127.0.0.1:argv[1], connect each to the Unix socket argv[2], copy both ways, and pass
+# a half-close on (a client that has sent its request may still read the answer).
+_FORWARD_PY = """\
+import socket, sys, threading
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def serve(c):
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        u.connect(sys.argv[2])
+    except OSError:
+        c.close()
+        return
+    t = threading.Thread(target=pipe, args=(u, c), daemon=True)
+    t.start()
+    pipe(c, u)
+    t.join()
+    c.close()
+    u.close()
+s = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+_FORWARD_JS = """\
+const net = require("net");
+const [port, path] = process.argv.slice(-2);
+net.createServer({allowHalfOpen: true}, (c) => {
+  const u = net.connect({path: path, allowHalfOpen: true});
+  c.pipe(u); u.pipe(c);
+  c.on("error", () => u.destroy()); u.on("error", () => c.destroy());
+  c.on("close", () => u.destroy()); u.on("close", () => c.destroy());
+}).listen(Number(port), "127.0.0.1");
+"""
+_FORWARD_PL = """\
+use strict; use IO::Socket::INET; use IO::Socket::UNIX; use IO::Select; use Socket;
+my ($port, $path) = @ARGV;
+my $l = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $port, Listen => 64, ReuseAddr => 1)
+  or die "listen: $!";
+$SIG{CHLD} = "IGNORE";
+while (1) {
+  my $c = $l->accept or next;
+  if (fork) { close $c; next }
+  close $l;
+  my $u = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $path) or exit 1;
+  my %peer = ($c => $u, $u => $c);
+  my $sel = IO::Select->new($c, $u);
+  while ($sel->count) {
+    for my $h ($sel->can_read) {
+      my $n = sysread($h, my $buf, 65536);
+      if (!$n) { shutdown($peer{$h}, 1); $sel->remove($h); next }
+      for (my $o = 0; $o < $n;) { my $w = syswrite($peer{$h}, $buf, $n - $o, $o); exit 0 unless defined $w; $o += $w }
+    }
+  }
+  exit 0;
+}
+"""
+# The waits: argv is the seconds to wait, then the ports; each must accept a connection in time.
+_WAIT_PY = """\
+import socket, sys, time
+deadline = time.monotonic() + float(sys.argv[1])
+for port in sys.argv[2:]:
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), 1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit("claude-bottle: the broker forwarder on 127.0.0.1:%s did not start" % port)
+            time.sleep(0.02)
+"""
+_WAIT_JS = """\
+const net = require("net");
+const args = process.argv.slice(1), deadline = Date.now() + 1000 * Number(args[0]);
+function probe(i) {
+  if (i >= args.length) return;
+  const s = net.connect(Number(args[i]), "127.0.0.1");
+  s.on("connect", () => { s.destroy(); probe(i + 1); });
+  s.on("error", () => {
+    if (Date.now() > deadline) {
+      console.error("claude-bottle: the broker forwarder on 127.0.0.1:" + args[i] + " did not start");
+      process.exit(1);
+    }
+    setTimeout(() => probe(i), 20);
+  });
+}
+probe(1);
+"""
+# Plain perl-base has no Time::HiRes: count 20 ms pauses instead of reading a clock.
+_WAIT_PL = """\
+use strict; use IO::Socket::INET;
+my ($wait, @ports) = @ARGV;
+my $tries = int($wait / 0.02) + 1;
+for my $port (@ports) {
+  until (IO::Socket::INET->new(PeerAddr => "127.0.0.1", PeerPort => $port, Timeout => 1)) {
+    if (--$tries < 0) {
+      print STDERR "claude-bottle: the broker forwarder on 127.0.0.1:$port did not start\n"; exit 1;
+    }
+    select(undef, undef, undef, 0.02);
+  }
+}
+"""
+
+
+def forwarder_script(tool: str, pairs: list, wait: float = 5.0) -> str:
+    """POSIX sh that serves each (port, unix_socket) on 127.0.0.1:port in the background with `tool` (one of
+    FORWARDER_TOOLS), then returns once every port accepts connections; exit 1 when one does not within `wait`
+    seconds. Run it with `sh -c` before the agent's command; the forwarders outlive it."""
+    if tool not in FORWARDER_TOOLS:
+        raise ValueError(f"unknown forwarder tool {tool!r}; use one of {', '.join(FORWARDER_TOOLS)}")
+    flag = "-c" if tool == "python3" else "-e"
+    ports = [str(int(port)) for port, _ in pairs]
+    lines = []
+    for port, (_, path) in zip(ports, pairs):
+        if tool == "socat":
+            lines.append(f"socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr "
+                         f"{shlex.quote('UNIX-CONNECT:' + path)} >/dev/null 2>&1 &")
+        else:
+            program = {"python3": _FORWARD_PY, "node": _FORWARD_JS, "perl": _FORWARD_PL}[tool]
+            lines.append(f"{tool} {flag} {shlex.quote(program)} {port} {shlex.quote(path)} >/dev/null 2>&1 &")
+    if tool != "socat":
+        # One waiting process for every port: starting an interpreter per attempt would be the slow part.
+        program = {"python3": _WAIT_PY, "node": _WAIT_JS, "perl": _WAIT_PL}[tool]
+        lines.append(f"{tool} {flag} {shlex.quote(program)} {wait:g} {' '.join(ports)} || exit 1")
+        return "\n".join(lines) + "\n"
+    for port in ports:
+        lines += [
+            "i=0",
+            f"until socat -u /dev/null TCP:127.0.0.1:{port} >/dev/null 2>&1; do",
+            f'  i=$((i + 1)); if [ "$i" -gt {max(1, int(wait / 0.05))} ]; then',
+            f"    echo 'claude-bottle: the broker forwarder on 127.0.0.1:{port} did not start' >&2; exit 1",
+            "  fi; sleep 0.05",
+            "done",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 # ---- Operating bottles: finding sessions, stopping them, reaping orphans ----

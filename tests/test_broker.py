@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import socketserver
 import ssl
@@ -739,6 +740,123 @@ class BrokerTest(unittest.TestCase):
         with self.assertRaises(cb.BottleError) as e:
             cb.CredentialBroker(self.endpoint(), {}, self.sockdir)
         self.assertIn("ANTHROPIC_API_KEY", str(e.exception))
+
+
+# ---- The forwarder in the bottle: 127.0.0.1:PORT to a Unix socket ----
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EchoServer:
+    """A Unix socket that echoes what it gets and, when the client half-closes, adds b"|eof" and closes."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def echo(conn):
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+                conn.sendall(b"|eof")
+            except OSError:
+                pass
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class ForwarderTest(unittest.TestCase):
+    def test_every_tool_on_this_machine_forwards_both_ways_with_half_close(self):
+        for tool in cb.FORWARDER_TOOLS:
+            with self.subTest(tool=tool):
+                if shutil.which(tool) is None:
+                    self.skipTest(f"{tool} is not installed here")
+                self.check_tool(tool)
+
+    def check_tool(self, tool):
+        tmp = tempfile.TemporaryDirectory(prefix="cb-fwd-")
+        self.addCleanup(tmp.cleanup)
+        pairs = []
+        for i in range(2):
+            path = os.path.join(tmp.name, f"broker {i}.sock")  # a space: the paths are quoted
+            server = EchoServer(path)
+            self.addCleanup(server.close)
+            pairs.append((free_port(), path))
+        proc = subprocess.Popen(["/bin/sh", "-c", cb.forwarder_script(tool, pairs)], start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(self.stop_group, proc.pid)
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, 0, err)
+        for port, _ in pairs:
+            # The script returned, so the port accepts now; a connection carries bytes both ways, twice.
+            for _ in range(2):
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                    c.sendall(b"hello")
+                    self.assertEqual(c.recv(5), b"hello")
+                    c.sendall(b" again")
+                    c.shutdown(socket.SHUT_WR)
+                    got = b""
+                    while data := c.recv(65536):
+                        got += data
+                    self.assertEqual(got, b" again|eof")
+
+    @staticmethod
+    def stop_group(pgid):
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def test_a_port_that_never_comes_up_fails_the_script(self):
+        # A bound socket that does not listen: the forwarder cannot bind the port and nothing accepts on it.
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+            for tool in cb.FORWARDER_TOOLS:
+                with self.subTest(tool=tool):
+                    if shutil.which(tool) is None:
+                        self.skipTest(f"{tool} is not installed here")
+                    script = cb.forwarder_script(tool, [(port, "/nonexistent/broker.sock")], wait=0.3)
+                    proc = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=20,
+                                          start_new_session=True)
+                    self.assertEqual(proc.returncode, 1)
+                    self.assertEqual(proc.stderr, f"claude-bottle: the broker forwarder on 127.0.0.1:{port} "
+                                                  f"did not start\n")
+
+    def test_the_socat_script(self):
+        self.assertEqual(cb.forwarder_script("socat", [(41000, "/run/claude-bottle/broker 0.sock")], wait=0.1), (
+            "socat TCP-LISTEN:41000,bind=127.0.0.1,fork,reuseaddr 'UNIX-CONNECT:/run/claude-bottle/broker 0.sock' "
+            ">/dev/null 2>&1 &\n"
+            "i=0\n"
+            "until socat -u /dev/null TCP:127.0.0.1:41000 >/dev/null 2>&1; do\n"
+            '  i=$((i + 1)); if [ "$i" -gt 2 ]; then\n'
+            "    echo 'claude-bottle: the broker forwarder on 127.0.0.1:41000 did not start' >&2; exit 1\n"
+            "  fi; sleep 0.05\n"
+            "done\n"))
+
+    def test_an_unknown_tool_is_refused(self):
+        with self.assertRaises(ValueError):
+            cb.forwarder_script("bash", [(1, "/x")])
 
 
 # ---- The bench: added latency per request ----
