@@ -2192,6 +2192,842 @@ def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: 
     return status
 
 
+# ---- Credential broker: secrets stay on the host; the bottle gets a placeholder and a local address ----
+
+# The broker runs in this process. For each brokered endpoint it listens on a Unix socket in the private dir;
+# the bottle reaches it at http://127.0.0.1:PORT through a small forwarder, with a placeholder in the secret's
+# variable. The broker sets the real header on the way to the endpoint's one upstream, always over verified
+# HTTPS and always through pipelock's CONNECT, so the allowlist and the audit log see its traffic too.
+
+CREDENTIAL_KEYS = ("env", "host", "header", "format", "base_url_env", "upstream", "ca_file", "git")
+BROKER_PLACEHOLDER = "brokered-by-claude-bottle"
+ANTHROPIC_API_HOST = "api.anthropic.com"
+OAUTH_BETA = "oauth-2025-04-20"
+BROKER_MAX_BODY = 64 * 1024 * 1024
+BROKER_CONNECT_TIMEOUT = 30.0
+# Between two reads, not for a whole response: a streamed answer may take many minutes.
+BROKER_READ_TIMEOUT = 600.0
+BROKER_CHUNK = 64 * 1024
+BROKER_MAX_LINE = 64 * 1024
+BROKER_MAX_HEADERS = 100
+# TRACE and TRACK would echo the request, secret included, back to the bottle.
+BROKER_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+FORWARDER_TOOLS = ("socat", "python3", "node", "perl")
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HOP_BY_HOP = frozenset(("connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"))
+# Headers the broker writes itself: a credential may not name them.
+_MANAGED_HEADERS = _HOP_BY_HOP | {"host", "content-length", "expect"}
+# Variables a base URL or placeholder must never land in: they steer the shell, the loader, node or git.
+_UNSAFE_ENV = frozenset(("PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "BASH_ENV", "ENV", "SHELL", "USER",
+                         "NODE_OPTIONS", "NODE_PATH", "PYTHONPATH", "PYTHONSTARTUP", "PERL5OPT", "PERL5LIB",
+                         "GIT_CONFIG_COUNT", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM"))
+
+
+class Credential(namedtuple("Credential", "env host header format base_url_env upstream ca_file git",
+                            defaults=("{}", None, None, None, False))):
+    """One `[[bottles.NAME.credentials]]` entry: the host variable holding the secret (never its value), the
+    host it belongs to, the header and its format, the variable that gets the broker's address, the upstream
+    as (host, port) (None: the host on 443), an extra CA file and whether git's https://HOST/ goes through it."""
+
+    __slots__ = ()
+
+
+class Endpoint(namedtuple("Endpoint", "index host upstream header format strip beta base_url_env env "
+                                      "placeholder git ca_file")):
+    """One address the broker serves for a session: no secret in it, so plans and dry runs may print it.
+
+    upstream is ("https", host, port); strip the lower-cased headers dropped from the agent's request before
+    `header` is set to `format` around the secret; beta an anthropic-beta token the request must carry (or
+    None); placeholder the value the agent gets in `env`."""
+
+    __slots__ = ()
+
+
+def builtin_credentials() -> tuple:
+    """Claude Code's own: an API key (x-api-key) or a subscription token (Authorization: Bearer), one endpoint."""
+    upstream = (ANTHROPIC_API_HOST, 443)
+    return (
+        Credential("ANTHROPIC_API_KEY", ANTHROPIC_API_HOST, "x-api-key", "{}", "ANTHROPIC_BASE_URL", upstream),
+        Credential("CLAUDE_CODE_OAUTH_TOKEN", ANTHROPIC_API_HOST, "Authorization", "Bearer {}", "ANTHROPIC_BASE_URL",
+                   upstream),
+    )
+
+
+def _check_var(value, field: str) -> str:
+    if not isinstance(value, str) or not _ENV_RE.fullmatch(value):
+        raise ConfigError(f"{field}: {_printable(value)} is not an environment variable name; "
+                          f"use letters, digits and '_'")
+    if value in RESERVED_ENV or value in _UNSAFE_ENV or value.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")):
+        raise ConfigError(f"{field}: {value} is set by claude-bottle or steers a program in the bottle; "
+                          f"name a variable of your own")
+    return value
+
+
+def _check_upstream(value, field: str) -> tuple:
+    """`https://host[:port][/]` as (host, port); nothing else, so a secret only ever goes where it says."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{field}: expected a URL string like 'https://mirror.example:8443', "
+                          f"got {type(value).__name__}")
+    if not value.startswith("https://"):
+        raise ConfigError(f"{field}: {_printable(value)} is not an https:// URL; the broker sends secrets "
+                          f"over verified HTTPS only")
+    rest = value[len("https://"):]
+    for char, what in (("@", "user info"), ("?", "a query"), ("#", "a fragment"), ("\\", "a backslash")):
+        if char in rest:
+            raise ConfigError(f"{field}: {_printable(value)} has {what}; write only https://host[:port]")
+    authority, _, path = rest.partition("/")
+    if path:
+        raise ConfigError(f"{field}: {_printable(value)} has a path; write only https://host[:port] "
+                          f"(the agent's request supplies the path)")
+    if authority.startswith("["):
+        raise ConfigError(f"{field}: {_printable(value)} is an IPv6 address; use a hostname or an IPv4 address")
+    host, colon, port_text = authority.partition(":")
+    port = 443
+    if colon:
+        if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+            raise ConfigError(f"{field}: {_printable(value)} has no valid port; use 1 to 65535")
+        port = int(port_text)
+    return check_host(host, field, wildcard=False), port
+
+
+def _check_ca_file(value, field: str, base_dir: Path) -> str:
+    if not isinstance(value, str) or not value or "\0" in value or "\n" in value:
+        raise ConfigError(f"{field}: expected the path of a PEM file of CA certificates")
+    path = (base_dir / os.path.expanduser(value)).resolve()
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"{field}: {_visible(str(path))} {what}; give a PEM file of CA certificates "
+                          f"(relative paths start at the config file's directory)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024 * 1024)
+    except OSError as e:
+        raise ConfigError(f"{field}: cannot read {_visible(str(path))}: {e.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ConfigError(f"{field}: {_visible(str(path))} holds no PEM certificate "
+                          f"(-----BEGIN CERTIFICATE-----); convert it with `openssl x509 -outform PEM`")
+    return str(path)
+
+
+def _parse_credential(entry, at: str, base_dir: Path) -> Credential:
+    entry = _table(entry, at)
+    _check_keys(at, entry, CREDENTIAL_KEYS)
+    for key in ("env", "host", "header", "base_url_env"):
+        if key not in entry:
+            raise ConfigError(f"{at}: missing {key}; every credential needs env, host, header and base_url_env")
+    env = _check_var(entry["env"], f"{at} env")
+    host = check_host(entry["host"], f"{at} host", wildcard=False)
+    header = entry["header"]
+    if not isinstance(header, str) or not _TOKEN_RE.fullmatch(header):
+        raise ConfigError(f"{at} header: {_printable(header)} is not a header name; write one like "
+                          f"'Authorization' or 'x-api-key'")
+    if header.lower() in _MANAGED_HEADERS or header.lower().startswith("proxy-"):
+        raise ConfigError(f"{at} header: {header} is managed by the broker; name the header the service "
+                          f"reads the secret from")
+    fmt = entry.get("format", "{}")
+    if not isinstance(fmt, str) or not all(" " <= c <= "~" for c in fmt):
+        raise ConfigError(f"{at} format: {_printable(fmt)} must be printable ASCII (no CR, LF, NUL or "
+                          f"other control characters)")
+    if fmt.count("{}") != 1:
+        raise ConfigError(f"{at} format: {_printable(fmt)} must hold exactly one {{}} where the secret goes, "
+                          f"like 'Bearer {{}}'")
+    base_url_env = _check_var(entry["base_url_env"], f"{at} base_url_env")
+    if base_url_env == env:
+        raise ConfigError(f"{at} base_url_env: {base_url_env} is also env; the agent gets a placeholder in env "
+                          f"and the broker's address in base_url_env, so name two variables")
+    upstream = (_check_upstream(entry["upstream"], f"{at} upstream") if "upstream" in entry else (host, 443))
+    ca_file = _check_ca_file(entry["ca_file"], f"{at} ca_file", base_dir) if "ca_file" in entry else None
+    git = entry.get("git", False)
+    if not isinstance(git, bool):
+        raise ConfigError(f"{at} git: {_printable(git)} is not true or false")
+    return Credential(env, host, header, fmt, base_url_env, upstream, ca_file, git)
+
+
+def parse_credentials(entries, where: str, base_dir: Path) -> tuple:
+    """Validate a bottle's `[[bottles.NAME.credentials]]` array; `where` names it in messages, e.g.
+    "claude-bottle.toml: [[bottles.web.credentials]]"; a relative ca_file starts at `base_dir`."""
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: expected an array of tables, got {type(entries).__name__}; write "
+                          f"each credential under its own [[...credentials]] header")
+    builtin = builtin_credentials()
+    builtin_env = {c.env for c in builtin}
+    builtin_base = {c.base_url_env for c in builtin}
+    credentials, names, git_hosts = [], {}, set()
+    for i, entry in enumerate(entries, 1):
+        at = f"{where} #{i}"
+        c = _parse_credential(entry, at, base_dir)
+        for key, name in (("env", c.env), ("base_url_env", c.base_url_env)):
+            if name in names:
+                raise ConfigError(f"{at} {key}: {name} is already used by {names[name]}; give each credential "
+                                  f"its own variables")
+            names[name] = f"#{i} {key}"
+        if c.env == "CLAUDE_CODE_OAUTH_TOKEN" and (c.host != ANTHROPIC_API_HOST or c.upstream != (c.host, 443)):
+            # A subscription token is for Anthropic's own API; a gateway or mirror must never receive it.
+            raise ConfigError(f"{at} host: a Claude subscription token is only ever sent to "
+                              f"{ANTHROPIC_API_HOST}; remove host and upstream or this entry")
+        if c.env in builtin_base:
+            raise ConfigError(f"{at} env: {c.env} is where the built-in Anthropic credentials put the "
+                              f"broker's address; name the variable that holds your secret")
+        if c.base_url_env in builtin_env:
+            raise ConfigError(f"{at} base_url_env: {c.base_url_env} is a built-in credential's variable; "
+                              f"name another")
+        if c.base_url_env in builtin_base and c.env not in builtin_env:
+            raise ConfigError(f"{at} base_url_env: {c.base_url_env} belongs to the built-in Anthropic "
+                              f"credentials; to replace one, set env to {' or '.join(sorted(builtin_env))}")
+        if c.env in builtin_env and c.base_url_env not in builtin_base:
+            # One endpoint per base URL: it must drop the placeholder header of either built-in.
+            raise ConfigError(f"{at} base_url_env: a replacement for the built-in {c.env} keeps "
+                              f"base_url_env = {' or '.join(sorted(builtin_base))}")
+        if c.git:
+            if c.host in git_hosts:
+                raise ConfigError(f"{at} git: another credential already takes git's https://{c.host}/; "
+                                  f"set git on one of them")
+            git_hosts.add(c.host)
+        credentials.append(c)
+    return tuple(credentials)
+
+
+def credential_env_names(credentials) -> frozenset:
+    """Every variable that may hold a secret (built-in and `credentials`): the bottle must never get the host's
+    value of one; it gets a placeholder from agent_env_for() or nothing."""
+    return frozenset(c.env for c in (*builtin_credentials(), *credentials))
+
+
+def brokered_endpoints(credentials, environ) -> list:
+    """The endpoints of a session: built-in credentials, each replaced by a user credential with the same env,
+    then the user's; only those whose variable is set (non-empty) on the host. Credentials sharing a
+    base_url_env make one endpoint, whose secret is the first one set (the API key before the OAuth token,
+    Claude Code's own order), and which drops every header those credentials could send."""
+    slots = list(builtin_credentials())
+    for c in credentials:
+        same = [i for i, b in enumerate(slots) if b.env == c.env]
+        if same:
+            slots[same[0]] = c
+        else:
+            slots.append(c)
+    chosen, strip = {}, {}
+    for c in slots:
+        strip.setdefault(c.base_url_env, set()).add(c.header.lower())
+        if environ.get(c.env) and c.base_url_env not in chosen:
+            value = environ[c.env]
+            if not all(" " <= ch <= "~" for ch in value):
+                raise ConfigError(f"{c.env}: its value holds a newline, a control or a non-ASCII character, so "
+                                  f"it cannot be sent in a header; fix the variable on the host")
+            chosen[c.base_url_env] = c
+    return [
+        Endpoint(index=i, host=c.host, upstream=("https", *(c.upstream or (c.host, 443))), header=c.header,
+                 format=c.format,
+                 strip=tuple(sorted(strip[c.base_url_env])),
+                 beta=OAUTH_BETA if c.env == "CLAUDE_CODE_OAUTH_TOKEN" else None,
+                 base_url_env=c.base_url_env, env=c.env, placeholder=BROKER_PLACEHOLDER, git=c.git,
+                 ca_file=c.ca_file)
+        for i, c in enumerate(chosen.values())
+    ]
+
+
+def broker_secrets(endpoints, environ) -> dict:
+    """{env: value} for the endpoints: handed to the broker only, never part of a plan."""
+    return {ep.env: environ[ep.env] for ep in endpoints}
+
+
+def describe_endpoint(ep: Endpoint) -> str:
+    """One line for the summary and the dry run (no secret is known here)."""
+    _, host, port = ep.upstream
+    target = host if port == 443 else f"{host}:{port}"
+    git = f", git https://{ep.host}/" if ep.git else ""
+    return f"{ep.env} as {ep.header} to https://{target} ({ep.base_url_env}{git})"
+
+
+def broker_socket_name(endpoint: Endpoint) -> str:
+    return f"broker-{endpoint.index}.sock"
+
+
+def broker_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def agent_env_for(endpoints, ports) -> list:
+    """The bottle's variables for the endpoints (`ports[ep.index]` is the forwarder's port for each): the
+    placeholder, the base URL, and git's url.<broker>.insteadOf https://<host>/ as GIT_CONFIG_* variables."""
+    env, git = [], []
+    for ep in endpoints:
+        url = broker_url(ports[ep.index])
+        env += [(ep.env, ep.placeholder), (ep.base_url_env, url)]
+        if ep.git:
+            git.append((f"url.{url}/.insteadOf", f"https://{ep.host}/"))
+    if git:
+        env.append(("GIT_CONFIG_COUNT", str(len(git))))
+        for i, (key, value) in enumerate(git):
+            env += [(f"GIT_CONFIG_KEY_{i}", key), (f"GIT_CONFIG_VALUE_{i}", value)]
+    return env
+
+
+def _without_hop_by_hop(headers) -> list:
+    """`headers` without hop-by-hop ones: the fixed set, Proxy-*, and whatever Connection names."""
+    named = {t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")}
+    return [(n, v) for n, v in headers
+            if n.lower() not in _HOP_BY_HOP and not n.lower().startswith("proxy-") and n.lower() not in named]
+
+
+def inject_headers(headers: list, endpoint: Endpoint, secret: str) -> list:
+    """The agent's headers with every header it could carry a placeholder in dropped and the real one set;
+    for a subscription token, `anthropic-beta` carries the OAuth beta exactly once."""
+    out = [(n, v) for n, v in headers if n.lower() not in endpoint.strip]
+    if endpoint.beta:
+        betas = [i for i, (n, _) in enumerate(out) if n.lower() == "anthropic-beta"]
+        tokens = {t.strip() for i in betas for t in out[i][1].split(",")}
+        if not betas:
+            out.append(("anthropic-beta", endpoint.beta))
+        elif endpoint.beta not in tokens:
+            name, value = out[betas[-1]]
+            out[betas[-1]] = (name, f"{value},{endpoint.beta}" if value.strip() else endpoint.beta)
+    out.append((endpoint.header, endpoint.format.replace("{}", secret, 1)))
+    return out
+
+
+def upstream_headers(headers: list, endpoint: Endpoint, secret: str, body_length: int | None) -> list:
+    """What goes upstream: Host for the upstream, the agent's end-to-end headers, the credential, and the
+    length of the body the broker read (None: the request had none)."""
+    _, host, port = endpoint.upstream
+    kept = [(n, v) for n, v in _without_hop_by_hop(headers)
+            if n.lower() not in ("host", "content-length", "expect")]
+    out = [("Host", host if port == 443 else f"{host}:{port}"), *inject_headers(kept, endpoint, secret)]
+    if body_length is not None:
+        out.append(("Content-Length", str(body_length)))
+    return out
+
+
+class _Refusal(Exception):
+    """A request the broker answers itself, then closes the connection."""
+
+    def __init__(self, status: int, text: str):
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
+def _read_head(rfile):
+    """(method, target, version, headers) of the next request, or None at a clean end of the connection."""
+    line = rfile.readline(BROKER_MAX_LINE + 1)
+    if line in (b"\r\n", b"\n"):  # RFC 9112 2.2: one empty line before a request is tolerated
+        line = rfile.readline(BROKER_MAX_LINE + 1)
+    if not line:
+        return None
+    if len(line) > BROKER_MAX_LINE:
+        raise _Refusal(414, "request line too long")
+    parts = line.rstrip(b"\r\n").decode("latin-1").split(" ")
+    if not line.endswith(b"\n") or len(parts) != 3 or not _TOKEN_RE.fullmatch(parts[0]):
+        raise _Refusal(400, "malformed request line")
+    if parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
+        raise _Refusal(505, "the broker speaks HTTP/1.1")
+    headers = []
+    while True:
+        line = rfile.readline(BROKER_MAX_LINE + 1)
+        if line in (b"\r\n", b"\n"):
+            return parts[0], parts[1], parts[2], headers
+        if len(line) > BROKER_MAX_LINE or len(headers) >= BROKER_MAX_HEADERS:
+            raise _Refusal(431, "request headers too large")
+        if not line.endswith(b"\n") or line[:1] in (b" ", b"\t"):
+            raise _Refusal(400, "malformed header (or obsolete line folding)")
+        name, colon, value = line.rstrip(b"\r\n").decode("latin-1").partition(":")
+        value = value.strip(" \t")
+        if not colon or not _TOKEN_RE.fullmatch(name) or _HEADER_VALUE_BAD.search(value):
+            raise _Refusal(400, "malformed header")
+        headers.append((name, value))
+
+
+def _read_chunked(rfile, cap: int) -> bytes:
+    body = bytearray()
+    while True:
+        line = rfile.readline(BROKER_MAX_LINE + 1)
+        size = line.split(b";", 1)[0].strip()
+        if not line.endswith(b"\n") or not re.fullmatch(rb"[0-9A-Fa-f]{1,16}", size):
+            raise _Refusal(400, "malformed chunked body")
+        size = int(size, 16)
+        if size == 0:
+            break
+        if len(body) + size > cap:
+            raise _Refusal(413, f"request body over {cap} bytes")
+        data = rfile.read(size)
+        if len(data) != size or rfile.readline(3) not in (b"\r\n", b"\n"):
+            raise _Refusal(400, "malformed chunked body")
+        body += data
+    for _ in range(BROKER_MAX_HEADERS):  # trailers: read and dropped
+        line = rfile.readline(BROKER_MAX_LINE + 1)
+        if line in (b"\r\n", b"\n"):
+            return bytes(body)
+        if not line.endswith(b"\n"):
+            break
+    raise _Refusal(400, "malformed chunked trailer")
+
+
+def _read_body(rfile, headers, cap: int = BROKER_MAX_BODY) -> bytes | None:
+    """The request body (chunked decoded), or None when the request has none."""
+    te = [v for n, v in headers if n.lower() == "transfer-encoding"]
+    cl = [v for n, v in headers if n.lower() == "content-length"]
+    if te and cl:
+        raise _Refusal(400, "both Transfer-Encoding and Content-Length")
+    if te:
+        if [c.strip().lower() for v in te for c in v.split(",") if c.strip()] != ["chunked"]:
+            raise _Refusal(501, "only the chunked transfer coding is supported")
+        return _read_chunked(rfile, cap)
+    if not cl:
+        return None
+    lengths = {v.strip() for v in ",".join(cl).split(",")}
+    if len(lengths) != 1 or not re.fullmatch(r"[0-9]{1,18}", next(iter(lengths))):
+        raise _Refusal(400, "malformed Content-Length")
+    length = int(lengths.pop())
+    if length > cap:
+        raise _Refusal(413, f"request body over {cap} bytes")
+    body = rfile.read(length)
+    if len(body) != length:
+        raise _Refusal(400, "request body shorter than its Content-Length")
+    return body
+
+
+def _has_token(headers, name: str, token: str) -> bool:
+    return any(t.strip().lower() == token for n, v in headers if n.lower() == name for t in v.split(","))
+
+
+def _tls_context(ca_file: str | None):
+    """Verified TLS for an upstream: the system's CAs (SSL_CERT_FILE honoured) plus `ca_file`."""
+    import ssl
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def _stale(sock) -> bool:
+    """A kept connection with something to read between responses has been closed (or broken) by the far end."""
+    import select
+    if getattr(sock, "pending", lambda: 0)():
+        return True
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+class _Tunnel:
+    """One agent connection's kept HTTPS connection to its endpoint's upstream, through the proxy's CONNECT."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self.proxy = self.context = self.conn = None
+
+    def _connect(self):
+        import http.client
+        _, host, port = self.endpoint.upstream
+        conn = http.client.HTTPSConnection(self.proxy[0], self.proxy[1], timeout=BROKER_CONNECT_TIMEOUT,
+                                           context=self.context)
+        conn.set_tunnel(host, port)
+        try:
+            conn.connect()
+        except BaseException:
+            conn.close()
+            raise
+        conn.sock.settimeout(BROKER_READ_TIMEOUT)
+        return conn
+
+    def send(self, method: str, target: str, headers: list, body: bytes | None):
+        """The upstream's response to the request. A kept connection the far end has closed is replaced; one
+        that fails before any answer is retried once on a new connection (the body is in memory)."""
+        import ssl
+        for attempt in (1, 2):
+            fresh = self.conn is None or self.conn.sock is None or _stale(self.conn.sock)
+            if fresh:
+                self.close()
+                self.conn = self._connect()
+            try:
+                self.conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+                for name, value in headers:
+                    self.conn.putheader(name, value)
+                self.conn.endheaders(body)
+                return self.conn.getresponse()
+            except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                self.close()
+                if fresh or attempt == 2:
+                    raise
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _reason(error: BaseException) -> str:
+    return _visible(str(error) or type(error).__name__)[:300]
+
+
+class CredentialBroker:
+    """Adds each endpoint's secret to the requests that arrive on its Unix socket, on their way to its upstream.
+
+    The upstream comes from the socket alone, never from the request: the broker takes paths only and sets Host
+    itself, so nothing the bottle sends can point a secret at another host or at plain HTTP. Redirects come back
+    unchanged and are never followed. Responses stream back as they arrive (server-sent events stay live).
+
+        broker = CredentialBroker(endpoints, broker_secrets(endpoints, os.environ), private_dir)
+        td.callback(broker.close)
+        paths = broker.start()          # one socket per endpoint, broker_socket_name(ep) in private_dir
+        broker.set_proxy((sidecar_ip, PROXY_PORT))  # before the bottle's first request
+    """
+
+    def __init__(self, endpoints, secrets: dict, socket_dir: str, log=log):
+        self.endpoints = list(endpoints)
+        missing = [ep.env for ep in self.endpoints if not secrets.get(ep.env)]
+        if missing:
+            raise BottleError(f"credential broker: no value for {', '.join(missing)}")
+        self._secrets = {ep.env: secrets[ep.env] for ep in self.endpoints}
+        self.paths = [os.path.join(socket_dir, broker_socket_name(ep)) for ep in self.endpoints]
+        self._log = log
+        self._proxy = None
+        self._lock = threading.Lock()
+        self._counts = [{"requests": 0, "status": {}} for _ in self.endpoints]
+        self._contexts, self._tls_lock = {}, threading.Lock()
+        self._listeners, self._bound, self._conns = [], [], set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<CredentialBroker {', '.join(ep.host for ep in self.endpoints) or 'no endpoints'}>"
+
+    def start(self) -> list:
+        """Bind and serve each endpoint's socket (0600, or shared with the bottle's user); return the paths.
+
+        Cheap: the trust store (a few hundred ms) is loaded at the first request, not on the way to the bottle."""
+        import socket
+        for ep, path in zip(self.endpoints, self.paths):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._listeners.append(sock)
+            sock.bind(path)
+            self._bound.append(path)
+            share_with(path, AGENT_UID, 0o600, 0o666)
+            sock.listen(64)
+            threading.Thread(target=self._accept, args=(sock, ep), daemon=True, name=f"broker-{ep.index}").start()
+        return list(self.paths)
+
+    def set_proxy(self, address: tuple) -> None:
+        """The CONNECT proxy (pipelock's address as the host reaches it) every upstream connection goes through."""
+        host, port = address
+        self._proxy = (str(host), int(port))
+
+    def close(self) -> None:
+        """Stop listening and end every open connection; safe to call at any point, and twice."""
+        import socket
+        with self._lock:
+            self._closed = True
+            conns, self._conns = list(self._conns), set()
+        for sock in [*self._listeners, *conns]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self._listeners = []
+        for path in self._bound:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._bound = []
+
+    def stats(self) -> list:
+        """Per endpoint: {"host", "env", "requests", "status": {code: count}}; no secret anywhere."""
+        with self._lock:
+            return [{"host": ep.host, "env": ep.env, "requests": c["requests"], "status": dict(c["status"])}
+                    for ep, c in zip(self.endpoints, self._counts)]
+
+    def _context(self, ca_file: str | None):
+        with self._tls_lock:
+            if ca_file not in self._contexts:
+                self._contexts[ca_file] = _tls_context(ca_file)
+            return self._contexts[ca_file]
+
+    def _record(self, ep: Endpoint, method: str, target: str, status: int) -> None:
+        with self._lock:
+            counts = self._counts[ep.index]
+            counts["requests"] += 1
+            counts["status"][status] = counts["status"].get(status, 0) + 1
+        self._log(f"broker: {method} {ep.host} {_visible(target)[:200]} {status}")
+
+    def _accept(self, sock, ep: Endpoint) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn, ep), daemon=True, name=f"broker-{ep.index}-conn").start()
+
+    def _serve(self, conn, ep: Endpoint) -> None:
+        import http.client
+        tunnel = _Tunnel(ep)
+        rfile = conn.makefile("rb")
+        try:
+            conn.settimeout(BROKER_READ_TIMEOUT)
+            while True:
+                head = None
+                try:
+                    head = _read_head(rfile)
+                    if head is None:
+                        return
+                    method, target, version, headers = head
+                    self._check(method, target)
+                    if version == "HTTP/1.1" and _has_token(headers, "expect", "100-continue"):
+                        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    body = _read_body(rfile, headers)
+                except _Refusal as r:
+                    method, target = head[:2] if head else ("-", "-")
+                    self._answer(conn, ep, method, target, r.status, r.text, keep=False)
+                    return
+                keep = version == "HTTP/1.1" and not _has_token(headers, "connection", "close")
+                if not self._exchange(conn, ep, tunnel, method, target, version, headers, body, keep):
+                    return
+        except (OSError, http.client.HTTPException):
+            return  # the bottle went away, a read timed out, or the upstream broke off mid-answer
+        except Exception as e:  # a bug: say so without a message, which might quote a header
+            self._log(f"broker: {ep.host}: internal error ({type(e).__name__}); connection closed")
+        finally:
+            tunnel.close()
+            rfile.close()
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def _exchange(self, conn, ep: Endpoint, tunnel: _Tunnel, method: str, target: str, version: str,
+                  headers: list, body: bytes | None, keep: bool) -> bool:
+        """One request upstream and its answer back; True when the agent's connection may carry another."""
+        import http.client
+        if self._proxy is None:
+            self._answer(conn, ep, method, target, 503, "the broker has no proxy yet; try again", keep)
+            return keep
+        secret = self._secrets[ep.env]
+        tunnel.proxy = self._proxy
+        try:
+            tunnel.context = self._context(ep.ca_file)
+            resp = tunnel.send(method, target, upstream_headers(headers, ep, secret, None if body is None
+                                                                else len(body)), body)
+        except (OSError, http.client.HTTPException) as e:
+            tunnel.close()
+            _, host, port = ep.upstream
+            reason = _reason(e).replace(secret, "[secret]")
+            self._answer(conn, ep, method, target, 502,
+                         f"cannot reach https://{host}:{port} through the proxy: {reason}", keep)
+            return keep
+        if resp.status < 200:
+            # http.client reads past 100 Continue only; after another 1xx the real answer is still on the wire.
+            tunnel.close()
+            self._answer(conn, ep, method, target, 502, f"{ep.host} sent an informational {resp.status}, "
+                         f"which the broker does not relay", keep)
+            return keep
+        return self._relay(conn, ep, method, target, version, resp, keep, tunnel)
+
+    @staticmethod
+    def _check(method: str, target: str) -> None:
+        if method == "CONNECT":
+            raise _Refusal(405, "the broker takes no CONNECT; send requests with a path to its address")
+        if method not in BROKER_METHODS:
+            raise _Refusal(405, f"the broker forwards {', '.join(BROKER_METHODS)} only")
+        if not target.startswith("/"):
+            raise _Refusal(400, "the broker takes paths only")
+        if not all("!" <= c <= "~" for c in target):
+            raise _Refusal(400, "the request target must be ASCII without spaces or control characters")
+
+    def _answer(self, conn, ep: Endpoint, method: str, target: str, status: int, text: str, keep: bool) -> None:
+        import http.client
+        body = f"claude-bottle broker: {text}\n".encode()
+        head = [f"HTTP/1.1 {status} {http.client.responses.get(status, 'Error')}",
+                "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}"]
+        if not keep:
+            head.append("Connection: close")
+        self._record(ep, method, target, status)
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+    def _relay(self, conn, ep: Endpoint, method: str, target: str, version: str, resp, keep: bool,
+               tunnel: _Tunnel) -> bool:
+        """Send the upstream's response back as it arrives; True when the agent's connection may carry another."""
+        headers = [(n, v.replace("\r", " ").replace("\n", " ")) for n, v in _without_hop_by_hop(resp.getheaders())
+                   if _TOKEN_RE.fullmatch(n)]
+        if method == "HEAD" or resp.status in (204, 304):
+            framing = "none"
+        elif resp.length is not None and not resp.chunked:
+            framing = "length"
+        else:
+            headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+            framing = "chunked" if version == "HTTP/1.1" else "close"
+            if framing == "chunked":
+                headers.append(("Transfer-Encoding", "chunked"))
+            else:
+                keep = False
+        if not keep:
+            headers.append(("Connection", "close"))
+        reason = "".join(c for c in resp.reason if " " <= c <= "~")
+        head = [f"HTTP/1.1 {resp.status} {reason}", *(f"{n}: {v}" for n, v in headers)]
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        self._record(ep, method, target, resp.status)
+        if framing == "none":
+            resp.read()
+            return keep
+        expected, sent = resp.length, 0
+        while data := resp.read1(BROKER_CHUNK):
+            sent += len(data)
+            conn.sendall(b"%x\r\n%s\r\n" % (len(data), data) if framing == "chunked" else data)
+        if framing == "chunked":
+            conn.sendall(b"0\r\n\r\n")
+        if framing == "length" and sent != expected:
+            tunnel.close()  # the upstream ended early: the agent must see a short body, not a framing error later
+            return False
+        resp.close()
+        return keep
+
+
+# The forwarders: accept on 127.0.0.1:argv[1], connect each to the Unix socket argv[2], copy both ways, and pass
+# a half-close on (a client that has sent its request may still read the answer).
+_FORWARD_PY = """\
+import socket, sys, threading
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def serve(c):
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        u.connect(sys.argv[2])
+    except OSError:
+        c.close()
+        return
+    t = threading.Thread(target=pipe, args=(u, c), daemon=True)
+    t.start()
+    pipe(c, u)
+    t.join()
+    c.close()
+    u.close()
+s = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+_FORWARD_JS = """\
+const net = require("net");
+const [port, path] = process.argv.slice(-2);
+net.createServer({allowHalfOpen: true}, (c) => {
+  const u = net.connect({path: path, allowHalfOpen: true});
+  c.pipe(u); u.pipe(c);
+  c.on("error", () => u.destroy()); u.on("error", () => c.destroy());
+  c.on("close", () => u.destroy()); u.on("close", () => c.destroy());
+}).listen(Number(port), "127.0.0.1");
+"""
+_FORWARD_PL = """\
+use strict; use IO::Socket::INET; use IO::Socket::UNIX; use IO::Select; use Socket;
+my ($port, $path) = @ARGV;
+my $l = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $port, Listen => 64, ReuseAddr => 1)
+  or die "listen: $!";
+$SIG{CHLD} = "IGNORE";
+while (1) {
+  my $c = $l->accept or next;
+  if (fork) { close $c; next }
+  close $l;
+  my $u = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $path) or exit 1;
+  my %peer = ($c => $u, $u => $c);
+  my $sel = IO::Select->new($c, $u);
+  while ($sel->count) {
+    for my $h ($sel->can_read) {
+      my $n = sysread($h, my $buf, 65536);
+      if (!$n) { shutdown($peer{$h}, 1); $sel->remove($h); next }
+      for (my $o = 0; $o < $n;) { my $w = syswrite($peer{$h}, $buf, $n - $o, $o); exit 0 unless defined $w; $o += $w }
+    }
+  }
+  exit 0;
+}
+"""
+# The waits: argv is the seconds to wait, then the ports; each must accept a connection in time.
+_WAIT_PY = """\
+import socket, sys, time
+deadline = time.monotonic() + float(sys.argv[1])
+for port in sys.argv[2:]:
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), 1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit("claude-bottle: the broker forwarder on 127.0.0.1:%s did not start" % port)
+            time.sleep(0.02)
+"""
+_WAIT_JS = """\
+const net = require("net");
+const args = process.argv.slice(1), deadline = Date.now() + 1000 * Number(args[0]);
+function probe(i) {
+  if (i >= args.length) return;
+  const s = net.connect(Number(args[i]), "127.0.0.1");
+  s.on("connect", () => { s.destroy(); probe(i + 1); });
+  s.on("error", () => {
+    if (Date.now() > deadline) {
+      console.error("claude-bottle: the broker forwarder on 127.0.0.1:" + args[i] + " did not start");
+      process.exit(1);
+    }
+    setTimeout(() => probe(i), 20);
+  });
+}
+probe(1);
+"""
+# Plain perl-base has no Time::HiRes: count 20 ms pauses instead of reading a clock.
+_WAIT_PL = """\
+use strict; use IO::Socket::INET;
+my ($wait, @ports) = @ARGV;
+my $tries = int($wait / 0.02) + 1;
+for my $port (@ports) {
+  until (IO::Socket::INET->new(PeerAddr => "127.0.0.1", PeerPort => $port, Timeout => 1)) {
+    if (--$tries < 0) {
+      print STDERR "claude-bottle: the broker forwarder on 127.0.0.1:$port did not start\n"; exit 1;
+    }
+    select(undef, undef, undef, 0.02);
+  }
+}
+"""
+
+
+def forwarder_script(tool: str, pairs: list, wait: float = 5.0) -> str:
+    """POSIX sh that serves each (port, unix_socket) on 127.0.0.1:port in the background with `tool` (one of
+    FORWARDER_TOOLS), then returns once every port accepts connections; exit 1 when one does not within `wait`
+    seconds. Run it with `sh -c` before the agent's command; the forwarders outlive it."""
+    if tool not in FORWARDER_TOOLS:
+        raise ValueError(f"unknown forwarder tool {tool!r}; use one of {', '.join(FORWARDER_TOOLS)}")
+    flag = "-c" if tool == "python3" else "-e"
+    ports = [str(int(port)) for port, _ in pairs]
+    lines = []
+    for port, (_, path) in zip(ports, pairs):
+        if tool == "socat":
+            lines.append(f"socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr "
+                         f"{shlex.quote('UNIX-CONNECT:' + path)} >/dev/null 2>&1 &")
+        else:
+            program = {"python3": _FORWARD_PY, "node": _FORWARD_JS, "perl": _FORWARD_PL}[tool]
+            lines.append(f"{tool} {flag} {shlex.quote(program)} {port} {shlex.quote(path)} >/dev/null 2>&1 &")
+    if tool != "socat":
+        # One waiting process for every port: starting an interpreter per attempt would be the slow part.
+        program = {"python3": _WAIT_PY, "node": _WAIT_JS, "perl": _WAIT_PL}[tool]
+        lines.append(f"{tool} {flag} {shlex.quote(program)} {wait:g} {' '.join(ports)} || exit 1")
+        return "\n".join(lines) + "\n"
+    for port in ports:
+        lines += [
+            "i=0",
+            f"until socat -u /dev/null TCP:127.0.0.1:{port} >/dev/null 2>&1; do",
+            f'  i=$((i + 1)); if [ "$i" -gt {max(1, int(wait / 0.05))} ]; then',
+            f"    echo 'claude-bottle: the broker forwarder on 127.0.0.1:{port} did not start' >&2; exit 1",
+            "  fi; sleep 0.05",
+            "done",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 # ---- Operating bottles: finding sessions, stopping them, reaping orphans ----
 
 def _created(text: str) -> float | None:
