@@ -73,6 +73,13 @@ MAX_REQUESTS_PER_MINUTE = 6000
 # agent into the writable .git, it would send git on the host around the read-only .git/config and hooks.
 GIT_COMMONDIR = os.path.join(".git", "commondir")
 
+# Each session's networks get a /28 of their own from this range (CLAUDE_BOTTLE_SUBNETS, comma-separated), outside
+# Docker's default address pools, so that sessions never use those up. A /28 holds the gateway, the sidecar, the agent.
+SUBNETS_ENV = "CLAUDE_BOTTLE_SUBNETS"
+DEFAULT_SUBNETS = "10.213.0.0/16"
+SUBNET_BITS = 28
+SUBNET_TRIES = 16
+
 AGENT_UID = 1000
 AGENT_HOME = "/home/claude"
 AGENT_WORKDIR = "/workspace"
@@ -303,6 +310,54 @@ def check_int(value, field: str, low: int, high: int) -> int:
     if type(value) is not int or not low <= value <= high:
         raise ConfigError(f"{field}: {_printable(value)} is not a whole number from {low} to {high}")
     return value
+
+
+def _ipv4(text: str) -> int | None:
+    parts = text.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
+        return None
+    return int.from_bytes(bytes(int(p) for p in parts), "big")
+
+
+def _dotted(n: int) -> str:
+    return ".".join(str(b) for b in n.to_bytes(4, "big"))
+
+
+def check_subnet_pool(value: str, field: str) -> tuple:
+    """`10.213.0.0/16,10.214.0.0/20`: IPv4 ranges in CIDR form, each holding at least one /28."""
+    pool = []
+    for item in value.split(","):
+        addr, _, bits = item.strip().partition("/")
+        base = _ipv4(addr)
+        if base is None or not bits.isdigit() or not 8 <= int(bits) <= SUBNET_BITS or \
+                base & ((1 << (32 - int(bits))) - 1):
+            raise ConfigError(f"{field}: {_printable(item.strip())} is not an IPv4 range like 10.213.0.0/16 "
+                              f"(a network address, /8 to /{SUBNET_BITS}); set it to free private ranges, "
+                              f"comma-separated")
+        pool.append(f"{addr}/{int(bits)}")
+    return tuple(pool)
+
+
+def subnet_candidate(pool, seed: str, attempt: int) -> str:
+    """The `attempt`-th /28 to try for a network: spread over the whole pool by a hash of `seed`."""
+    ranges = [(_ipv4(c.split("/")[0]), 1 << (SUBNET_BITS - int(c.split("/")[1]))) for c in pool]
+    index = int(_sha256(f"{seed}/{attempt}")[:12], 16) % sum(n for _, n in ranges)
+    for base, count in ranges:
+        if index < count:
+            return f"{_dotted(base + (index << (32 - SUBNET_BITS)))}/{SUBNET_BITS}"
+        index -= count
+    raise AssertionError("unreachable")
+
+
+def subnet_address(cidr: str, n: int) -> str:
+    """The n-th address of a subnet: 1 is the gateway Docker picks, 2 the sidecar's."""
+    return _dotted(_ipv4(cidr.split("/")[0]) + n)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    (x, xb), (y, yb) = ((_ipv4(c.split("/")[0]), int(c.split("/")[1])) for c in (a, b))
+    bits = min(xb, yb)
+    return x >> (32 - bits) == y >> (32 - bits) if bits else True
 
 
 # ---- Configuration: claude-bottle.toml ----
@@ -915,7 +970,7 @@ class ReloadWait:
 PLAN_FIELDS = (
     "session agent agent_source bottle image build_image pipelock_image workspace git_dir read_only env "
     "env_unset hosts bottle_allow trusted ssh ssh_agent egress_network command tty self_test "
-    "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir"
+    "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir subnet_pool"
 )
 
 
@@ -946,6 +1001,10 @@ class Plan(namedtuple("Plan", PLAN_FIELDS)):
         """(name, internal) for each network this session creates, in creation order."""
         own = () if self.egress_network else ((self.egress, False),)
         return ((self.internal_network, True), *own)
+
+    def subnet(self, name: str) -> str:
+        """The first subnet a start tries for network `name` (another one when it is taken)."""
+        return subnet_candidate(self.subnet_pool, f"{self.session}/{name}", 0)
 
     @property
     def proxy_url(self) -> str:
@@ -1034,6 +1093,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         if not _trust_covered(t, hosts):
             raise ConfigError(f"{config.path}: [bottles.{bottle.name}] trusted: {t!r} is not allowed by the "
                               f"bottle; add it to allow as well")
+    subnet_pool = check_subnet_pool(environ.get(SUBNETS_ENV) or DEFAULT_SUBNETS, SUBNETS_ENV)
     image_override = environ.get(PIPELOCK_IMAGE_ENV)
     pipelock_image = check_image(image_override, PIPELOCK_IMAGE_ENV) if image_override else PIPELOCK_IMAGE
     # Read-only inside the read-write workspace: what would run on the host later, or change the bottle.
@@ -1080,6 +1140,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         owner_start=owner_start,
         owner_proof=owner_proof,
         private_dir=private_dir,
+        subnet_pool=subnet_pool,
     )
 
 
@@ -1204,19 +1265,19 @@ def network_inspect_argv(name: str) -> list:
     return ["network", "inspect", "--format", "{{.Name}}", name]
 
 
-def network_create_argv(plan: Plan, name: str, internal: bool) -> list:
+def network_create_argv(plan: Plan, name: str, internal: bool, subnet: str) -> list:
     if not internal:
-        return ["network", "create", *_labels(plan, "egress"), name]
+        return ["network", "create", "--subnet", subnet, *_labels(plan, "egress"), name]
     # WARNING: an internal network still puts its gateway address on a host bridge, and the agent can
     # reach every host service listening on 0.0.0.0 through it. No address on the bridge, no host.
     return ["network", "create", "--internal", "--opt", "com.docker.network.bridge.inhibit_ipv4=true",
-            *_labels(plan, "internal"), name]
+            "--subnet", subnet, *_labels(plan, "internal"), name]
 
 
-def sidecar_run_argv(plan: Plan) -> list:
+def sidecar_run_argv(plan: Plan, ip: str | None = None) -> list:
     return [
         "run", "--detach", "--name", plan.sidecar, *_labels(plan, "pipelock"),
-        "--network", plan.egress,
+        "--network", plan.egress, *(["--ip", ip] if ip else []),
         "--user", SIDECAR_USER, "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--pids-limit", str(SIDECAR_PIDS_LIMIT),
         # The directory, not the file: pipelock watches it and reloads a replaced config.
@@ -1226,8 +1287,8 @@ def sidecar_run_argv(plan: Plan) -> list:
     ]
 
 
-def network_connect_argv(plan: Plan) -> list:
-    return ["network", "connect", plan.internal_network, plan.sidecar]
+def network_connect_argv(plan: Plan, ip: str) -> list:
+    return ["network", "connect", "--ip", ip, plan.internal_network, plan.sidecar]
 
 
 def health_argv(plan: Plan) -> list:
@@ -1235,10 +1296,10 @@ def health_argv(plan: Plan) -> list:
     return ["exec", plan.sidecar, "/pipelock", "healthcheck"]
 
 
-def agent_create_argv(plan: Plan) -> list:
+def agent_create_argv(plan: Plan, ip: str | None = None) -> list:
     argv = [
         "create", "--name", plan.agent_container, *_labels(plan, "agent"),
-        "--network", plan.internal_network,
+        "--network", plan.internal_network, *(["--ip", ip] if ip else []),
         # No DNS path out, whatever the engine version: the embedded resolver may forward only to the
         # container's own loopback, where nothing listens. The sidecar's name still resolves.
         "--dns", "127.0.0.1", "--dns-option", "timeout:1", "--dns-option", "attempts:1",
@@ -1501,8 +1562,9 @@ STARTED = time.monotonic()
 DOCKER_ANSWERED = False
 DOCKER_MISSING = ("docker: command not found; install Docker (https://docs.docker.com/engine/install/) "
                   "and make sure `docker` is on PATH")
-# How long one teardown call may take before claude-bottle stops waiting for an engine that does not answer.
-TEARDOWN_TIMEOUT = float(os.environ.get("CLAUDE_BOTTLE_TEARDOWN_TIMEOUT") or 30)
+# How long one teardown call may take before claude-bottle stops waiting for an engine that does not answer. An
+# engine tearing down 64 sessions at once on 2 CPUs took up to 40 s for one `network rm`: busy is not hung.
+TEARDOWN_TIMEOUT = float(os.environ.get("CLAUDE_BOTTLE_TEARDOWN_TIMEOUT") or 120)
 # How long a setup call still running when a signal arrives may go on before it is killed.
 SIGNAL_GRACE = 10.0
 
@@ -2036,15 +2098,73 @@ def wait_healthy(run: Run, timeout: float = HEALTH_TIMEOUT) -> None:
     raise unhealthy(plan, r.stderr.strip() or "no answer")
 
 
+def host_routes(path: str = "/proc/net/route") -> list:
+    """The host's IPv4 routes (Linux), so that a session's subnet never hides a network the host reaches."""
+    try:
+        rows = [line.split() for line in Path(path).read_text().splitlines()[1:]]
+    except OSError:
+        return []
+    routes = []
+    for row in rows:
+        if len(row) >= 8:
+            dest, mask = (int.from_bytes(bytes.fromhex(x), "little") for x in (row[1], row[7]))
+            if mask:
+                routes.append(f"{_dotted(dest)}/{bin(mask).count('1')}")
+    return routes
+
+
+def create_network(run: Run, name: str, internal: bool) -> str:
+    """Create `name` on a /28 of the session's own choosing; another one when the engine says it is taken.
+
+    The engine refuses a subnet that overlaps any of its networks, atomically, so two starts choosing at
+    once can never share one: the second simply tries its next candidate. Returns the subnet.
+    """
+    plan = run.plan
+    routes = host_routes()
+    for attempt in range(SUBNET_TRIES):
+        subnet = subnet_candidate(plan.subnet_pool, f"{plan.session}/{name}", attempt)
+        if any(_overlaps(subnet, route) for route in routes):
+            continue
+        r = docker(*network_create_argv(plan, name, internal, subnet), check=False)
+        if r.returncode == 0:
+            return subnet
+        if "overlap" not in r.stderr:
+            raise DockerError(r.args, r.returncode, r.stderr)
+    raise BottleError(f"no free /{SUBNET_BITS} for network {name} in {SUBNETS_ENV}={','.join(plan.subnet_pool)} "
+                      f"after {SUBNET_TRIES} tries; set {SUBNETS_ENV} to a larger or another free private range "
+                      f"(e.g. 10.214.0.0/16), or remove what other sessions left (claude-bottle gc)")
+
+
+def run_sidecar(run: Run) -> None:
+    ip = None if run.plan.egress_network else subnet_address(run.results["network-egress"], 2)
+    docker(*sidecar_run_argv(run.plan, ip))
+
+
+def create_agent(run: Run) -> None:
+    # Its own fixed address: left to docker, it could take the one the sidecar is about to be given.
+    docker(*agent_create_argv(run.plan, subnet_address(run.results["network-internal"], 3)))
+
+
+def connect_sidecar(run: Run) -> None:
+    docker(*network_connect_argv(run.plan, subnet_address(run.results["network-internal"], 2)))
+
+
+def self_test_addresses(run: Run) -> tuple:
+    """The sidecar's egress-side address and the internal network's gateway, from the session's own subnets."""
+    if "addresses" in run.results:
+        return run.results["addresses"]
+    return subnet_address(run.results["network-egress"], 2), subnet_address(run.results["network-internal"], 1)
+
+
 def sidecar_addresses(run: Run) -> tuple:
-    """The sidecar's address on the egress side, and the internal network's gateway (or "")."""
+    """On an egress_network of the user's: the sidecar's address there (asked), and the internal gateway."""
     plan = run.plan
     networks = json.loads(docker(*sidecar_inspect_argv(plan)).stdout or "{}")
     address = (networks.get(plan.egress) or {}).get("IPAddress")
     if not address:
         # A container that has exited keeps no address: pipelock stopped straight after its start.
         raise unhealthy(plan, f"it has no address on {plan.egress}; it exited")
-    return address, (networks.get(plan.internal_network) or {}).get("Gateway") or ""
+    return address, subnet_address(run.results["network-internal"], 1)
 
 
 def run_self_test(run: Run, timeout: float = 30.0) -> None:
@@ -2057,7 +2177,7 @@ def run_self_test(run: Run, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
-        r = docker(*self_test_argv(plan, *run.results["addresses"]), check=False)
+        r = docker(*self_test_argv(plan, *self_test_addresses(run)), check=False)
         if r.returncode == 0:
             return
         starting = "is not running" in r.stderr or "No such container" in r.stderr
@@ -2105,16 +2225,22 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False)
         ready = ("build",)
     steps.append(Step("orphans", tuple(find_sessions_argvs()), "in the background: find orphaned sessions (their "
                       "CLI is gone) and tear them down", after=ready, action=reap_in_background, background=True))
-    for name, internal_ in plan.created_networks:
-        steps.append(Step(f"network-{'internal' if internal_ else 'egress'}",
-                          (network_create_argv(plan, name, internal_),), after=ready, undo=(("network", name),)))
+    for name, internal in plan.created_networks:
+        key = f"network-{'internal' if internal else 'egress'}"
+        steps.append(Step(key, (network_create_argv(plan, name, internal, plan.subnet(name)),),
+                          f"a /{SUBNET_BITS} of its own from {SUBNETS_ENV}; the next candidate when it is taken",
+                          after=ready, undo=(("network", name),),
+                          action=lambda run, name=name, internal=internal: create_network(run, name, internal)))
     nets = tuple(s.name for s in steps if s.name.startswith("network-"))
     report = (("call", report_egress, (plan, report_json, quiet)),)
+    own_egress = None if plan.egress_network else subnet_address(plan.subnet(plan.egress), 2)
     steps += [
-        Step("sidecar", (sidecar_run_argv(plan),), after=ready + nets, undo=(("container", sidecar),)),
-        Step("connect", (network_connect_argv(plan),), after=("sidecar",)),
-        Step("agent", (agent_create_argv(plan),), "at the same time as the sidecar", after=ready + nets,
-             undo=(("container", agent),)),
+        Step("sidecar", (sidecar_run_argv(plan, own_egress),), after=ready + nets, undo=(("container", sidecar),),
+             action=run_sidecar),
+        Step("connect", (network_connect_argv(plan, subnet_address(plan.subnet(plan.internal_network), 2)),),
+             after=("sidecar",), action=connect_sidecar),
+        Step("agent", (agent_create_argv(plan, subnet_address(plan.subnet(plan.internal_network), 3)),),
+             "at the same time as the sidecar", after=ready + nets, undo=(("container", agent),), action=create_agent),
     ]
     before_start = ("agent",)
     if plan.ssh:
@@ -2122,14 +2248,18 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False)
                           f"{AGENT_UID}, mode 0600", after=("agent",), action=copy_ssh_config))
         before_start = ("ssh-config",)
     if plan.self_test:
+        if plan.egress_network:
+            steps.append(Step("addresses", (sidecar_inspect_argv(plan),), "its address on the egress_network, for "
+                              "the self-test", after=("connect",), action=sidecar_addresses))
+        outside, gateway = (("<sidecar egress address>",) if plan.egress_network else (own_egress,)) + \
+            (subnet_address(plan.subnet(plan.internal_network), 1),)
         steps += [
-            Step("addresses", (sidecar_inspect_argv(plan),), "its egress-side address and the internal gateway, "
-                 "for the self-test", after=("connect",), action=sidecar_addresses),
             Step("start", (start_argv(plan),), "attached to your terminal; the command waits behind the "
                  "self-test's gate", after=before_start, action=launch_agent),
-            Step("self-test", (self_test_argv(plan, "<sidecar egress address>", "<internal gateway>"),),
+            Step("self-test", (self_test_argv(plan, outside, gateway),),
                  "isolation self-test inside the agent, which also waits for pipelock's /health; opens the gate",
-                 after=("addresses", "start"), action=run_self_test, then=report),
+                 after=("addresses" if plan.egress_network else "connect", "start"), action=run_self_test,
+                 then=report),
         ]
     else:
         steps += [

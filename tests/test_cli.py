@@ -188,10 +188,9 @@ class Start(CliTest):
         internal, egress = f"claude-bottle-{sid}-internal", f"claude-bottle-{sid}-egress"
         return [
             [["image", "inspect", "--format", "{{.Id}}"]],
-            [["network", "create", "--internal"], ["network", "create", "--label"]],
-            # The sidecar (run, connect, its addresses) beside the agent (create, start: gated).
-            [["run", "--detach", "--name", sidecar], ["network", "connect", internal, sidecar],
-             ["inspect", "--format", "{{json .NetworkSettings.Networks}}", sidecar],
+            [["network", "create", "--internal"], ["network", "create", "--subnet"]],
+            # The sidecar (run, connect at the address the session chose) beside the agent (create, start: gated).
+            [["run", "--detach", "--name", sidecar], ["network", "connect", "--ip"],
              ["create", "--name", agent], ["start", "--attach", "--interactive", agent]],
             [["exec", agent, "sh", "-c"]],
             [["logs", sidecar]],
@@ -250,8 +249,15 @@ class Start(CliTest):
         self.assertEqual([a[-1] for a in creates if "--internal" in a], [internal])
         for argv in creates + [a for a in calls if a[0] in ("run", "create")]:
             self.assertIn(f"claude-bottle.session={sid}", argv)
-        self_test = self.without_reaper(calls)[-4][-1]
-        self.assertIn("http://172.30.0.", self_test, "probes the sidecar's egress-side address")
+        self_test = next(a for a in calls if a[:1] == ["exec"] and a[-2] == "-c")[-1]
+        subnets = {a[-1]: a[a.index("--subnet") + 1] for a in creates}
+        run = next(a for a in calls if a[0] == "run")
+        outside = run[run.index("--ip") + 1]
+        self.assertEqual(outside.rsplit(".", 1)[0], subnets[egress].rsplit(".", 1)[0], "on the egress subnet")
+        self.assertIn(f"http://{outside}:8888/health", self_test, "probes the sidecar's egress-side address")
+        gateway = subnets[internal].split("/")[0].rsplit(".", 1)[0] + "." + \
+            str(int(subnets[internal].split("/")[0].rsplit(".", 1)[1]) + 1)
+        self.assertIn(f"http://{gateway}:8888/", self_test, "probes the internal network's gateway: the host")
         self.assertIn(f"http://{sidecar}:8888/health", self_test, "waits for pipelock's health from the agent")
         self.assertNoPrivateDir()
 
@@ -261,7 +267,7 @@ class Start(CliTest):
         sid = self.sid()
         phases = self.phases(sid)
         # The sidecar and the agent's container; health; only then the start. No inspect, no self-test, no gate.
-        sidecar_and_agent = [p for p in phases[2] if p[0] not in ("inspect", "start")]
+        sidecar_and_agent = [p for p in phases[2] if p[0] != "start"]
         self.assertPhases(self.fake.argvs(), phases[:2] + [sidecar_and_agent, [["exec", f"claude-bottle-{sid}-pipelock",
                           "/pipelock", "healthcheck"]], [phases[2][-1]]] + phases[4:])
         create = next(a for a in self.fake.argvs() if a[0] == "create")
@@ -295,6 +301,9 @@ class Start(CliTest):
         def normal(argvs, sid):
             # The self-test script names addresses known only at run time: compare it apart.
             argvs = [a[:-1] + ["SCRIPT"] if a[:1] == ["exec"] and a[-2:-1] == ["-c"] else a for a in argvs]
+            # The subnets come from the session id, which differs between the two runs.
+            argvs = [[v if i == 0 or a[i - 1] not in ("--subnet", "--ip") else "ADDRESS" for i, v in enumerate(a)]
+                     for a in argvs]
             text = json.dumps(argvs).replace(sid, "SID")
             text = re.sub(r"claude-bottle\.(owner[-a-z]*)=[^\"]*", r"claude-bottle.\1=OWNER", text)
             return sorted(json.loads(re.sub(r"/claude-bottle-[a-z0-9_]{8}/", "/PRIVATE/", text)))

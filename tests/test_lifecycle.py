@@ -425,3 +425,99 @@ class CommondirTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ---- Subnets of the session's own ----
+
+class SubnetTest(SeamTest):
+    def plan(self, **environ):
+        root = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, root)
+        return cb.resolve_plan(cb.Config(), None, cwd=root, environ={"HOME": "/nonexistent", **environ},
+                               suffix="abcdef")
+
+    def test_pool_validation(self):
+        self.assertEqual(self.plan().subnet_pool, ("10.213.0.0/16",))
+        self.assertEqual(self.plan(CLAUDE_BOTTLE_SUBNETS="10.9.0.0/20, 172.16.4.0/24").subnet_pool,
+                         ("10.9.0.0/20", "172.16.4.0/24"))
+        for bad in ("10.213.0.1/16", "10.213.0.0/29", "10.213.0.0", "300.1.1.0/24", "10.0.0.0/7", "abc",
+                    "10.213.0.0/16,", "10.213.0.0/-1", "1e1.0.0.0/16", " /16"):
+            with self.subTest(bad=bad), self.assertRaises(cb.ConfigError) as caught:
+                self.plan(CLAUDE_BOTTLE_SUBNETS=bad)
+            self.assertIn("CLAUDE_BOTTLE_SUBNETS", str(caught.exception))
+            self.assertEqual(len(str(caught.exception).splitlines()), 1)
+
+    def test_candidates_are_aligned_28s_spread_over_the_pool(self):
+        pool = ("10.9.0.0/20", "172.16.4.0/24")
+        seen = set()
+        for i in range(400):
+            cidr = cb.subnet_candidate(pool, f"session-{i}/net", 0)
+            addr, bits = cidr.split("/")
+            self.assertEqual(bits, "28")
+            n = cb._ipv4(addr)
+            self.assertEqual(n % 16, 0, cidr)
+            self.assertTrue(any(cb._overlaps(cidr, p) for p in pool), cidr)
+            seen.add(cidr)
+        self.assertGreater(len(seen), 200, "400 sessions must not crowd into a few subnets")
+        self.assertIn(True, [c.startswith("172.16.4.") for c in seen], "every range of the pool is used")
+        tries = {cb.subnet_candidate(pool, "s/n", a) for a in range(cb.SUBNET_TRIES)}
+        self.assertGreater(len(tries), cb.SUBNET_TRIES // 2, "each retry tries another subnet")
+
+    def test_overlap(self):
+        self.assertTrue(cb._overlaps("10.213.0.16/28", "10.213.0.0/16"))
+        self.assertTrue(cb._overlaps("10.213.0.0/16", "10.213.0.16/28"))
+        self.assertFalse(cb._overlaps("10.213.0.16/28", "10.213.0.32/28"))
+        self.assertTrue(cb._overlaps("10.213.0.16/28", "0.0.0.0/0"))
+
+    def test_host_routes(self):
+        table = ("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+                 "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+                 "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+                 "tun0\t0000D50A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n")
+        path = Path(tempfile.mkdtemp()) / "route"
+        self.addCleanup(shutil.rmtree, path.parent)
+        path.write_text(table)
+        self.assertEqual(cb.host_routes(str(path)), ["192.0.2.0/24", "10.213.0.0/16"], "the default route is not one")
+        self.assertEqual(cb.host_routes("/nonexistent"), [])
+
+    def run_for(self, plan):
+        return cb.Run(plan, cb.Teardown())
+
+    def test_create_network_tries_the_next_subnet_when_one_is_taken(self):
+        plan = self.plan()
+        taken = (1, "Error response from daemon: Pool overlaps with other one on this address space")
+        docker = self.use(Recorder([(["network", "create"], taken)]))
+        docker.answers = [(["network", "create", "--internal", "--opt", "com.docker.network.bridge.inhibit_ipv4=true",
+                            "--subnet", cb.subnet_candidate(plan.subnet_pool, f"{plan.session}/n", a)], taken)
+                          for a in (0, 1)]
+        with mock.patch.object(cb, "host_routes", lambda: []):
+            subnet = cb.create_network(self.run_for(plan), "n", True)
+        self.assertEqual(subnet, cb.subnet_candidate(plan.subnet_pool, f"{plan.session}/n", 2))
+        self.assertEqual(len(docker.calls), 3)
+
+    def test_create_network_skips_subnets_the_host_routes(self):
+        plan = self.plan()
+        first = cb.subnet_candidate(plan.subnet_pool, f"{plan.session}/n", 0)
+        docker = self.use(Recorder())
+        with mock.patch.object(cb, "host_routes", lambda: [first]):
+            subnet = cb.create_network(self.run_for(plan), "n", False)
+        self.assertNotEqual(subnet, first)
+        self.assertNotIn(first, [c[c.index("--subnet") + 1] for c in docker.calls])
+
+    def test_no_free_subnet_says_why_and_what_to_do(self):
+        plan = self.plan(CLAUDE_BOTTLE_SUBNETS="10.9.9.0/28")
+        docker = self.use(Recorder([(["network", "create"], (1, "Error response from daemon: Pool overlaps with "
+                                                                 "other one on this address space"))]))
+        with mock.patch.object(cb, "host_routes", lambda: []), self.assertRaises(cb.BottleError) as caught:
+            cb.create_network(self.run_for(plan), "n", True)
+        message = str(caught.exception)
+        for needle in ("no free /28", "CLAUDE_BOTTLE_SUBNETS=10.9.9.0/28", "claude-bottle gc"):
+            self.assertIn(needle, message)
+        self.assertEqual(len(docker.calls), cb.SUBNET_TRIES)
+
+    def test_other_errors_are_not_retried(self):
+        plan = self.plan()
+        docker = self.use(Recorder([(["network", "create"], (1, "Error response from daemon: something else"))]))
+        with mock.patch.object(cb, "host_routes", lambda: []), self.assertRaises(cb.DockerError):
+            cb.create_network(self.run_for(plan), "n", True)
+        self.assertEqual(len(docker.calls), 1)

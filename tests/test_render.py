@@ -411,7 +411,7 @@ class ArgvTest(Base):
         plan = self.plan_from("defaults")
         for argv, role in ((cb.sidecar_run_argv(plan), "pipelock"),
                            (cb.agent_create_argv(plan), "agent"),
-                           (cb.network_create_argv(plan, plan.internal_network, True), "internal")):
+                           (cb.network_create_argv(plan, plan.internal_network, True, "10.213.0.16/28"), "internal")):
             labels = values_after(argv, "--label")
             self.assertEqual(labels, [f"claude-bottle.session={plan.session}", f"claude-bottle.role={role}",
                                       "claude-bottle.agent=reviewer", "claude-bottle.bottle=default",
@@ -422,7 +422,7 @@ class ArgvTest(Base):
         """An internal network still puts its gateway on a host bridge, and every host service on 0.0.0.0 would be
         in the agent's reach through it; inhibit_ipv4 leaves the bridge without an address."""
         plan = self.plan_from("defaults")
-        argv = cb.network_create_argv(plan, plan.internal_network, True)
+        argv = cb.network_create_argv(plan, plan.internal_network, True, "10.213.0.16/28")
         self.assertEqual(argv[:3], ["network", "create", "--internal"])
         self.assertTrue(has_pair(argv, "--opt", "com.docker.network.bridge.inhibit_ipv4=true"))
         internal = next(a for a, _ in cb.planned_commands(plan) if a[:3] == ["network", "create", "--internal"])
@@ -430,10 +430,14 @@ class ArgvTest(Base):
 
     def test_small_argv_builders(self):
         plan = self.plan_from("defaults")
-        self.assertEqual(cb.network_create_argv(plan, "n", True)[-1], "n")
-        self.assertIn("--internal", cb.network_create_argv(plan, "n", True))
-        self.assertNotIn("--internal", cb.network_create_argv(plan, "n", False))
-        self.assertEqual(cb.network_connect_argv(plan), ["network", "connect", plan.internal_network, plan.sidecar])
+        self.assertEqual(cb.network_create_argv(plan, "n", True, "10.213.0.16/28")[-1], "n")
+        self.assertIn("--internal", cb.network_create_argv(plan, "n", True, "10.213.0.16/28"))
+        self.assertNotIn("--internal", cb.network_create_argv(plan, "n", False, "10.213.0.16/28"))
+        for internal in (True, False):
+            self.assertTrue(has_pair(cb.network_create_argv(plan, "n", internal, "10.213.0.16/28"), "--subnet",
+                                     "10.213.0.16/28"))
+        self.assertEqual(cb.network_connect_argv(plan, "10.213.0.18"),
+                         ["network", "connect", "--ip", "10.213.0.18", plan.internal_network, plan.sidecar])
         self.assertEqual(cb.health_argv(plan), ["exec", plan.sidecar, "/pipelock", "healthcheck"])
         self.assertEqual(cb.start_argv(plan), ["start", "--attach", "--interactive", plan.agent_container])
         self.assertEqual(cb.ssh_copy_argv(plan), ["cp", "-", f"{plan.agent_container}:/"])
@@ -495,16 +499,21 @@ class PlannedCommandsTest(Base):
             "ps", "network ls",  # orphans looked for in the background
             "network create", "network create",
             "run", "network connect", "create",
-            "inspect", "start", "exec",  # addresses; the agent starts gated; self-test (also the health wait)
+            "start", "exec",  # the agent starts gated; the self-test (also the health wait) opens the gate
             "logs", "rm", "network rm"])
         self.assertEqual(cmds[4][0][-1], plan.internal_network)
         self.assertIn("--internal", cmds[4][0])
         self.assertEqual(cmds[5][0][-1], plan.egress)
         self.assertNotIn("--internal", cmds[5][0])
         self.assertIn("label=claude-bottle.session", cmds[2][0])
-        self.assertEqual(cmds[9][0], cb.sidecar_inspect_argv(plan))
-        self.assertEqual(cmds[11][0][:4], ["exec", plan.agent_container, "sh", "-c"])
-        self.assertIn("/health", cmds[11][0][-1], "the self-test waits for pipelock's health from the agent")
+        self.assertEqual(cmds[10][0][:4], ["exec", plan.agent_container, "sh", "-c"])
+        self.assertIn("/health", cmds[10][0][-1], "the self-test waits for pipelock's health from the agent")
+        # The self-test probes the sidecar's egress-side address and the internal gateway, both of the session's
+        # own subnets, so no inspect is needed to learn them.
+        egress, internal = plan.subnet(plan.egress), plan.subnet(plan.internal_network)
+        self.assertTrue(has_pair(cmds[6][0], "--ip", cb.subnet_address(egress, 2)))
+        self.assertIn(f"http://{cb.subnet_address(egress, 2)}:8888/health", cmds[10][0][-1])
+        self.assertIn(f"http://{cb.subnet_address(internal, 1)}:8888/", cmds[10][0][-1])
         self.assertEqual(cmds[-2][0], ["rm", "--force", plan.agent_container, plan.sidecar])
         # Networks go in reverse: the egress bridge, then the internal one.
         self.assertEqual(cmds[-1][0], ["network", "rm", plan.egress, plan.internal_network])
@@ -513,7 +522,7 @@ class PlannedCommandsTest(Base):
         plan = self.plan_from("ssh")
         self.assertEqual(self.kinds(plan), [
             "ps", "network ls", "network create", "network create", "run", "network connect", "create", "cp",
-            "inspect", "start", "exec", "logs", "rm", "network rm"])
+            "start", "exec", "logs", "rm", "network rm"])
 
     def test_order_without_self_test(self):
         plan = self.plan_from("ssh")._replace(self_test=False)
@@ -535,6 +544,7 @@ class PlannedCommandsTest(Base):
         creates = [a for a, _ in cmds if a[:2] == ["network", "create"]]
         self.assertEqual(len(creates), 1)
         self.assertEqual(values_after(cb.sidecar_run_argv(plan), "--network"), ["corp-egress"])
+        self.assertNotIn("--ip", cb.sidecar_run_argv(plan), "an address on the user's network is docker's to give")
         self.assertNotIn("corp-egress", " ".join(" ".join(a) for a, _ in cmds[1:]
                                                  if kind(a) in ("network create", "network rm")))
 
