@@ -174,7 +174,8 @@ class Stop(CliTest):
 
     def test_stop_never_signals_a_process_it_cannot_prove_is_the_owner(self):
         for why, labels in (("a reused pid: another start time", lambda p: proven(self, p, start="boot/1")),
-                            ("no secret in the owner's dir", lambda p: {**proven(self, p), "owner-dir": "/nonexistent"}),
+                            ("no secret in the owner's dir",
+                             lambda p: {**proven(self, p), "owner-dir": "/nonexistent"}),
                             ("a wrong secret", lambda p: {**proven(self, p), "owner-proof": cb.proof_of("other")}),
                             ("an older claude-bottle's label, host:pid only", lambda p: f"{HOST}:{p}")):
             with self.subTest(why=why):
