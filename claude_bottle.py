@@ -18,12 +18,18 @@ Exit status: the agent command's own status; 2 usage or config error; 1 runtime 
 
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__":
+    # Until main() notes signals itself, one ends the program as the signal would: nothing exists yet to undo.
+    for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_signum, signal.SIG_DFL)
+
 import argparse
 import json
 import os
 import re
 import shlex
-import signal
 import sys
 import tempfile
 import threading
@@ -1670,8 +1676,12 @@ def docker_popen(*args, **kwargs) -> subprocess.Popen:
 
 
 def _only_missing(stderr: str) -> bool:
-    """True when every complaint in `stderr` is that the thing to remove is already gone."""
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    """True when every complaint in `stderr` is that the thing to remove is already gone.
+
+    `docker network rm A B` with one of them gone says so, and (CLI 28 against an older engine) ends with an
+    `exit status 1` line of its own: that line is no complaint.
+    """
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not re.fullmatch(r"exit status \d+", ln.strip())]
     return all(re.search(r"no such (container|network|volume)|not found", ln, re.I) for ln in lines)
 
 

@@ -111,6 +111,23 @@ class TeardownTest(SeamTest):
         self.assertEqual([c[:2] for c in docker.calls], [["rm", "--force"], ["network", "rm"]])
         self.assertEqual(done, ["files"])
 
+    def test_removing_what_a_failed_create_never_made_is_quiet(self):
+        """The `network ... not found` seen with 20 starts at once: a network create failed (address pools used up),
+        and teardown's `docker network rm A B` said B was not found, plus the CLI's own `exit status 1` line."""
+        verbatim = ("Error response from daemon: network claude-bottle-f-4d41bf-internal not found\n"
+                    "exit status 1\n")
+        self.assertTrue(cb._only_missing(verbatim))
+        self.assertTrue(cb._only_missing("Error response from daemon: No such container: c1\n"))
+        self.assertFalse(cb._only_missing(verbatim + "Error response from daemon: error while removing network: "
+                                                     "network n has active endpoints\n"))
+        self.use(Recorder([(["network", "rm"], (1, verbatim))]))
+        stderr = io.StringIO()
+        with mock.patch.object(sys, "stderr", stderr):
+            with cb.Teardown() as td:
+                td.network("claude-bottle-f-4d41bf-internal")
+                td.network("claude-bottle-f-4d41bf-egress")
+        self.assertEqual(stderr.getvalue(), "")
+
     def test_a_hung_engine_ends_teardown_with_what_may_be_left(self):
         docker = self.use(Recorder([(["rm"], timeout_error("rm"))]))
         done = []

@@ -73,6 +73,17 @@ def leftovers(session: str | None = None) -> list:
     return sorted(set(names))
 
 
+def remove_owned_by(pid: int) -> None:
+    """Remove every container and network whose claude-bottle owner is the CLI process `pid` of this host."""
+    flt = ["--filter", f"label=claude-bottle.owner={os.uname().nodename}:{pid}"]
+    containers = docker("ps", "-aq", *flt).stdout.split()
+    if containers:
+        docker("rm", "--force", *containers, check=False)
+    networks = docker("network", "ls", "-q", *flt).stdout.split()
+    if networks:
+        docker("network", "rm", *networks, check=False)
+
+
 def cli_env(pipelock_image: str, **extra) -> dict:
     """The environment to run claude_bottle.py in: ours, minus any CLAUDE_BOTTLE_* and ssh-agent."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDE_BOTTLE_")}
@@ -103,6 +114,7 @@ class World:
         self.containers = []
         self.tmp = Path(tempfile.mkdtemp(prefix="cbtest-"))
         self.ssh_agent_pid = None
+        self.started = []
         try:
             self._create()
         except BaseException:
@@ -193,15 +205,43 @@ class World:
     def env(self, **extra) -> dict:
         return cli_env(self.pipelock, **extra)
 
-    def start(self, project: Path, script: str, *args, agent="e2e", env=None, timeout=180):
-        argv = [sys.executable, str(CLI), "start", agent, "--yes", *args, "--", "sh", "-c", script]
-        return subprocess.run(argv, cwd=project, env=env or self.env(), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+    def start(self, project: Path, script: str, *args, agent="e2e", env=None, timeout=180, cli=None):
+        """Run a start to its end; its output as a CompletedProcess."""
+        proc = self.popen(project, script, *args, agent=agent, env=env, cli=cli)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    def popen(self, project: Path, script: str, *args, agent="e2e", env=None) -> subprocess.Popen:
-        argv = [sys.executable, str(CLI), "start", agent, "--yes", *args, "--", "sh", "-c", script]
-        return subprocess.Popen(argv, cwd=project, env=env or self.env(), stdin=subprocess.DEVNULL,
+    def popen(self, project: Path, script: str, *args, agent="e2e", env=None, cli=None) -> subprocess.Popen:
+        """A start in the background. Whatever becomes of the test, its session is removed afterwards (see reap)."""
+        argv = [*(cli or [sys.executable, str(CLI)]), "start", agent, "--yes", *args, "--", "sh", "-c", script]
+        proc = subprocess.Popen(argv, cwd=project, env=env or self.env(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.started.append(proc)
+        return proc
+
+    def reap(self) -> None:
+        """After each test: stop the starts it left running (SIGTERM, so they tear down themselves; SIGKILL after a
+        minute), then remove whatever a session of theirs still has, found by its owner label. A failing test
+        therefore never leaves its bottles to the next one."""
+        procs, self.started = self.started, []
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream:
+                    stream.close()
+            remove_owned_by(proc.pid)
 
 
 # The sshd git server: our key authorised for `git`, a bare repository with one commit.
@@ -228,6 +268,10 @@ class E2ETest(unittest.TestCase):
     """Gives each test the module's World and checks that no session is left behind."""
 
     world: World = None
+
+    def setUp(self):
+        # Cleanups run after tearDown: a failed test's sessions are removed once its leftovers were reported.
+        self.addCleanup(self.world.reap)
 
     def tearDown(self):
         left = leftovers()

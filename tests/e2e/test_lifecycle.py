@@ -1,10 +1,16 @@
-"""End to end: exit statuses, no orphans on any exit path, concurrent sessions, dry runs."""
+"""End to end: exit statuses, no orphans on any exit path, concurrent sessions, dry runs, owners."""
 
+import json
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 import unittest
 
-from tests.e2e.harness import READY_ECHO, E2ETest, docker, leftovers, module_fixtures, session_of, wait_ready
+from tests.e2e.harness import (CLI, READY_ECHO, E2ETest, docker, leftovers, module_fixtures, remove_owned_by,
+                               session_of, wait_ready)
 
 world = None
 setUpModule, tearDownModule = module_fixtures(globals())
@@ -78,6 +84,90 @@ class Lifecycle(E2ETest):
         finally:
             a.kill()
             b.kill()
+
+    def test_more_sessions_at_once_than_dockers_default_pools_hold(self):
+        """Each session makes two networks; Docker's default pools hold about 31. Sixteen at once all run."""
+        project = world.project(f'[agents.e2e]\nimage = "{world.debian}"\nenv = []\n')
+        procs = [world.popen(project, "echo ok", "-q") for _ in range(16)]
+        results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
+        self.assertEqual([r[0] for r in results], [0] * 16, [r[2] for r in results if r[0]])
+        self.assertTrue(all(r[1] == "ok\n" for r in results), results)
+        self.assertEqual(leftovers(), [])
+
+    def test_a_network_that_cannot_be_had_says_why_and_leaves_nothing(self):
+        # A range that holds one /28: the first network takes it, the second finds none.
+        project = world.project(f'[agents.e2e]\nimage = "{world.debian}"\nenv = []\n')
+        proc = world.start(project, "true", env=world.env(CLAUDE_BOTTLE_SUBNETS="10.213.255.240/28"))
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, "one line: no warning about removing what was never made")
+        self.assertRegex(lines[0], r"^claude-bottle: error: no free /28 for network claude-bottle-\S+ in "
+                                   r"CLAUDE_BOTTLE_SUBNETS=10.213.255.240/28 .*claude-bottle gc")
+        self.assertEqual(leftovers(session_of(proc.stdout)), [])
+
+    def test_a_renamed_copy_a_symlink_and_python_m_survive_another_start_and_gc(self):
+        """The owner is its pid, start time and secret, not its name: none of these is mistaken for gone."""
+        project = world.project(world.config())
+        bin_dir = world.tmp / f"bin-{os.urandom(3).hex()}"
+        bin_dir.mkdir()
+        shutil.copy(CLI, bin_dir / "cb.py")
+        (bin_dir / "bottle").symlink_to(CLI)
+        env = world.env(PYTHONPATH=str(CLI.parent))
+        wait = f"echo {READY_ECHO}; while [ ! -e /workspace/stop-$CLAUDE_BOTTLE_SESSION ]; do sleep 0.1; done"
+        ways = {"renamed copy": [sys.executable, str(bin_dir / "cb.py")], "symlink": [str(bin_dir / "bottle")],
+                "python3 -m": [sys.executable, "-m", "claude_bottle"]}
+        running = {}
+        for name, cli in ways.items():
+            proc = world.popen(project, wait, cli=cli, env=env)
+            running[name] = (proc, session_of(proc.stdout.readline()))
+            wait_ready(proc)
+        other = world.start(project, "true")
+        self.assertEqual(other.returncode, 0, other.stderr)
+        gc = subprocess.run([sys.executable, str(CLI), "gc"], cwd=project, env=world.env(), capture_output=True,
+                            text=True, timeout=120)
+        self.assertEqual(gc.returncode, 0, gc.stderr)
+        ls = json.loads(subprocess.run([sys.executable, str(CLI), "ls", "--json"], cwd=project, env=world.env(),
+                                       capture_output=True, text=True, timeout=60).stdout)
+        states = {s["session"]: s["owner_state"] for s in ls}
+        for name, (proc, session) in running.items():
+            with self.subTest(way=name):
+                self.assertIsNone(proc.poll(), f"the {name}'s session was killed")
+                self.assertEqual(len(leftovers(session)), 3, "its agent, sidecar and internal network are all there")
+                self.assertEqual(states[session], "alive")
+                self.assertNotIn(session, gc.stdout)
+        for name, (proc, session) in running.items():
+            (project / f"stop-{session}").touch()
+            proc.wait(timeout=60)
+            self.assertEqual(proc.returncode, 0, name)
+            self.assertNoLeftovers(session)
+
+    def test_signals_at_many_moments_of_setup_leave_nothing(self):
+        """SIGTERM and SIGINT at 24 moments spread over the whole setup: each exits 143 or 130, nothing left.
+
+        Setup is timed from the preflight's first line (the CLI runs, nothing exists yet) to the agent's command
+        (everything exists); a signal before the first line lands in the interpreter's own start-up.
+        """
+        project = world.project(world.config())
+        proc = world.popen(project, f"echo {READY_ECHO}")
+        proc.stdout.readline()
+        started = time.monotonic()
+        wait_ready(proc)
+        setup = time.monotonic() - started
+        proc.wait(timeout=60)
+        for i in range(24):
+            moment = setup * i / 23
+            signum = (signal.SIGTERM, signal.SIGINT)[i % 2]
+            with self.subTest(moment=round(moment, 2), signal=signum.name):
+                proc = world.popen(project, f"echo {READY_ECHO}; sleep 300")
+                proc.stdout.readline()
+                time.sleep(moment)
+                proc.send_signal(signum)
+                out, err = proc.communicate(timeout=120)
+                self.assertEqual(proc.returncode, 128 + signum, err)
+                flt = ["--filter", f"label=claude-bottle.owner={os.uname().nodename}:{proc.pid}"]
+                left = docker("ps", "-aq", *flt).stdout.split() + docker("network", "ls", "-q", *flt).stdout.split()
+                self.assertEqual(left, [], f"left behind after a signal {moment:.2f} s into setup: {err}")
+                remove_owned_by(proc.pid)
 
     def test_dry_run_changes_nothing(self):
         project = world.project(world.config())

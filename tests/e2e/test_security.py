@@ -402,6 +402,7 @@ git add work.txt && git -c user.name=agent -c user.email=agent@example.test comm
 
 class CommondirRedirect(E2ETest):
     def setUp(self):
+        super().setUp()
         self.repo = git_project(self, world.config())
         self.markers = self.repo.parent
         script = f"""
@@ -427,6 +428,7 @@ printf '[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = "touch {self.ma
 
 class WorktreeGitfileRedirect(E2ETest):
     def setUp(self):
+        super().setUp()
         main = git_project(self, world.config())
         self.markers = main.parent
         self.worktree = self.markers / "wt"
