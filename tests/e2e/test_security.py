@@ -5,6 +5,7 @@ shows the same probe succeeding when the protection is missing.
 """
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -227,9 +228,11 @@ class Secrets(E2ETest):
         with self.subTest("sidecar"):
             self.assertNotIn(secret, docker("inspect", session_container(session, "pipelock")).stdout)
         with self.subTest("private dir"):
-            dirs = list(tmpdir.glob("claude-bottle-*"))
-            self.assertEqual(len(dirs), 1, dirs)
-            private = dirs[0]
+            bases = list(tmpdir.glob("claude-bottle-*"))
+            self.assertEqual(len(bases), 1, bases)
+            base = bases[0]
+            self.assertEqual(stat.S_IMODE(base.stat().st_mode), 0o700)
+            private = base / session
             self.assertEqual(stat.S_IMODE(private.stat().st_mode), 0o700)
             files = [p for p in private.rglob("*") if not p.is_dir()]
             self.assertIn(private / "ssh_config", files)
@@ -250,7 +253,7 @@ class Secrets(E2ETest):
         with self.subTest("CLI output, every docker argv included"):
             self.assertRegex(run.stderr, r"\+ docker create .* --env CBTEST_TOKEN ", "verbose logs the argv")
             self.assertNotIn(secret, run.stdout + run.stderr)
-            self.assertEqual(list(tmpdir.iterdir()), [], "the private dir is gone")
+            self.assertEqual(list(base.iterdir()), [], "the session's private dir is gone")
         with self.subTest("images"):
             for image in {world.debian, world.pipelock}:
                 self.assertNotIn(secret, docker("image", "inspect", image).stdout)
@@ -594,7 +597,9 @@ class HostServices(E2ETest):
         session = run.session
         run.wait_for(READY)
         internal = json.loads(docker("network", "inspect", f"claude-bottle-{session}-internal").stdout)[0]
-        gateway = internal["IPAM"]["Config"][0]["Gateway"]
+        ipam = internal["IPAM"]["Config"][0]
+        # With --subnet and no --gateway, Docker 20.10 takes the first address and does not record it.
+        gateway = ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
         (project / "stop").touch()
         self.assertEqual(run.finish(), 0, run.stderr)
         out = run.stdout
