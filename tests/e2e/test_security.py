@@ -493,7 +493,8 @@ def wrapped_pipelock(name: str, script: str) -> str:
     """
     ids = [docker("image", "inspect", "--format", "{{.Id}}", i).stdout.strip() for i in (world.debian, world.pipelock)]
     dockerfile = WRAPPER_DOCKERFILE.format(debian=world.debian, pipelock=world.pipelock)
-    tag = f"cbtest/{name}:" + hashlib.sha256("\0".join([*ids, dockerfile, script]).encode()).hexdigest()[:12]
+    digest = hashlib.sha256("\0".join([*ids, dockerfile, script]).encode()).hexdigest()[:12]
+    tag = f"claude-bottle-test/{name}:{digest}"
     if docker("image", "inspect", tag, check=False).returncode == 0:
         return tag
     context = Path(tempfile.mkdtemp(prefix="ctx-", dir=world.tmp))
@@ -520,7 +521,9 @@ class FailClosed(E2ETest):
             return result
 
         agent = poll("agent container", lambda: session_container(session, "agent", all_=True))
-        docker("network", "connect", world.network, agent)
+        # `docker ps -a` may list a container whose create is still under way: connect once the engine has it.
+        poll("agent on the outside network",
+             lambda: docker("network", "connect", world.network, agent, check=False).returncode == 0)
         sidecar = poll("running sidecar", lambda: session_container(session, "pipelock"))
         poll("open health gate", lambda: docker("exec", sidecar, "touch", "/dev/shm/cbtest-go",
                                                 check=False).returncode == 0)
