@@ -135,6 +135,15 @@ curl -sS -X POST -H 'X-Marker: exact' -H "X-Api-Token: $CBTEST_SECRET" -H 'x-api
         self.assertIn(["Host", "upstream"], seen["headers"])
         self.assertNoSecret(proc.stdout, proc.stderr)
 
+    def test_without_the_self_test_the_forwarders_still_run_first(self):
+        project = self.project(credential(ca_file=str(self.ca.ca_cert)))
+        script = "curl -sS -o /dev/null -w 'status=%{http_code}\\n' -H 'X-Marker: noselftest' \"$CBTEST_URL/echo\""
+        proc = world.start(project, script, "--no-self-test", env=world.env(CBTEST_SECRET=SECRET))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("status=200", proc.stdout)
+        (seen,) = self.mine("noselftest")
+        self.assertIn(["Authorization", f"Bearer {SECRET}"], seen["headers"])
+
     # ---- the agent cannot send the secret anywhere else ----
 
     def test_the_agent_cannot_point_the_secret_at_another_host(self):
