@@ -3109,8 +3109,9 @@ class CredentialBroker:
             headers.append(("Connection", "close"))
         reason = "".join(c for c in resp.reason if " " <= c <= "~")
         head = [f"HTTP/1.1 {resp.status} {reason}", *(f"{n}: {v}" for n, v in headers)]
-        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        # Counted before the agent can see it: the report (and a test) read the counts once the answers are in.
         self._record(ep, method, target, resp.status)
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         if framing == "none":
             resp.read()
             return keep
