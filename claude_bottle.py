@@ -92,7 +92,6 @@ AGENT_WORKDIR = "/workspace"
 AGENT_SSH_AUTH_SOCK = "/run/claude-bottle/ssh-agent.sock"
 AGENT_PIDS_LIMIT = 4096
 SIDECAR_PIDS_LIMIT = 512
-# Passed through by name when an agent does not list its own `env`: how Claude Code authenticates.
 # Variables passed raw into the agent when an agent names none. Claude Code's own credentials are brokered instead
 # (see the credential broker): the agent gets a placeholder and the broker's address, never the value.
 DEFAULT_ENV = ()
