@@ -92,8 +92,12 @@ AGENT_WORKDIR = "/workspace"
 AGENT_SSH_AUTH_SOCK = "/run/claude-bottle/ssh-agent.sock"
 AGENT_PIDS_LIMIT = 4096
 SIDECAR_PIDS_LIMIT = 512
-# Passed through by name when an agent does not list its own `env`: how Claude Code authenticates.
-DEFAULT_ENV = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN")
+# Variables passed raw into the agent when an agent names none. Claude Code's own credentials are brokered instead
+# (see the credential broker): the agent gets a placeholder and the broker's address, never the value.
+DEFAULT_ENV = ()
+# Where the broker's sockets appear in the agent, and the first of the loopback ports their forwarders serve.
+AGENT_BROKER_DIR = "/run/claude-bottle"
+BROKER_FIRST_PORT = 41800
 
 LABEL = "claude-bottle"
 SESSION_LABEL = f"{LABEL}.session"
@@ -378,9 +382,11 @@ class SshHost(namedtuple("SshHost", "alias hostname user port", defaults=(None, 
     __slots__ = ()
 
 
-class Bottle(namedtuple("Bottle", "name allow trusted ssh egress_network max_tunnel_seconds idle_timeout_seconds",
-                        defaults=((), (), (), None, MAX_TUNNEL_SECONDS, IDLE_TIMEOUT_SECONDS))):
-    """A `[bottles.NAME]` table: extra hosts, trusted hosts, SshHost entries, egress network, lifetimes."""
+class Bottle(namedtuple("Bottle", "name allow trusted ssh egress_network max_tunnel_seconds idle_timeout_seconds "
+                                  "credentials",
+                        defaults=((), (), (), None, MAX_TUNNEL_SECONDS, IDLE_TIMEOUT_SECONDS, ()))):
+    """A `[bottles.NAME]` table: extra hosts, trusted hosts, SshHost entries, egress network, lifetimes, and the
+    Credential entries the broker holds for it."""
 
     __slots__ = ()
 
@@ -402,7 +408,8 @@ class Config(namedtuple("Config", "path bottles agents")):
         return super().__new__(cls, path, bottles, {} if agents is None else agents)
 
 
-BOTTLE_KEYS = ("allow", "trusted", "ssh", "egress_network", "max_tunnel_seconds", "idle_timeout_seconds")
+BOTTLE_KEYS = ("allow", "trusted", "ssh", "egress_network", "max_tunnel_seconds", "idle_timeout_seconds",
+               "credentials")
 SSH_KEYS = ("Host", "Hostname", "User", "Port")
 AGENT_KEYS = ("bottle", "image", "env", "command", "workspace")
 
@@ -468,6 +475,8 @@ def _parse_bottle(name: str, table, origin: str) -> Bottle:
                                      f"{where} max_tunnel_seconds", 1, 7 * 86400),
         idle_timeout_seconds=check_int(table.get("idle_timeout_seconds", IDLE_TIMEOUT_SECONDS),
                                        f"{where} idle_timeout_seconds", 1, 7 * 86400),
+        credentials=parse_credentials(table.get("credentials", []), f"{origin}: [[bottles.{name}.credentials]]",
+                                      Path(origin).parent),
     )
 
 
@@ -977,7 +986,8 @@ class ReloadWait:
 PLAN_FIELDS = (
     "session agent agent_source bottle image build_image pipelock_image workspace git_dir read_only env "
     "env_unset hosts bottle_allow trusted ssh ssh_agent egress_network command tty self_test "
-    "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir subnet_pool"
+    "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir subnet_pool "
+    "brokered"
 )
 
 
@@ -1100,6 +1110,12 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         if not _trust_covered(t, hosts):
             raise ConfigError(f"{config.path}: [bottles.{bottle.name}] trusted: {t!r} is not allowed by the "
                               f"bottle; add it to allow as well")
+    for i, c in enumerate(bottle.credentials, 1):
+        # The broker's requests pass through pipelock like the agent's: its upstream must be allowed.
+        if not any(host_matches(p, c.upstream[0]) for p in hosts):
+            field = "upstream" if c.upstream[0] != c.host else "host"
+            raise ConfigError(f"{config.path}: [[bottles.{bottle.name}.credentials]] #{i} {field}: "
+                              f"{c.upstream[0]!r} is not allowed by the bottle; add it to allow as well")
     subnet_pool = check_subnet_pool(environ.get(SUBNETS_ENV) or DEFAULT_SUBNETS, SUBNETS_ENV)
     image_override = environ.get(PIPELOCK_IMAGE_ENV)
     pipelock_image = check_image(image_override, PIPELOCK_IMAGE_ENV) if image_override else PIPELOCK_IMAGE
@@ -1148,7 +1164,19 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         owner_proof=owner_proof,
         private_dir=private_dir,
         subnet_pool=subnet_pool,
+        brokered=plan_endpoints(bottle.credentials, spec.env, environ),
     )
+
+
+def plan_endpoints(credentials, raw_env, environ) -> tuple:
+    """The brokered endpoints of a session. A variable the agent names in `env` is passed raw, as asked, and
+    is not brokered, nor is any credential sharing its base URL variable (naming that variable takes it
+    over too): one variable cannot hold both the secret and the placeholder."""
+    raw = set(raw_env)
+    every = (*builtin_credentials(), *credentials)
+    taken = {c.base_url_env for c in every if c.env in raw or c.base_url_env in raw}
+    shadowed = {c.env for c in every if c.base_url_env in taken}
+    return tuple(brokered_endpoints(credentials, {k: v for k, v in environ.items() if k not in shadowed}))
 
 
 # ---- Renderers: pure functions from the plan to text and argv ----
@@ -1205,9 +1233,9 @@ def render_ssh_config(plan: Plan) -> str:
 
 
 def render_summary(plan: Plan) -> list:
-    env = ", ".join(plan.env) or "none"
+    env = f"{', '.join(plan.env)} (visible to the agent)" if plan.env else "none"
     if plan.env_unset:
-        env += f" (not set here, so not passed: {', '.join(plan.env_unset)})"
+        env += f"; not set here, so not passed: {', '.join(plan.env_unset)}"
     ro = plan.read_only
     git = f"; {', '.join(ro[:-1])}{' and ' if len(ro) > 1 else ''}{ro[-1]} read-only" if ro else ""
     image = plan.image + (" (built-in; built if missing)" if plan.build_image else "")
@@ -1221,6 +1249,7 @@ def render_summary(plan: Plan) -> list:
         f"  command:    {_visible(shlex.join(plan.command))}",
         f"  workspace:  {_visible(plan.workspace)} -> {AGENT_WORKDIR} (read-write{git})",
         f"  env:        {env}",
+        f"  brokered:   {brokered_line(plan.brokered)}",
         f"  egress:     {egress_line(plan.hosts)}",
         f"  trusted:    {', '.join(plan.trusted) or 'none'} (may resolve to private addresses)",
         f"  ssh:        {ssh_line(plan.ssh)}" + (" (host ssh-agent forwarded)" if plan.ssh_agent else ""),
@@ -1228,6 +1257,11 @@ def render_summary(plan: Plan) -> list:
         f"  containers: {plan.agent_container} (agent), {plan.sidecar} (pipelock sidecar)",
         f"  networks:   {', '.join(nets)}{egress_note}",
     ]
+
+
+def brokered_line(endpoints) -> str:
+    """`ANTHROPIC_API_KEY -> api.anthropic.com (brokered)`, one per endpoint: names and hosts, never a value."""
+    return ", ".join(f"{ep.env} -> {ep.host} (brokered)" for ep in endpoints) or "none"
 
 
 def _labels(plan: Plan, role: str) -> list:
@@ -1323,15 +1357,54 @@ def agent_create_argv(plan: Plan, ip: str | None = None) -> list:
     if plan.ssh_agent:
         argv += ["--mount", mount_arg(os.path.join(plan.private_dir, "ssh-agent.sock"), AGENT_SSH_AUTH_SOCK),
                  "--env", f"SSH_AUTH_SOCK={AGENT_SSH_AUTH_SOCK}"]
-    for name, value in proxy_env(plan):
+    for ep in plan.brokered:
+        argv += ["--mount", mount_arg(os.path.join(plan.private_dir, broker_socket_name(ep)), agent_broker_socket(ep))]
+    # The brokered credentials' placeholders and the broker's addresses: no secret, so by value.
+    for name, value in (*proxy_env(plan), *agent_env_for(plan.brokered, broker_ports(plan))):
         argv += ["--env", f"{name}={value}"]
     # By name only: docker reads the value from its own environment, so it never shows in argv.
     for name in plan.env:
         argv += ["--env", name]
-    # The bottle runs its command itself; an image's ENTRYPOINT is never used.
+    # The bottle runs its command itself; an image's ENTRYPOINT is never used. The broker's forwarders start
+    # first, so the command never runs without them.
+    forward = render_forwarders(plan)
     if plan.self_test:
-        return [*argv, "--entrypoint", "/bin/sh", plan.image, "-c", GATE, "claude-bottle-gate", *plan.command]
+        return [*argv, "--entrypoint", "/bin/sh", plan.image, "-c", forward + GATE, "claude-bottle-gate",
+                *plan.command]
+    if forward:
+        return [*argv, "--entrypoint", "/bin/sh", plan.image, "-c", forward + 'exec "$@"', "claude-bottle-broker",
+                *plan.command]
     return [*argv, "--entrypoint", plan.command[0], plan.image, *plan.command[1:]]
+
+
+def agent_broker_socket(ep) -> str:
+    """Where the broker's socket for `ep` appears in the agent's container."""
+    return f"{AGENT_BROKER_DIR}/{broker_socket_name(ep)}"
+
+
+def broker_ports(plan: Plan) -> dict:
+    """{endpoint index: the loopback port its forwarder serves in the bottle}; fixed, so argv stays pure."""
+    return {ep.index: BROKER_FIRST_PORT + ep.index for ep in plan.brokered}
+
+
+BROKER_NO_TOOL = ("claude-bottle: the agent image has none of socat, python3, node or perl to reach the credential "
+                  "broker; install one of them in the image")
+
+
+def render_forwarders(plan: Plan) -> str:
+    """POSIX sh, run before the agent's command: serve each broker socket on its loopback port with the first tool
+    of FORWARDER_TOOLS the image has, and wait until every port answers; "" when nothing is brokered."""
+    if not plan.brokered:
+        return ""
+    ports = broker_ports(plan)
+    pairs = [(ports[ep.index], agent_broker_socket(ep)) for ep in plan.brokered]
+    lines = []
+    for i, tool in enumerate(FORWARDER_TOOLS):
+        # Not indented: the scripts hold quoted programs whose lines must stay as they are.
+        lines += [f"{'elif' if i else 'if'} command -v {tool} >/dev/null 2>&1; then",
+                  forwarder_script(tool, pairs).rstrip("\n")]
+    lines += ["else", f"  echo {shlex.quote(BROKER_NO_TOOL)} >&2; exit 1", "fi"]
+    return "\n".join(lines) + "\n"
 
 
 # The self-test's verdicts: pipelock never answered; how long silence must last to count as "unreachable".
@@ -1470,6 +1543,7 @@ def planned_commands(plan: Plan) -> list:
 def plan_json(plan: Plan) -> dict:
     data = plan._asdict()
     data["ssh"] = [s._asdict() for s in plan.ssh]
+    data["brokered"] = [{**ep._asdict(), "line": f"{ep.env} -> {ep.host} (brokered)"} for ep in plan.brokered]
     data.update(
         version=__version__,
         containers={"agent": plan.agent_container, "pipelock": plan.sidecar},
@@ -1535,6 +1609,10 @@ def render_report(plan: Plan, report: dict) -> list:
     lines = [f"claude-bottle: egress report for session {plan.session}"]
     reached = ", ".join(f"{r['host']} ({r['count']})" for r in report["reached"])
     lines.append(f"  reached: {reached or 'nothing'}")
+    for b in report.get("brokered", ()):
+        codes = ", ".join(f"{code} x{n}" for code, n in sorted(b["status"].items()))
+        lines.append(f"  brokered: {b['env']} -> {b['host']}: {b['requests']} request"
+                     f"{'' if b['requests'] == 1 else 's'}" + (f" ({codes})" if codes else ""))
     if not report["blocked"]:
         lines.append("  blocked: nothing")
         return lines
@@ -1974,8 +2052,8 @@ class Cancelled(BottleError):
 class Run:
     """What the steps of one start share: the plan, the results so far, the teardown stack, a stop flag."""
 
-    def __init__(self, plan: Plan, td: Teardown):
-        self.plan, self.td = plan, td
+    def __init__(self, plan: Plan, td: Teardown, broker=None):
+        self.plan, self.td, self.broker = plan, td, broker
         self.results = {}
         self.cancel = threading.Event()
 
@@ -2178,6 +2256,12 @@ def sidecar_addresses(run: Run) -> tuple:
     return address, subnet_address(run.results["network-internal"], 1)
 
 
+def point_broker(run: Run) -> None:
+    """Send the credential broker's upstream connections through the sidecar, at its egress-side address."""
+    if run.broker is not None:
+        run.broker.set_proxy((self_test_addresses(run)[0], PROXY_PORT))
+
+
 def run_self_test(run: Run, timeout: float = 30.0) -> None:
     """Check isolation from inside the agent container, whose command waits behind the gate.
 
@@ -2205,10 +2289,13 @@ def run_self_test(run: Run, timeout: float = 30.0) -> None:
                       f"down: {reason}")
 
 
-def report_egress(plan: Plan, report_json: str | None, quiet: bool) -> None:
-    """Summarise pipelock's decisions for the session; runs before the sidecar is removed."""
+def report_egress(plan: Plan, report_json: str | None, quiet: bool, broker=None) -> None:
+    """Summarise pipelock's decisions (and the broker's requests) for the session; runs before the sidecar is
+    removed."""
     r = docker(*logs_argv(plan), check=False, timeout=TEARDOWN_TIMEOUT)
     report = egress_report(parse_events(r.stdout))
+    if broker is not None:
+        report["brokered"] = broker.stats()
     if report_json:
         try:
             with open(report_json, "w", encoding="utf-8") as f:
@@ -2219,8 +2306,10 @@ def report_egress(plan: Plan, report_json: str | None, quiet: bool) -> None:
         say("\n".join(render_report(plan, report)))
 
 
-def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False) -> list:
-    """Every docker step of a start, in an order that respects `after`; teardown is their undo entries."""
+def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False, broker=None) -> list:
+    """Every docker step of a start, in an order that respects `after`; teardown is their undo entries.
+
+    `broker`, the session's CredentialBroker (None in a dry run), only feeds the egress report."""
     agent, sidecar = plan.agent_container, plan.sidecar
     steps = []
     ready = ()
@@ -2243,7 +2332,7 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False)
                           after=ready, undo=(("network", name),),
                           action=lambda run, name=name, internal=internal: create_network(run, name, internal)))
     nets = tuple(s.name for s in steps if s.name.startswith("network-"))
-    report = (("call", report_egress, (plan, report_json, quiet)),)
+    report = (("call", report_egress, (plan, report_json, quiet, broker)),)
     own_egress = None if plan.egress_network else subnet_address(plan.subnet(plan.egress), 2)
     steps += [
         Step("sidecar", (sidecar_run_argv(plan, own_egress),), after=ready + nets, undo=(("container", sidecar),),
@@ -2258,10 +2347,16 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False)
         steps.append(Step("ssh-config", (ssh_copy_argv(plan),), f"a tar stream: {AGENT_HOME}/.ssh/config, owner "
                           f"{AGENT_UID}, mode 0600", after=("agent",), action=copy_ssh_config))
         before_start = ("ssh-config",)
+    if plan.egress_network and (plan.self_test or plan.brokered):
+        steps.append(Step("addresses", (sidecar_inspect_argv(plan),), "its address on the egress_network, for "
+                          "the self-test and the credential broker", after=("connect",), action=sidecar_addresses))
+    if plan.brokered:
+        # No docker command: the broker runs in this process and starts before every step.
+        steps.append(Step("broker", (), after=("addresses" if plan.egress_network else "sidecar",),
+                          action=point_broker))
+    # The agent's command runs once the self-test opens its gate (or at its start): by then the broker has its proxy.
+    broker_ready = ("broker",) if plan.brokered else ()
     if plan.self_test:
-        if plan.egress_network:
-            steps.append(Step("addresses", (sidecar_inspect_argv(plan),), "its address on the egress_network, for "
-                              "the self-test", after=("connect",), action=sidecar_addresses))
         outside, gateway = (("<sidecar egress address>",) if plan.egress_network else (own_egress,)) + \
             (subnet_address(plan.subnet(plan.internal_network), 1),)
         steps += [
@@ -2269,14 +2364,15 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False)
                  "self-test's gate", after=before_start, action=launch_agent),
             Step("self-test", (self_test_argv(plan, outside, gateway),),
                  "isolation self-test inside the agent, which also waits for pipelock's /health; opens the gate",
-                 after=("addresses" if plan.egress_network else "connect", "start"), action=run_self_test,
+                 after=("addresses" if plan.egress_network else "connect", "start", *broker_ready),
+                 action=run_self_test,
                  then=report),
         ]
     else:
         steps += [
             Step("health", (health_argv(plan),), "repeated until healthy", after=("connect",), action=wait_healthy),
-            Step("start", (start_argv(plan),), "attached to your terminal", after=before_start + ("health",),
-                 action=launch_agent, then=report),
+            Step("start", (start_argv(plan),), "attached to your terminal",
+                 after=(*before_start, "health", *broker_ready), action=launch_agent, then=report),
         ]
     return steps
 
@@ -2319,13 +2415,20 @@ def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: 
         if plan.ssh_agent:
             relay = SshAgentRelay(plan.ssh_agent, os.path.join(plan.private_dir, "ssh-agent.sock"))
             td.callback(relay.close)
+        broker = None
+        if plan.brokered:
+            # Before the agent's container is created: its sockets are bind-mount sources. The secrets go to
+            # the broker alone, read from this process's environment now, never into the plan.
+            broker = CredentialBroker(plan.brokered, broker_secrets(plan.brokered, os.environ), plan.private_dir)
+            td.callback(broker.close)
+            broker.start()
         if plan.git_dir:
             # Mount over a hooks dir that exists, or the agent could create one and plant hooks in it.
             os.makedirs(os.path.join(plan.workspace, ".git", "hooks"), exist_ok=True)
             # Runs after the agent's container is gone, so it cannot write another.
             td.callback(quarantine_commondir, plan)
-        run = Run(plan, td)
-        results = run_steps(start_steps(plan, report_json, quiet), run)
+        run = Run(plan, td, broker)
+        results = run_steps(start_steps(plan, report_json, quiet, broker), run)
         status = wait_agent(results["start"])
     if td.left:
         raise BottleError("teardown did not finish: the engine stopped answering (see the warning above); "
@@ -3006,8 +3109,9 @@ class CredentialBroker:
             headers.append(("Connection", "close"))
         reason = "".join(c for c in resp.reason if " " <= c <= "~")
         head = [f"HTTP/1.1 {resp.status} {reason}", *(f"{n}: {v}" for n, v in headers)]
-        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        # Counted before the agent can see it: the report (and a test) read the counts once the answers are in.
         self._record(ep, method, target, resp.status)
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         if framing == "none":
             resp.read()
             return keep

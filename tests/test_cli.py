@@ -136,7 +136,8 @@ class DryRun(CliTest):
         self.assertEqual(plan["agent"], "claude")
         self.assertEqual(plan["egress_line"],
                          "7 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +4 more)")
-        self.assertEqual(plan["env"], ["ANTHROPIC_API_KEY"])
+        self.assertEqual(plan["env"], [], "the API key is brokered, not passed")
+        self.assertEqual([b["line"] for b in plan["brokered"]], ["ANTHROPIC_API_KEY -> api.anthropic.com (brokered)"])
         self.assertTrue(all(c["argv"][0] == "docker" for c in plan["docker_commands"]))
         self.assertNotIn(SECRET, proc.stdout)
         self.assertEqual(self.fake.calls(), [])

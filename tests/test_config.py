@@ -551,9 +551,11 @@ class ResolvePlanTest(Base):
         self.assertEqual(plan.env, ("ANTHROPIC_API_KEY", "NPM_TOKEN"))
         self.assertEqual(plan.env_unset, ("GH_TOKEN",))
 
-    def test_default_env(self):
+    def test_default_env_passes_nothing_raw_and_brokers_claude_codes_credentials(self):
         plan = self.plan(environ={**self.environ, "CLAUDE_CODE_OAUTH_TOKEN": "x"})
-        self.assertEqual((plan.env, plan.env_unset), (("CLAUDE_CODE_OAUTH_TOKEN",), ("ANTHROPIC_API_KEY",)))
+        self.assertEqual((plan.env, plan.env_unset), ((), ()))
+        self.assertEqual([(ep.env, ep.host) for ep in plan.brokered],
+                         [("CLAUDE_CODE_OAUTH_TOKEN", "api.anthropic.com")])
 
     def test_configured_image_is_not_built(self):
         (self.repo / "sub" / "dir").mkdir(parents=True)

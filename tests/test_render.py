@@ -42,7 +42,8 @@ WORKSPACE = "/work/project"
 PRIVATE_DIR = "/tmp/claude-bottle-private"
 SECRET = "sk-test-not-a-secret"
 # Which agent each golden config runs.
-GOLDEN_AGENTS = {"defaults": "reviewer", "two-hosts": "implementer", "ssh": "pusher"}
+GOLDEN_AGENTS = {"defaults": "reviewer", "two-hosts": "implementer", "ssh": "pusher",
+                 "brokered": "tester"}
 # Constants that change for reasons unrelated to rendering (a Dockerfile edit, a release) are normalized.
 NORMALIZE = ((cb.AGENT_IMAGE, "claude-bottle/agent:<dockerfile-hash>"), (f"claude-bottle {cb.__version__}:",
                                                                          "claude-bottle <version>:"))
@@ -192,7 +193,8 @@ class SummaryTest(Base):
 
     def test_summary_names_env_but_not_values(self):
         text = "\n".join(cb.render_summary(self.plan_from("two-hosts")))
-        self.assertIn("env:        ANTHROPIC_API_KEY (not set here, so not passed: NPM_TOKEN)", text)
+        self.assertIn("env:        ANTHROPIC_API_KEY (visible to the agent); not set here, so not passed: NPM_TOKEN",
+                      text)
         self.assertNotIn(SECRET, text)
 
     def test_summary_mentions_what_matters(self):
@@ -316,11 +318,12 @@ class SecretTest(Base):
     def test_env_values_appear_nowhere(self):
         sentinel = "sentinel-VALUE-9f8e7d"
         environ = {**self.environ, "ANTHROPIC_API_KEY": sentinel, "NPM_TOKEN": sentinel + "-npm",
-                   "SSH_AUTH_SOCK": "/run/agent.sock"}
+                   "GITHUB_TOKEN": sentinel + "-gh", "SSH_AUTH_SOCK": "/run/agent.sock"}
         for name in GOLDEN_AGENTS:
             with self.subTest(config=name):
                 plan = self.plan_from(name, environ=environ)
-                self.assertIn("ANTHROPIC_API_KEY", plan.env)
+                # Passed raw by name (named in env) or brokered (the default): never by value.
+                self.assertIn("ANTHROPIC_API_KEY", [*plan.env, *(ep.env for ep in plan.brokered)])
                 outputs = [cb.render_pipelock_yaml(plan), cb.render_ssh_config(plan),
                            "\n".join(cb.render_summary(plan)), json.dumps(cb.plan_json(plan)),
                            cb.ssh_tar(plan).decode("latin-1")]
