@@ -74,6 +74,11 @@ MAX_TUNNEL_SECONDS = 4 * 3600
 IDLE_TIMEOUT_SECONDS = 1800
 # pipelock's default is 60 requests a minute per domain; a package install makes hundreds.
 MAX_REQUESTS_PER_MINUTE = 6000
+# pipelock buffers and scans each plain-HTTP response (about 1-4 CPU-seconds per MiB at 2.3.0; see PRD 0007), and
+# by default cuts it at 10 MiB and gives up after 30 s. These let a plain-HTTP download finish instead; HTTPS goes
+# through a CONNECT tunnel at wire speed, unaffected.
+FETCH_TIMEOUT_SECONDS = 300
+MAX_RESPONSE_MB = 64
 
 # git reads this file in a .git dir to find the directory holding the config and hooks: written by the
 # agent into the writable .git, it would send git on the host around the read-only .git/config and hooks.
@@ -1179,12 +1184,25 @@ def render_pipelock_yaml(plan: Plan) -> str:
     lines += [
         "fetch_proxy:",
         f"  listen: {q(f'0.0.0.0:{PROXY_PORT}')}",
+        f"  timeout_seconds: {FETCH_TIMEOUT_SECONDS}",
+        f"  max_response_mb: {MAX_RESPONSE_MB}",
         "  monitoring:",
         f"    max_requests_per_minute: {MAX_REQUESTS_PER_MINUTE}",
         "forward_proxy:",
         "  enabled: true",
         f"  max_tunnel_seconds: {int(plan.max_tunnel_seconds)}",
         f"  idle_timeout_seconds: {int(plan.idle_timeout_seconds)}",
+        # Prompt-injection scanning of plain-HTTP responses only ever warned (its default action); off, it no
+        # longer costs the CPU time of a second pass over every download.
+        "response_scanning:",
+        "  enabled: false",
+        # DLP on what leaves the bottle over plain HTTP: a secret in any header or in the body is refused (403),
+        # not just logged; core DLP refuses one in the URL whatever this says.
+        "request_body_scanning:",
+        "  enabled: true",
+        "  action: block",
+        "  scan_headers: true",
+        "  header_mode: all",
     ]
     return "\n".join(lines) + "\n"
 
