@@ -1501,8 +1501,34 @@ def plan_json(plan: Plan) -> dict:
     return data
 
 
+# Events of pipelock's DLP: a request refused (or, with action warn, let through) because a secret was in it.
+DLP_EVENTS = ("header_dlp", "body_dlp")
+DLP_SCANNERS = ("dlp", "core_dlp")
+WITHHELD = "[withheld]"
+
+
+def _is_dlp(event: dict) -> bool:
+    return event.get("event") in DLP_EVENTS or (event.get("event") == "blocked"
+                                                 and event.get("scanner") in DLP_SCANNERS)
+
+
+def _withhold_url(url: str) -> str:
+    """`http://web:8000/[withheld]`: scheme, host and port, never the path, query or user info that held the
+    secret."""
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return WITHHELD
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}/{WITHHELD}" if parts.scheme and host else WITHHELD
+
+
 def parse_events(text: str) -> list:
-    """pipelock's audit log: JSON lines on stdout; anything else (banners) is skipped."""
+    """pipelock's audit log: JSON lines on stdout; anything else (banners) is skipped. pipelock 2.3.0 logs a URL
+    its core DLP refused as it came, secret included: that URL is cut down here, before anything can print it."""
     events = []
     for line in text.splitlines():
         if line.startswith("{"):
@@ -1511,8 +1537,24 @@ def parse_events(text: str) -> list:
             except ValueError:
                 continue
             if isinstance(event, dict) and "event" in event:
+                if _is_dlp(event) and isinstance(event.get("url"), str):
+                    event["url"] = _withhold_url(event["url"])
                 events.append(event)
     return events
+
+
+def blocked_by(event: dict) -> tuple | None:
+    """(scanner, reason) of a refused request, else None. DLP refusals all count as scanner `dlp`."""
+    kind = event.get("event")
+    if kind == "blocked":
+        scanner = str(event.get("scanner", ""))
+        return ("dlp" if scanner in DLP_SCANNERS else scanner), str(event.get("reason", ""))
+    if kind in DLP_EVENTS and event.get("action") == "block":
+        patterns = event.get("patterns")
+        found = ", ".join(map(str, patterns)) if isinstance(patterns, list) and patterns else "a secret"
+        where = f"request header {event.get('header', '')}".rstrip() if kind == "header_dlp" else "request body"
+        return "dlp", f"secret in the {where}: {found}"
+    return None
 
 
 def event_host(event: dict) -> str | None:
@@ -1534,10 +1576,11 @@ def egress_report(events) -> dict:
         host = event_host(event)
         if host is None:
             continue
+        refused = blocked_by(event)
         if event["event"] in ("tunnel_open", "forward_http"):
             reached[host] = reached.get(host, 0) + 1
-        elif event["event"] == "blocked":
-            key = (host, str(event.get("scanner", "")), str(event.get("reason", "")))
+        elif refused:
+            key = (host, *refused)
             blocked[key] = blocked.get(key, 0) + 1
     return {
         "reached": [{"host": h, "count": n} for h, n in sorted(reached.items())],
@@ -1562,11 +1605,13 @@ def render_report(plan: Plan, report: dict) -> list:
     valid = []
     for b in report["blocked"]:
         try:
-            valid.append(check_host(b["host"], "blocked host", wildcard=False))
+            valid.append((check_host(b["host"], "blocked host", wildcard=False), b["scanner"]))
         except ConfigError:
             continue
-    denied = sorted({h for h in valid if not any(host_matches(p, h) for p in plan.hosts)})
-    untrusted = sorted({h for h in valid if h not in denied and not any(host_matches(t, h) for t in plan.trusted)})
+    # Only the allowlist and the SSRF check have a fix in the config; a DLP refusal or a rate limit has none.
+    denied = sorted({h for h, _ in valid if not any(host_matches(p, h) for p in plan.hosts)})
+    untrusted = sorted({h for h, sc in valid if sc == "ssrf" and h not in denied
+                        and not any(host_matches(t, h) for t in plan.trusted)})
     where = f"{plan.config_path or CONFIG_NAME}, under [bottles.{plan.bottle}]"
     if denied:
         lines.append(f"  to allow {', '.join(denied)}, set in {where}:")
@@ -3372,8 +3417,11 @@ def render_event(event: dict) -> str:
     t = str(event.get("time", ""))[11:19] or "--:--:--"
     what = event.get("target") or event.get("url") or ""
     kind = event.get("event")
-    if kind == "blocked":
-        return f"{t} blocked  {event.get('method', '')} {what}  ({event.get('scanner', '')}: {event.get('reason', '')})"
+    refused = blocked_by(event)
+    if refused:
+        return f"{t} blocked  {event.get('method', '')} {what}  ({refused[0]}: {refused[1]})"
+    if kind in DLP_EVENTS:
+        return f"{t} warned   {event.get('method', '')} {what}  (dlp: {event.get('patterns', '')}, let through)"
     if kind == "tunnel_open":
         return f"{t} allowed  CONNECT {what}"
     if kind == "tunnel_close":
