@@ -116,6 +116,15 @@ RUN apt-get update \\
  && apt-get install -y --no-install-recommends \\
       bash ca-certificates curl git jq less openssh-client procps socat \\
  && rm -rf /var/lib/apt/lists/*
+# apt in the bottle (`claude-bottle install`). Over https its downloads go through a CONNECT tunnel at wire speed;
+# over http pipelock scans them at seconds per MiB. The update above ran at build time, outside any bottle, before
+# ca-certificates was there to check https, so the sources turn to https only now.
+# The agent container drops every capability, so root there cannot switch to apt's `_apt` sandbox user
+# (setgroups fails) nor chown the download directory to it: apt stays root, in a directory root owns.
+RUN find /etc/apt -name '*.list' -o -name '*.sources' \\
+  | xargs -r sed -i 's#http://deb.debian.org#https://deb.debian.org#g' \\
+ && echo 'APT::Sandbox::User "root";' > /etc/apt/apt.conf.d/99claude-bottle \\
+ && install -d -o root -g root -m 0755 /var/cache/apt/archives/partial
 RUN (id -u claude >/dev/null 2>&1 || useradd --create-home --uid {AGENT_UID} --user-group --shell /bin/bash claude) \\
  && install -d -o claude -g claude -m 0755 {AGENT_WORKDIR} \\
  && install -d -o claude -g claude -m 0700 {AGENT_HOME}/.ssh
@@ -314,6 +323,18 @@ def check_ssh_alias(value, field: str) -> str:
 def check_ssh_user(value, field: str) -> str:
     if not isinstance(value, str) or not _SSH_USER_RE.fullmatch(value) or value.lower() in _SSH_KEYWORDS:
         raise ConfigError(f"{field}: {_printable(value)} is not a user name; write one like 'git'")
+    return value
+
+
+# A Debian package name (policy 5.6.1), optionally `=VERSION` (an upstream version starts with a digit; an epoch
+# too). Nothing apt could read as an option, a file, a regex or a release.
+_PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+(?:=[0-9][A-Za-z0-9.+~:-]*)?")
+
+
+def check_package(value, field: str = "PACKAGE") -> str:
+    if not isinstance(value, str) or not _PACKAGE_RE.fullmatch(value):
+        raise ConfigError(f"{field}: {_printable(str(value))} is not a Debian package name (lowercase letters, "
+                          f"digits, + - .; optionally =VERSION): e.g. `jq` or `jq=1.6-2.1`")
     return value
 
 
@@ -1439,6 +1460,17 @@ def logs_argv(plan: Plan) -> list:
 
 # The labels `ls`, `gc` and `stop` read, each one asked for by name. Only the fields needed: `{{json .}}` would
 # make `docker ps` compute every container's size, which takes seconds on some storage drivers.
+# apt-get in a running session, as root in the agent's container (the agent itself never is): "$@" are packages
+# that passed check_package. 127 when the image has no apt-get.
+INSTALL_SCRIPT = ('command -v apt-get >/dev/null 2>&1 || exit 127\n'
+                  'apt-get update -q && exec apt-get install -y -q --no-install-recommends "$@"\n')
+
+
+def install_argv(agent_container: str, packages) -> list:
+    return ["exec", "--user", "0:0", "--workdir", "/", "--env", "DEBIAN_FRONTEND=noninteractive", agent_container,
+            "sh", "-c", INSTALL_SCRIPT, "claude-bottle-install", *packages]
+
+
 SESSION_KEYS = ("session", "role", "agent", "bottle", "owner", "owner-start", "owner-proof", "owner-dir")
 
 
@@ -3612,6 +3644,29 @@ def cmd_logs(args, command) -> int:
     return 0
 
 
+def cmd_install(args, command) -> int:
+    packages = [check_package(p) for p in args.packages]
+    session = select_sessions(find_sessions(), args.session, False)[0]
+    sid = session["session"]
+    # Only into a session this user started here and still runs: root in someone else's bottle is not ours to use.
+    if session["owner_state"] != "alive":
+        raise ConfigError(f"session: {sid} is not a running session of yours (its owner "
+                          f"{session['owner'] or '(none recorded)'} is {session['owner_state']}); install only "
+                          f"into a session you started on this machine")
+    agent = next((c for c in session["containers"] if c["role"] == "agent"), None)
+    if agent is None or agent["state"] != "running":
+        raise BottleError(f"install: session {sid} has no running agent container")
+    status = docker(*install_argv(agent["name"], packages), check=False, capture=False).returncode
+    if status == 127:
+        raise BottleError(f"install: the image of session {sid} has no apt-get; add the packages to the image "
+                          f"instead")
+    if status:
+        raise BottleError(f"install: apt-get failed (exit {status}); if the bottle refused the downloads, allow "
+                          f"the Debian mirrors: `claude-bottle allow {sid} @debian`, then try again")
+    say(f"claude-bottle: installed {' '.join(packages)} in session {sid}")
+    return 0
+
+
 def _engine_leaks_dns(version: str) -> bool:
     """Engines before 25.0.5 forwarded DNS for internal networks (CVE-2024-29018)."""
     parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
@@ -3695,6 +3750,7 @@ examples:
   claude_bottle.py check                         validate every agent in claude-bottle.toml (pre-commit)
   claude_bottle.py ls                            running sessions; `stop SESSION`, `logs SESSION -f`
   claude_bottle.py gc                            remove what a killed session left behind
+  claude_bottle.py install SESSION jq            apt-get install jq in a running session, as root
   claude_bottle.py doctor                        check docker, images and config
 """
 
@@ -3763,6 +3819,14 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new decisions")
     logs.add_argument("--json", action="store_true", help="print pipelock's JSON events")
     logs.set_defaults(func=cmd_logs)
+
+    install = sub.add_parser("install", parents=[common], help="install Debian packages into a running session",
+                             description="Run apt-get update and apt-get install PACKAGE... as root in the agent "
+                             "container of SESSION (the agent itself never gets root). The downloads go through "
+                             "the session's pipelock like any other traffic.")
+    install.add_argument("session", metavar="SESSION", help="a session id (or a unique prefix)")
+    install.add_argument("packages", nargs="+", metavar="PACKAGE", help="a Debian package name, or NAME=VERSION")
+    install.set_defaults(func=cmd_install)
     return parser
 
 
