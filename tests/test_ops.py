@@ -221,6 +221,19 @@ class Logs(CliTest):
         self.assertEqual([json.loads(line) for line in proc.stdout.splitlines()], self.EVENTS)
         self.assertIn(["logs", "--follow", "claude-bottle-impl-aaaaaa-pipelock"], self.fake.argvs())
 
+    def test_a_dlp_refused_url_is_never_printed_whole(self):
+        secret = "ghp_" + "0123456789abcdefghijklmnopqrstuvwxyZ"
+        event = {"level": "warn", "event": "blocked", "method": "GET", "url": f"http://web:8000/p?k={secret}",
+                 "scanner": "core_dlp", "reason": "core DLP match: GitHub Token (critical)",
+                 "time": "2026-11-27T08:00:03Z"}
+        rules = session_rules("impl-aaaaaa", "elsewhere:1") + [{"match": ["logs"], "stdout": json.dumps(event) + "\n"}]
+        for args in ((), ("--json",)):
+            with self.subTest(args=args):
+                proc = self.cli("logs", "impl-aaaaaa", *args, env=self.env(rules))
+                self.assertEqual(proc.returncode, 0, proc.stderr)
+                self.assertNotIn(secret, proc.stdout)
+                self.assertIn("http://web:8000/[withheld]", proc.stdout)
+
 
 class Install(CliTest):
     def test_runs_apt_get_as_root_in_the_agent_container_of_an_own_session(self):
