@@ -74,6 +74,11 @@ MAX_TUNNEL_SECONDS = 4 * 3600
 IDLE_TIMEOUT_SECONDS = 1800
 # pipelock's default is 60 requests a minute per domain; a package install makes hundreds.
 MAX_REQUESTS_PER_MINUTE = 6000
+# pipelock buffers and scans each plain-HTTP response (about 1-4 CPU-seconds per MiB at 2.3.0; see PRD 0007), and
+# by default cuts it at 10 MiB and gives up after 30 s. These let a plain-HTTP download finish instead; HTTPS goes
+# through a CONNECT tunnel at wire speed, unaffected.
+FETCH_TIMEOUT_SECONDS = 300
+MAX_RESPONSE_MB = 64
 
 # git reads this file in a .git dir to find the directory holding the config and hooks: written by the
 # agent into the writable .git, it would send git on the host around the read-only .git/config and hooks.
@@ -115,6 +120,15 @@ RUN apt-get update \\
  && apt-get install -y --no-install-recommends \\
       bash ca-certificates curl git jq less openssh-client procps socat \\
  && rm -rf /var/lib/apt/lists/*
+# apt in the bottle (`claude-bottle install`). Over https its downloads go through a CONNECT tunnel at wire speed;
+# over http pipelock scans them at seconds per MiB. The update above ran at build time, outside any bottle, before
+# ca-certificates was there to check https, so the sources turn to https only now.
+# The agent container drops every capability, so root there cannot switch to apt's `_apt` sandbox user
+# (setgroups fails) nor chown the download directory to it: apt stays root, in a directory root owns.
+RUN find /etc/apt -name '*.list' -o -name '*.sources' \\
+  | xargs -r sed -i 's#http://deb.debian.org#https://deb.debian.org#g' \\
+ && echo 'APT::Sandbox::User "root";' > /etc/apt/apt.conf.d/99claude-bottle \\
+ && install -d -o root -g root -m 0755 /var/cache/apt/archives/partial
 RUN (id -u claude >/dev/null 2>&1 || useradd --create-home --uid {AGENT_UID} --user-group --shell /bin/bash claude) \\
  && install -d -o claude -g claude -m 0755 {AGENT_WORKDIR} \\
  && install -d -o claude -g claude -m 0700 {AGENT_HOME}/.ssh
@@ -313,6 +327,18 @@ def check_ssh_alias(value, field: str) -> str:
 def check_ssh_user(value, field: str) -> str:
     if not isinstance(value, str) or not _SSH_USER_RE.fullmatch(value) or value.lower() in _SSH_KEYWORDS:
         raise ConfigError(f"{field}: {_printable(value)} is not a user name; write one like 'git'")
+    return value
+
+
+# A Debian package name (policy 5.6.1), optionally `=VERSION` (an upstream version starts with a digit; an epoch
+# too). Nothing apt could read as an option, a file, a regex or a release.
+_PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+(?:=[0-9][A-Za-z0-9.+~:-]*)?")
+
+
+def check_package(value, field: str = "PACKAGE") -> str:
+    if not isinstance(value, str) or not _PACKAGE_RE.fullmatch(value):
+        raise ConfigError(f"{field}: {_printable(str(value))} is not a Debian package name (lowercase letters, "
+                          f"digits, + - .; optionally =VERSION): e.g. `jq` or `jq=1.6-2.1`")
     return value
 
 
@@ -1207,12 +1233,25 @@ def render_pipelock_yaml(plan: Plan) -> str:
     lines += [
         "fetch_proxy:",
         f"  listen: {q(f'0.0.0.0:{PROXY_PORT}')}",
+        f"  timeout_seconds: {FETCH_TIMEOUT_SECONDS}",
+        f"  max_response_mb: {MAX_RESPONSE_MB}",
         "  monitoring:",
         f"    max_requests_per_minute: {MAX_REQUESTS_PER_MINUTE}",
         "forward_proxy:",
         "  enabled: true",
         f"  max_tunnel_seconds: {int(plan.max_tunnel_seconds)}",
         f"  idle_timeout_seconds: {int(plan.idle_timeout_seconds)}",
+        # Prompt-injection scanning of plain-HTTP responses only ever warned (its default action); off, it no
+        # longer costs the CPU time of a second pass over every download.
+        "response_scanning:",
+        "  enabled: false",
+        # DLP on what leaves the bottle over plain HTTP: a secret in any header or in the body is refused (403),
+        # not just logged; core DLP refuses one in the URL whatever this says.
+        "request_body_scanning:",
+        "  enabled: true",
+        "  action: block",
+        "  scan_headers: true",
+        "  header_mode: all",
     ]
     return "\n".join(lines) + "\n"
 
@@ -1494,6 +1533,17 @@ def logs_argv(plan: Plan) -> list:
 
 # The labels `ls`, `gc` and `stop` read, each one asked for by name. Only the fields needed: `{{json .}}` would
 # make `docker ps` compute every container's size, which takes seconds on some storage drivers.
+# apt-get in a running session, as root in the agent's container (the agent itself never is): "$@" are packages
+# that passed check_package. 127 when the image has no apt-get.
+INSTALL_SCRIPT = ('command -v apt-get >/dev/null 2>&1 || exit 127\n'
+                  'apt-get update -q && exec apt-get install -y -q --no-install-recommends "$@"\n')
+
+
+def install_argv(agent_container: str, packages) -> list:
+    return ["exec", "--user", "0:0", "--workdir", "/", "--env", "DEBIAN_FRONTEND=noninteractive", agent_container,
+            "sh", "-c", INSTALL_SCRIPT, "claude-bottle-install", *packages]
+
+
 SESSION_KEYS = ("session", "role", "agent", "bottle", "owner", "owner-start", "owner-proof", "owner-dir")
 
 
@@ -1557,8 +1607,34 @@ def plan_json(plan: Plan) -> dict:
     return data
 
 
+# Events of pipelock's DLP: a request refused (or, with action warn, let through) because a secret was in it.
+DLP_EVENTS = ("header_dlp", "body_dlp")
+DLP_SCANNERS = ("dlp", "core_dlp")
+WITHHELD = "[withheld]"
+
+
+def _is_dlp(event: dict) -> bool:
+    return event.get("event") in DLP_EVENTS or (event.get("event") == "blocked"
+                                                 and event.get("scanner") in DLP_SCANNERS)
+
+
+def _withhold_url(url: str) -> str:
+    """`http://web:8000/[withheld]`: scheme, host and port, never the path, query or user info that held the
+    secret."""
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return WITHHELD
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}/{WITHHELD}" if parts.scheme and host else WITHHELD
+
+
 def parse_events(text: str) -> list:
-    """pipelock's audit log: JSON lines on stdout; anything else (banners) is skipped."""
+    """pipelock's audit log: JSON lines on stdout; anything else (banners) is skipped. pipelock 2.3.0 logs a URL
+    its core DLP refused as it came, secret included: that URL is cut down here, before anything can print it."""
     events = []
     for line in text.splitlines():
         if line.startswith("{"):
@@ -1567,8 +1643,24 @@ def parse_events(text: str) -> list:
             except ValueError:
                 continue
             if isinstance(event, dict) and "event" in event:
+                if _is_dlp(event) and isinstance(event.get("url"), str):
+                    event["url"] = _withhold_url(event["url"])
                 events.append(event)
     return events
+
+
+def blocked_by(event: dict) -> tuple | None:
+    """(scanner, reason) of a refused request, else None. DLP refusals all count as scanner `dlp`."""
+    kind = event.get("event")
+    if kind == "blocked":
+        scanner = str(event.get("scanner", ""))
+        return ("dlp" if scanner in DLP_SCANNERS else scanner), str(event.get("reason", ""))
+    if kind in DLP_EVENTS and event.get("action") == "block":
+        patterns = event.get("patterns")
+        found = ", ".join(map(str, patterns)) if isinstance(patterns, list) and patterns else "a secret"
+        where = f"request header {event.get('header', '')}".rstrip() if kind == "header_dlp" else "request body"
+        return "dlp", f"secret in the {where}: {found}"
+    return None
 
 
 def event_host(event: dict) -> str | None:
@@ -1590,10 +1682,11 @@ def egress_report(events) -> dict:
         host = event_host(event)
         if host is None:
             continue
+        refused = blocked_by(event)
         if event["event"] in ("tunnel_open", "forward_http"):
             reached[host] = reached.get(host, 0) + 1
-        elif event["event"] == "blocked":
-            key = (host, str(event.get("scanner", "")), str(event.get("reason", "")))
+        elif refused:
+            key = (host, *refused)
             blocked[key] = blocked.get(key, 0) + 1
     return {
         "reached": [{"host": h, "count": n} for h, n in sorted(reached.items())],
@@ -1622,11 +1715,13 @@ def render_report(plan: Plan, report: dict) -> list:
     valid = []
     for b in report["blocked"]:
         try:
-            valid.append(check_host(b["host"], "blocked host", wildcard=False))
+            valid.append((check_host(b["host"], "blocked host", wildcard=False), b["scanner"]))
         except ConfigError:
             continue
-    denied = sorted({h for h in valid if not any(host_matches(p, h) for p in plan.hosts)})
-    untrusted = sorted({h for h in valid if h not in denied and not any(host_matches(t, h) for t in plan.trusted)})
+    # Only the allowlist and the SSRF check have a fix in the config; a DLP refusal or a rate limit has none.
+    denied = sorted({h for h, _ in valid if not any(host_matches(p, h) for p in plan.hosts)})
+    untrusted = sorted({h for h, sc in valid if sc == "ssrf" and h not in denied
+                        and not any(host_matches(t, h) for t in plan.trusted)})
     where = f"{plan.config_path or CONFIG_NAME}, under [bottles.{plan.bottle}]"
     if denied:
         lines.append(f"  to allow {', '.join(denied)}, set in {where}:")
@@ -3458,8 +3553,11 @@ def render_event(event: dict) -> str:
     t = str(event.get("time", ""))[11:19] or "--:--:--"
     what = event.get("target") or event.get("url") or ""
     kind = event.get("event")
-    if kind == "blocked":
-        return f"{t} blocked  {event.get('method', '')} {what}  ({event.get('scanner', '')}: {event.get('reason', '')})"
+    refused = blocked_by(event)
+    if refused:
+        return f"{t} blocked  {event.get('method', '')} {what}  ({refused[0]}: {refused[1]})"
+    if kind in DLP_EVENTS:
+        return f"{t} warned   {event.get('method', '')} {what}  (dlp: {event.get('patterns', '')}, let through)"
     if kind == "tunnel_open":
         return f"{t} allowed  CONNECT {what}"
     if kind == "tunnel_close":
@@ -3650,6 +3748,29 @@ def cmd_logs(args, command) -> int:
     return 0
 
 
+def cmd_install(args, command) -> int:
+    packages = [check_package(p) for p in args.packages]
+    session = select_sessions(find_sessions(), args.session, False)[0]
+    sid = session["session"]
+    # Only into a session this user started here and still runs: root in someone else's bottle is not ours to use.
+    if session["owner_state"] != "alive":
+        raise ConfigError(f"session: {sid} is not a running session of yours (its owner "
+                          f"{session['owner'] or '(none recorded)'} is {session['owner_state']}); install only "
+                          f"into a session you started on this machine")
+    agent = next((c for c in session["containers"] if c["role"] == "agent"), None)
+    if agent is None or agent["state"] != "running":
+        raise BottleError(f"install: session {sid} has no running agent container")
+    status = docker(*install_argv(agent["name"], packages), check=False, capture=False).returncode
+    if status == 127:
+        raise BottleError(f"install: the image of session {sid} has no apt-get; add the packages to the image "
+                          f"instead")
+    if status:
+        raise BottleError(f"install: apt-get failed (exit {status}); if the bottle refused the downloads, allow "
+                          f"the Debian mirrors: `claude-bottle allow {sid} @debian`, then try again")
+    say(f"claude-bottle: installed {' '.join(packages)} in session {sid}")
+    return 0
+
+
 def _engine_leaks_dns(version: str) -> bool:
     """Engines before 25.0.5 forwarded DNS for internal networks (CVE-2024-29018)."""
     parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
@@ -3733,6 +3854,7 @@ examples:
   claude_bottle.py check                         validate every agent in claude-bottle.toml (pre-commit)
   claude_bottle.py ls                            running sessions; `stop SESSION`, `logs SESSION -f`
   claude_bottle.py gc                            remove what a killed session left behind
+  claude_bottle.py install SESSION jq            apt-get install jq in a running session, as root
   claude_bottle.py doctor                        check docker, images and config
 """
 
@@ -3801,6 +3923,14 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new decisions")
     logs.add_argument("--json", action="store_true", help="print pipelock's JSON events")
     logs.set_defaults(func=cmd_logs)
+
+    install = sub.add_parser("install", parents=[common], help="install Debian packages into a running session",
+                             description="Run apt-get update and apt-get install PACKAGE... as root in the agent "
+                             "container of SESSION (the agent itself never gets root). The downloads go through "
+                             "the session's pipelock like any other traffic.")
+    install.add_argument("session", metavar="SESSION", help="a session id (or a unique prefix)")
+    install.add_argument("packages", nargs="+", metavar="PACKAGE", help="a Debian package name, or NAME=VERSION")
+    install.set_defaults(func=cmd_install)
     return parser
 
 

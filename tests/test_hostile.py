@@ -457,6 +457,8 @@ YAML_LINES = [re.compile(p) for p in (
     r'  - "(?:\*\.)?[a-z0-9.-]+"',
     r"fetch_proxy:", r'  listen: "0\.0\.0\.0:8888"', r"  monitoring:", r"    max_requests_per_minute: [0-9]+",
     r"forward_proxy:", r"  enabled: true", r"  max_tunnel_seconds: [0-9]+", r"  idle_timeout_seconds: [0-9]+",
+    r"  timeout_seconds: 300", r"  max_response_mb: 64", r"response_scanning:", r"  enabled: false",
+    r"request_body_scanning:", r"  action: block", r"  scan_headers: true", r"  header_mode: all",
 )]
 SSH_LINES = {
     "comment": re.compile(r"# SSH config for claude-bottle session [a-z0-9-]+: every host tunnels through pipelock\."),
@@ -564,7 +566,7 @@ class FuzzTest(Base):
 
     def check_yaml(self, plan, what):
         text = cb.render_pipelock_yaml(plan)
-        expected = 1 + 3 + len(plan.hosts) + (1 + len(plan.trusted) if plan.trusted else 0) + 4 + 4
+        expected = 1 + 3 + len(plan.hosts) + (1 + len(plan.trusted) if plan.trusted else 0) + 6 + 4 + 2 + 5
         self.assertEqual(text.count("\n"), expected, what)
         lines = text.splitlines()  # splits on every Unicode line break, not just "\n"
         self.assertEqual(len(lines), expected, what)
@@ -575,12 +577,16 @@ class FuzzTest(Base):
             docs = list(yaml.load_all(text, Loader=YAML_LOADER))
             self.assertEqual(len(docs), 1, what)
             doc = docs[0]
-            self.assertEqual(set(doc), {"version", "mode", "api_allowlist", "fetch_proxy", "forward_proxy"}
+            self.assertEqual(set(doc), {"version", "mode", "api_allowlist", "fetch_proxy", "forward_proxy",
+                                        "response_scanning", "request_body_scanning"}
                              | ({"trusted_domains"} if plan.trusted else set()), what)
             self.assertEqual(doc["mode"], "strict")
             self.assertEqual(doc["api_allowlist"], list(plan.hosts), what)
             self.assertEqual(doc.get("trusted_domains", []), list(plan.trusted), what)
-            self.assertEqual(set(doc["fetch_proxy"]), {"listen", "monitoring"})
+            self.assertEqual(set(doc["fetch_proxy"]), {"listen", "timeout_seconds", "max_response_mb", "monitoring"})
+            # Hostile names never loosen DLP: a secret leaving over plain HTTP is refused.
+            self.assertEqual(doc["request_body_scanning"], {"enabled": True, "action": "block", "scan_headers": True,
+                                                            "header_mode": "all"}, what)
             self.assertEqual(set(doc["forward_proxy"]), {"enabled", "max_tunnel_seconds", "idle_timeout_seconds"})
 
     def check_ssh_config(self, plan, what):

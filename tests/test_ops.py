@@ -221,6 +221,66 @@ class Logs(CliTest):
         self.assertEqual([json.loads(line) for line in proc.stdout.splitlines()], self.EVENTS)
         self.assertIn(["logs", "--follow", "claude-bottle-impl-aaaaaa-pipelock"], self.fake.argvs())
 
+    def test_a_dlp_refused_url_is_never_printed_whole(self):
+        secret = "ghp_" + "0123456789abcdefghijklmnopqrstuvwxyZ"
+        event = {"level": "warn", "event": "blocked", "method": "GET", "url": f"http://web:8000/p?k={secret}",
+                 "scanner": "core_dlp", "reason": "core DLP match: GitHub Token (critical)",
+                 "time": "2026-11-27T08:00:03Z"}
+        rules = session_rules("impl-aaaaaa", "elsewhere:1") + [{"match": ["logs"], "stdout": json.dumps(event) + "\n"}]
+        for args in ((), ("--json",)):
+            with self.subTest(args=args):
+                proc = self.cli("logs", "impl-aaaaaa", *args, env=self.env(rules))
+                self.assertEqual(proc.returncode, 0, proc.stderr)
+                self.assertNotIn(secret, proc.stdout)
+                self.assertIn("http://web:8000/[withheld]", proc.stdout)
+
+
+class Install(CliTest):
+    def test_runs_apt_get_as_root_in_the_agent_container_of_an_own_session(self):
+        rules = session_rules("impl-aaaaaa", live_owner(self))
+        proc = self.cli("install", "impl-a", "jq", "hello=2.10-3", "libc6-dev", "g++", env=self.env(rules))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("installed jq hello=2.10-3 libc6-dev g++ in session impl-aaaaaa", proc.stderr)
+        [argv] = [a for a in self.fake.argvs() if a[0] == "exec"]
+        self.assertEqual(argv[:8], ["exec", "--user", "0:0", "--workdir", "/", "--env",
+                                    "DEBIAN_FRONTEND=noninteractive", "claude-bottle-impl-aaaaaa"])
+        # The packages are arguments of the script, never part of its text.
+        self.assertEqual(argv[8:10], ["sh", "-c"])
+        self.assertNotIn("jq", argv[10])
+        self.assertEqual(argv[11:], ["claude-bottle-install", "jq", "hello=2.10-3", "libc6-dev", "g++"])
+        script = argv[10]
+        out = subprocess.run(["sh", "-c", script.replace("apt-get", "echo"), "x", "a b", "c"], capture_output=True,
+                             text=True, env={"PATH": "/usr/bin:/bin"})
+        self.assertEqual(out.stdout.splitlines()[-1], "install -y -q --no-install-recommends a b c")
+
+    def test_refuses_what_is_no_package_name_before_any_docker_call(self):
+        for bad in ("-oAPT::Get::Foo=1", "Jq", "jq;id", "jq bash", "../x.deb", "x", "jq=", "jq=abc", "jq/bookworm",
+                    "jq=1.0 ", "*", "jq\nbash", "é"):
+            with self.subTest(bad=bad):
+                proc = self.cli("install", "impl-aaaaaa", bad)
+                self.assertEqual(proc.returncode, 2, proc.stderr)
+                self.assertEqual(self.fake.argvs(), [])
+
+    def test_only_into_a_session_of_ones_own(self):
+        for why, owner in (("owner gone", gone_owner(self)), ("another host", "elsewhere:1"),
+                           ("a wrong secret", {**live_owner(self), "owner-proof": cb.proof_of("other")})):
+            with self.subTest(why=why):
+                proc = self.cli("install", "impl-aaaaaa", "jq", env=self.env(session_rules("impl-aaaaaa", owner)))
+                self.assertOneLineError(proc, 2, "not a running session of yours")
+                self.assertFalse([a for a in self.fake.argvs() if a[0] == "exec"])
+
+    def test_agent_not_running(self):
+        rules = session_rules("impl-aaaaaa", live_owner(self), state="exited")
+        self.assertOneLineError(self.cli("install", "impl-aaaaaa", "jq", env=self.env(rules)), 1,
+                                "no running agent container")
+
+    def test_no_apt_get_and_apt_get_failing(self):
+        owner = live_owner(self)
+        for rc, needle in ((127, "has no apt-get"), (100, "claude-bottle allow impl-aaaaaa @debian")):
+            with self.subTest(rc=rc):
+                rules = session_rules("impl-aaaaaa", owner) + [{"match": ["exec"], "rc": rc}]
+                self.assertOneLineError(self.cli("install", "impl-aaaaaa", "jq", env=self.env(rules)), 1, needle)
+
 
 class Doctor(CliTest):
     def test_all_pass(self):

@@ -216,7 +216,8 @@ class SummaryTest(Base):
 
 # ---- pipelock YAML ----
 
-PIPELOCK_KEYS = {"version", "mode", "api_allowlist", "fetch_proxy", "forward_proxy"}
+PIPELOCK_KEYS = {"version", "mode", "api_allowlist", "fetch_proxy", "forward_proxy", "response_scanning",
+                 "request_body_scanning"}
 
 
 def tiny_yaml_keys(text: str) -> dict:
@@ -260,9 +261,13 @@ class PipelockYamlTest(Base):
                 tree = tiny_yaml_keys(cb.render_pipelock_yaml(plan))
                 expected = PIPELOCK_KEYS | ({"trusted_domains"} if plan.trusted else set())
                 self.assertEqual(set(tree), expected)
-                self.assertEqual(set(tree["fetch_proxy"]), {"listen", "monitoring"})
+                self.assertEqual(set(tree["fetch_proxy"]),
+                                 {"listen", "timeout_seconds", "max_response_mb", "monitoring"})
                 self.assertEqual(set(tree["fetch_proxy"]["monitoring"]), {"max_requests_per_minute"})
                 self.assertEqual(set(tree["forward_proxy"]), {"enabled", "max_tunnel_seconds", "idle_timeout_seconds"})
+                self.assertEqual(set(tree["response_scanning"]), {"enabled"})
+                self.assertEqual(set(tree["request_body_scanning"]),
+                                 {"enabled", "action", "scan_headers", "header_mode"})
 
     @unittest.skipIf(yaml is None, "PyYAML is not installed; the line-based key check above still runs")
     def test_parses_back_to_exactly_the_plan(self):
@@ -275,10 +280,15 @@ class PipelockYamlTest(Base):
                     "version": 1,
                     "mode": "strict",
                     "api_allowlist": list(plan.hosts),
-                    "fetch_proxy": {"listen": "0.0.0.0:8888",
+                    "fetch_proxy": {"listen": "0.0.0.0:8888", "timeout_seconds": 300, "max_response_mb": 64,
                                     "monitoring": {"max_requests_per_minute": cb.MAX_REQUESTS_PER_MINUTE}},
                     "forward_proxy": {"enabled": True, "max_tunnel_seconds": plan.max_tunnel_seconds,
                                       "idle_timeout_seconds": plan.idle_timeout_seconds},
+                    # Verified against pipelock 2.3.0: a GitHub token in a header, the body or the URL of a
+                    # plain-HTTP request is refused with 403 (PRD 0007).
+                    "response_scanning": {"enabled": False},
+                    "request_body_scanning": {"enabled": True, "action": "block", "scan_headers": True,
+                                              "header_mode": "all"},
                 }
                 if plan.trusted:
                     expected["trusted_domains"] = list(plan.trusted)

