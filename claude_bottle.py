@@ -104,7 +104,8 @@ DEFAULT_AGENT = "claude"
 CLAUDE_CODE_VERSION = "2.1.114"
 AGENT_DOCKERFILE = f"""\
 # claude-bottle built-in agent image. Its tag is a hash of this text: an unchanged image is never rebuilt.
-FROM debian:bookworm-slim AS base
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${{BASE_IMAGE}} AS base
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \\
  && apt-get install -y --no-install-recommends \\

@@ -16,6 +16,8 @@ The machine has no container registry, so every image is made here from Debian's
   ``/home/claude`` and ``/workspace`` removed.
 - ``claude-bottle-test/node:<hash>``: nouser plus ``node`` (1000:1000, home ``/home/node``, 0755, shell bash), made
   the way the official node images make it.
+- ``claude-bottle-test/agent-base:<hash>``: the ``base`` stage of claude_bottle.py's built-in Dockerfile, built
+  ``FROM`` the debian image through its ``BASE_IMAGE`` build argument (its own base cannot be pulled here).
 
 ``<hash>`` is the first 12 hex digits of a sha256 over everything that made the image, so a tag that exists is
 up to date and its build is skipped.
@@ -54,6 +56,7 @@ PIPELOCK_REPO = "claude-bottle-test/pipelock"
 BUSYBOX_REPO = "claude-bottle-test/busybox"
 NOUSER_REPO = "claude-bottle-test/nouser"
 NODE_REPO = "claude-bottle-test/node"
+AGENT_BASE_REPO = "claude-bottle-test/agent-base"
 PIPELOCK_IMAGE_ENV = "CLAUDE_BOTTLE_E2E_PIPELOCK_IMAGE"
 LABEL = "claude-bottle-test=1"
 STANDIN = Path(__file__).resolve().parent / "standin" / "pipelock"
@@ -173,6 +176,19 @@ def nouser_tag(parent: str) -> str:
 
 def node_tag(parent: str) -> str:
     return f"{NODE_REPO}:{_digest(parent, NODE_DOCKERFILE)}"
+
+
+def agent_base_tag(parent: str) -> str:
+    return f"{AGENT_BASE_REPO}:{_digest(parent, _agent_dockerfile())}"
+
+
+def _agent_dockerfile() -> str:
+    """claude_bottle.py's built-in Dockerfile, read from the file (this module runs without it on sys.path)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_cb", Path(__file__).resolve().parents[2] / "claude_bottle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.AGENT_DOCKERFILE
 
 
 def _is_dynamic_elf(data: bytes) -> bool:
@@ -306,6 +322,15 @@ def build_node(tag: str, parent: str) -> None:
     _docker_build(tag, NODE_DOCKERFILE.format(parent=parent), {})
 
 
+def build_agent_base(tag: str, parent: str) -> None:
+    """The built-in Dockerfile's `base` stage on our Debian root (its own base image cannot be pulled here)."""
+    env = dict(os.environ, DOCKER_BUILDKIT="0")
+    started = time.monotonic()
+    _run(["docker", "build", "--quiet", "--force-rm", "--target", "base", "--build-arg", f"BASE_IMAGE={parent}",
+          "--tag", tag, "-"], input=_agent_dockerfile(), env=env)
+    _progress(f"docker build took {time.monotonic() - started:.1f}s")
+
+
 def _ensure(tag: str, build, *args) -> str:
     if image_exists(tag):
         _progress(f"{tag} exists, skipping")
@@ -316,7 +341,8 @@ def _ensure(tag: str, build, *args) -> str:
 
 
 def ensure_images(verbose: bool = False) -> dict[str, str]:
-    """Build whatever test image is missing; return {"debian", "pipelock", "busybox", "nouser", "node": tag}."""
+    """Build whatever test image is missing; return {"debian", "pipelock", "busybox", "nouser", "node",
+    "agent-base": tag}."""
     global _verbose
     _verbose = verbose
     images = {}
@@ -331,6 +357,7 @@ def ensure_images(verbose: bool = False) -> dict[str, str]:
         images["busybox"] = _ensure(busybox_tag(), build_busybox)
         nouser = images["nouser"] = _ensure(nouser_tag(debian), build_nouser, debian)
         images["node"] = _ensure(node_tag(nouser), build_node, nouser)
+        images["agent-base"] = _ensure(agent_base_tag(debian), build_agent_base, debian)
     return images
 
 
