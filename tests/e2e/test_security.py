@@ -161,7 +161,11 @@ class Hardening(E2ETest):
             self.assertTrue(host["Init"])
             for m in agent["Mounts"]:
                 self.assertNotIn("docker.sock", m["Source"] + m["Destination"])
-                self.assertTrue(Path(m["Source"]).is_relative_to(project), f"a host path beyond the project: {m}")
+                # Beyond the project, only the session's own files: its ~/.ssh (config, known_hosts), passwd, group.
+                private = Path(tempfile.gettempdir(), f"claude-bottle-{os.getuid()}", session)
+                own = Path(m["Source"]).parent == private and Path(m["Source"]).name in ("ssh", "passwd", "group")
+                self.assertTrue(Path(m["Source"]).is_relative_to(project) or own, f"a host path beyond the project: "
+                                f"{m}")
         with self.subTest("agent env"):
             env = env_of(agent)
             for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
