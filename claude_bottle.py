@@ -86,6 +86,7 @@ DEFAULT_SUBNETS = "10.213.0.0/16"
 SUBNET_BITS = 28
 SUBNET_TRIES = 16
 
+# The built-in image's user. The agent itself runs as the user who ran claude-bottle (PRD 0003).
 AGENT_UID = 1000
 AGENT_HOME = "/home/claude"
 AGENT_WORKDIR = "/workspace"
@@ -995,7 +996,7 @@ while read -r d; do printf '%s\\t%s\\n' "$d" "$(ls -ldn -- "$d" 2>/dev/null)"; d
 BUILTIN_PROBE = {
     "passwd": ["root:x:0:0:root:/root:/bin/bash", f"claude:x:{AGENT_UID}:{AGENT_UID}::{AGENT_HOME}:/bin/bash"],
     "group": ["root:x:0:", f"claude:x:{AGENT_UID}:"],
-    "tools": list(PROBE_TOOLS[:5]),
+    "tools": ["ssh", "socat", "git", "curl"],
     "dirs": {"/tmp": ["drwxrwxrwt", 0], "/root": ["drwx------", 0], AGENT_HOME: ["drwxr-xr-x", AGENT_UID]},
 }
 
@@ -1040,6 +1041,9 @@ def _usable_dir(probe: dict, path: str, uid: int) -> bool:
     return mode[:1] == "d" and owner == uid and mode[2:3] == "w"
 
 
+_HOME_RE = re.compile(r"/[A-Za-z0-9._/-]{0,200}")
+
+
 def _free_name(name: str, taken, suffix: int) -> str:
     return name if name not in taken else f"{name}-{suffix}"
 
@@ -1053,6 +1057,9 @@ def agent_identity(probe: dict, uid: int, gid: int) -> Identity:
     """
     users = [u.split(":") for u in probe["passwd"] if u.count(":") == 6]
     entry = next((u for u in users if u[2] == str(uid)), None)
+    if entry and not (_SSH_USER_RE.fullmatch(entry[0]) and _HOME_RE.fullmatch(entry[5])):
+        # A name or home that would not survive a path, a mount option or a line of ours: not used.
+        users, entry = [u for u in users if u is not entry], None
     passwd, home_tmpfs = "", False
     if entry and entry[5].startswith("/") and entry[5] != "/" and _usable_dir(probe, entry[5], uid):
         name, home, why = entry[0], entry[5], f"the image's own user for uid {uid}"
@@ -1653,6 +1660,7 @@ def planned_commands(plan: Plan) -> list:
 def plan_json(plan: Plan) -> dict:
     data = plan._asdict()
     data["ssh"] = [s._asdict() for s in plan.ssh]
+    data["identity"] = plan.identity._asdict()
     data.update(
         version=__version__,
         containers={"agent": plan.agent_container, "pipelock": plan.sidecar},
@@ -3131,7 +3139,8 @@ class CredentialBroker:
             self._listeners.append(sock)
             sock.bind(path)
             self._bound.append(path)
-            share_with(path, AGENT_UID, 0o600, 0o666)
+            # The agent runs as the user who runs claude-bottle (PRD 0003): private to that uid.
+            share_with(path, os.getuid(), 0o600, 0o666)
             sock.listen(64)
             threading.Thread(target=self._accept, args=(sock, ep), daemon=True, name=f"broker-{ep.index}").start()
         return list(self.paths)

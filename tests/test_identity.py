@@ -66,6 +66,13 @@ class AgentIdentityTest(unittest.TestCase):
         self.assertEqual((ident.user, ident.home), ("claude-1001", "/home/claude-1001"))
         self.assertNotEqual(ident.home, cb.AGENT_HOME, "the built-in image's claude keeps its home untouched")
 
+    def test_an_odd_name_or_home_is_replaced(self):
+        for line in ("bad,name:x:1000:1000::/home/bad:/bin/sh", "ok:x:1000:1000::/home/a,uid=0:/bin/sh"):
+            with self.subTest(line=line):
+                ident = cb.agent_identity({**DEBIAN_NO_USER, "passwd": [line]}, 1000, 1000)
+                self.assertEqual((ident.user, ident.home), ("claude", "/home/claude"))
+                self.assertNotIn(line, ident.passwd)
+
     def test_tmp_not_writable_gets_a_tmpfs(self):
         probe = {**DEBIAN_NO_USER, "dirs": {**DEBIAN_NO_USER["dirs"], "/tmp": ["drwxr-xr-x", 0]}}
         self.assertTrue(cb.agent_identity(probe, 1000, 1000).tmp_tmpfs)
