@@ -1095,8 +1095,8 @@ def identity_problem(plan) -> str:
                     f"a bottle without ssh")
     if plan.self_test and not any(t in ident.tools for t in SELF_TEST_CLIENTS):
         return (f"{where} has none of {', '.join(SELF_TEST_CLIENTS[:-1])} or {SELF_TEST_CLIENTS[-1]} to run the "
-                f"isolation self-test; install "
-                f"one of them (busybox's wget will do) in the image, or pass --no-self-test")
+                f"isolation self-test; install one of them (busybox's wget will do) in the image, or pass "
+                f"--no-self-test")
     return ""
 
 
