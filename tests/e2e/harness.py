@@ -199,6 +199,8 @@ class World:
         return "\n".join(lines) + "\n"
 
     def env(self, **extra) -> dict:
+        # The image probe's cache goes to the world's temp dir, not the home of the user running the tests.
+        extra.setdefault("XDG_CACHE_HOME", str(self.tmp / "cache"))
         return cli_env(self.pipelock, **extra)
 
     def start(self, project: Path, script: str, *args, agent="e2e", env=None, timeout=180, cli=None):
