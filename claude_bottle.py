@@ -91,6 +91,7 @@ DEFAULT_SUBNETS = "10.213.0.0/16"
 SUBNET_BITS = 28
 SUBNET_TRIES = 16
 
+# The built-in image's user. The agent itself runs as the user who ran claude-bottle (PRD 0003).
 AGENT_UID = 1000
 AGENT_HOME = "/home/claude"
 AGENT_WORKDIR = "/workspace"
@@ -1007,13 +1008,140 @@ class ReloadWait:
         return self.state
 
 
+# ---- The agent's identity: the host user who ran claude-bottle, as a user of the image ----
+
+# What the probe looks for: a shell, what SSH hosts need, and the clients the self-test can use.
+PROBE_TOOLS = ("ssh", "socat", "git", "curl", "wget", "python3", "nc", "node", "perl")
+SSH_TOOLS = ("ssh", "socat", "git")
+SELF_TEST_CLIENTS = ("curl", "wget", "python3", "nc")
+FALLBACK_USER = "claude"
+PROBE_VERSION = 1
+# Run as root in the image, with no network and no capability: what the image holds, never what it does.
+PROBE_SCRIPT = f"""\\
+echo '# passwd'; cat /etc/passwd 2>/dev/null
+echo '# group'; cat /etc/group 2>/dev/null
+echo '# tools'
+for t in {' '.join(PROBE_TOOLS)}; do command -v "$t" >/dev/null 2>&1 && echo "$t"; done
+echo '# dirs'
+{{ echo /tmp; echo {AGENT_HOME}
+  while IFS=: read -r n p u g c h s || [ -n "$n" ]; do echo "$h"; done < /etc/passwd; }} 2>/dev/null |
+while read -r d; do printf '%s\\t%s\\n' "$d" "$(ls -ldn -- "$d" 2>/dev/null)"; done
+"""
+# The built-in image is ours: what a probe of it finds is known from its Dockerfile.
+BUILTIN_PROBE = {
+    "passwd": ["root:x:0:0:root:/root:/bin/bash", f"claude:x:{AGENT_UID}:{AGENT_UID}::{AGENT_HOME}:/bin/bash"],
+    "group": ["root:x:0:", f"claude:x:{AGENT_UID}:"],
+    "tools": ["ssh", "socat", "git", "curl"],
+    "dirs": {"/tmp": ["drwxrwxrwt", 0], "/root": ["drwx------", 0], AGENT_HOME: ["drwxr-xr-x", AGENT_UID]},
+}
+
+
+class Identity(namedtuple("Identity", "uid gid user home why passwd group home_tmpfs tmp_tmpfs tools")):
+    """Who the agent runs as: the host user's uid and gid, a name and a writable home in the image.
+
+    passwd, group: the files to mount over the image's, or "" when the image's own serve as they are.
+    home_tmpfs: the home is a private tmpfs, owned by the uid; tmp_tmpfs: so is /tmp (missing or not writable).
+    tools: what the image has of PROBE_TOOLS. user is None until the image has been probed.
+    """
+
+    __slots__ = ()
+
+
+def host_identity(uid: int, gid: int) -> Identity:
+    """Before the probe: only the uid and gid are known."""
+    return Identity(uid, gid, None, None, "", "", "", False, False, ())
+
+
+def parse_probe(text: str) -> dict:
+    """PROBE_SCRIPT's output as {"passwd": [line], "group": [line], "tools": [name], "dirs": {path: [mode, uid]}}."""
+    probe, part = {"passwd": [], "group": [], "tools": [], "dirs": {}}, None
+    for line in text.splitlines():
+        if line.startswith("# ") and line[2:] in probe:
+            part = line[2:]
+        elif part == "dirs":
+            path, _, listing = line.partition("\t")
+            fields = listing.split()
+            if len(fields) >= 3 and fields[2].isdigit():
+                probe["dirs"][path] = [fields[0], int(fields[2])]
+        elif part in ("passwd", "group") and line.strip():
+            probe[part].append(line)
+        elif part == "tools" and line in PROBE_TOOLS:
+            probe["tools"].append(line)
+    return probe
+
+
+def _usable_dir(probe: dict, path: str, uid: int) -> bool:
+    """`path` is a directory in the image that `uid` owns and may write, with no capability."""
+    mode, owner = probe["dirs"].get(path) or ("", -1)
+    return mode[:1] == "d" and owner == uid and mode[2:3] == "w"
+
+
+_HOME_RE = re.compile(r"/[A-Za-z0-9._/-]{0,200}")
+
+
+def _free_name(name: str, taken, suffix: int) -> str:
+    return name if name not in taken else f"{name}-{suffix}"
+
+
+def agent_identity(probe: dict, uid: int, gid: int) -> Identity:
+    """The agent's passwd and group entries and home in an image, from its probe: a pure function.
+
+    An image user for the uid with a home it owns is kept as it is (node's /home/node). One whose home is
+    missing keeps its name and gets that home as a private tmpfs. Otherwise the uid gets an entry of its
+    own, `claude` unless the image uses that name, with a private tmpfs home in /home.
+    """
+    users = [u.split(":") for u in probe["passwd"] if u.count(":") == 6]
+    entry = next((u for u in users if u[2] == str(uid)), None)
+    if entry and not (_SSH_USER_RE.fullmatch(entry[0]) and _HOME_RE.fullmatch(entry[5])):
+        # A name or home that would not survive a path, a mount option or a line of ours: not used.
+        users, entry = [u for u in users if u is not entry], None
+    passwd, home_tmpfs = "", False
+    if entry and entry[5].startswith("/") and entry[5] != "/" and _usable_dir(probe, entry[5], uid):
+        name, home, why = entry[0], entry[5], f"the image's own user for uid {uid}"
+    elif entry and entry[5].startswith("/") and entry[5] != "/" and entry[5] not in probe["dirs"]:
+        name, home, home_tmpfs = entry[0], entry[5], True
+        why = f"the image's own user for uid {uid}; its home is missing in the image, so a private one"
+    else:
+        name = entry[0] if entry else _free_name(FALLBACK_USER, {u[0] for u in users}, uid)
+        home, home_tmpfs = f"/home/{name}", True
+        line = f"{name}:x:{uid}:{gid}:claude-bottle agent:{home}:/bin/sh"
+        lines = [line if u is entry else ":".join(u) for u in users] + ([] if entry else [line])
+        passwd = "\n".join(lines) + "\n"
+        why = (f"the image's user for uid {uid}, whose home is not its own, with a private home" if entry else
+               f"the image has no user for uid {uid}; an entry of claude-bottle's with a private home")
+    groups = [g.split(":") for g in probe["group"] if g.count(":") == 3]
+    group = ""
+    if not any(g[2] == str(gid) for g in groups):
+        gname = _free_name(name, {g[0] for g in groups}, gid)
+        group = "\n".join([*(":".join(g) for g in groups), f"{gname}:x:{gid}:"]) + "\n"
+    mode, owner = probe["dirs"].get("/tmp") or ("", -1)
+    tmp_ok = mode[:1] == "d" and (mode[8:9] == "w" or (owner == uid and mode[2:3] == "w"))
+    return Identity(uid, gid, name, home, why, passwd, group, home_tmpfs, not tmp_ok, tuple(probe["tools"]))
+
+
+def identity_problem(plan) -> str:
+    """Why this image cannot run this bottle, as one line, or "": checked before anything is created."""
+    ident, where = plan.identity, f"the image {plan.image}"
+    if plan.ssh:
+        missing = [t for t in SSH_TOOLS if t not in ident.tools]
+        if missing:
+            return (f"{where} has no {' and no '.join(missing)}, which the bottle's SSH hosts need "
+                    f"({', '.join(s.alias for s in plan.ssh)}); install {' and '.join(missing)} in the image, or use "
+                    f"a bottle without ssh")
+    if plan.self_test and not any(t in ident.tools for t in SELF_TEST_CLIENTS):
+        return (f"{where} has none of {', '.join(SELF_TEST_CLIENTS[:-1])} or {SELF_TEST_CLIENTS[-1]} to run the "
+                f"isolation self-test; install one of them (busybox's wget will do) in the image, or pass "
+                f"--no-self-test")
+    return ""
+
+
 # ---- The plan: plain data, resolved before anything is created ----
 
 PLAN_FIELDS = (
     "session agent agent_source bottle image build_image pipelock_image workspace git_dir read_only env "
     "env_unset hosts bottle_allow trusted ssh ssh_agent egress_network command tty self_test "
     "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir subnet_pool "
-    "brokered"
+    "brokered identity"
 )
 
 
@@ -1114,8 +1242,15 @@ def _trust_covered(trusted: str, hosts) -> bool:
 def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, suffix: str,
                  tty: bool = False, command=None, workspace: str | None = None,
                  extra_allow=(), owner: str = "", owner_start: str = "", owner_proof: str = "",
-                 private_dir: str = "", self_test: bool = True) -> Plan:
-    """Resolve agent -> bottle -> image, hosts, SSH hosts, mounts and env names. Reads no docker state."""
+                 private_dir: str = "", self_test: bool = True, uid: int | None = None,
+                 gid: int | None = None) -> Plan:
+    """Resolve agent -> bottle -> image, hosts, SSH hosts, mounts and env names. Reads no docker state.
+
+    The agent runs as `uid`:`gid`, the user running claude-bottle unless given; its name and home in an
+    image of the user's come from a probe of the image (`identify`), in the built-in image they are known.
+    """
+    uid = os.getuid() if uid is None else uid
+    gid = os.getgid() if gid is None else gid
     project = find_project(cwd)
     spec = resolve_agent(config, agent_name, project)
     bottle = config.bottles[spec.bottle]
@@ -1191,6 +1326,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         private_dir=private_dir,
         subnet_pool=subnet_pool,
         brokered=plan_endpoints(bottle.credentials, spec.env, environ),
+        identity=host_identity(uid, gid) if spec.image else agent_identity(BUILTIN_PROBE, uid, gid),
     )
 
 
@@ -1271,6 +1407,15 @@ def render_ssh_config(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def user_line(ident: Identity) -> str:
+    """`node uid 1000, home /home/node (the image's own user for uid 1000)`"""
+    if ident.user is None:
+        return (f"uid {ident.uid} gid {ident.gid} (yours); name and home from the image, probed before "
+                f"anything is created")
+    home = f"{ident.home}" + (" (private tmpfs)" if ident.home_tmpfs else "")
+    return f"{_visible(ident.user)} uid {ident.uid} gid {ident.gid}, home {_visible(home)} ({ident.why})"
+
+
 def render_summary(plan: Plan) -> list:
     env = f"{', '.join(plan.env)} (visible to the agent)" if plan.env else "none"
     if plan.env_unset:
@@ -1286,6 +1431,7 @@ def render_summary(plan: Plan) -> list:
         f"  bottle:     {plan.bottle}" + (f" ({_visible(plan.config_path)})" if plan.config_path else " (built-in)"),
         f"  image:      {image}",
         f"  command:    {_visible(shlex.join(plan.command))}",
+        f"  user:       {user_line(plan.identity)}",
         f"  workspace:  {_visible(plan.workspace)} -> {AGENT_WORKDIR} (read-write{git})",
         f"  env:        {env}",
         f"  brokered:   {brokered_line(plan.brokered)}",
@@ -1337,6 +1483,12 @@ def image_inspect_argv(image: str) -> list:
     return ["image", "inspect", "--format", "{{.Id}}", image]
 
 
+def probe_argv(image: str) -> list:
+    """Read the image, never change it: a throwaway container with no network and no capability."""
+    return ["run", "--rm", "--network", "none", "--user", "0:0", "--cap-drop", "ALL", "--security-opt",
+            "no-new-privileges", "--entrypoint", "/bin/sh", image, "-c", PROBE_SCRIPT]
+
+
 def build_argv(image: str) -> list:
     return ["build", "--tag", image, "--label", f"{LABEL}.image=agent", "-"]
 
@@ -1376,14 +1528,39 @@ def health_argv(plan: Plan) -> list:
     return ["exec", plan.sidecar, "/pipelock", "healthcheck"]
 
 
+def planned_identity(plan: Plan) -> Identity:
+    """The identity a start uses; before the probe (a dry run), the one an image without users would give."""
+    if plan.identity.user is not None:
+        return plan.identity
+    return agent_identity({"passwd": [], "group": [], "tools": [], "dirs": {}}, plan.identity.uid, plan.identity.gid)
+
+
+def identity_args(plan: Plan, ident: Identity) -> list:
+    """The agent's home, passwd and group entries, /tmp and SSH config, as `docker create` arguments."""
+    argv = ["--env", f"HOME={ident.home}"]
+    for name in ("passwd", "group"):
+        if getattr(ident, name):
+            argv += ["--mount", mount_arg(os.path.join(plan.private_dir, name), f"/etc/{name}", readonly=True)]
+    # tmpfs options as mount(8) takes them: a home of the uid's own, exec for tools installed into it.
+    if ident.home_tmpfs:
+        argv += ["--tmpfs", f"{ident.home}:uid={ident.uid},gid={ident.gid},mode=0700,exec"]
+    if ident.tmp_tmpfs:
+        argv += ["--tmpfs", "/tmp:mode=1777,exec"]
+    if plan.ssh:
+        # The session's ssh dir, the uid's own: ssh reads config there and writes known_hosts beside it.
+        argv += ["--mount", mount_arg(os.path.join(plan.private_dir, "ssh"), f"{ident.home}/.ssh")]
+    return argv
+
+
 def agent_create_argv(plan: Plan, ip: str | None = None) -> list:
+    ident = planned_identity(plan)
     argv = [
         "create", "--name", plan.agent_container, *_labels(plan, "agent"),
         "--network", plan.internal_network, *(["--ip", ip] if ip else []),
         # No DNS path out, whatever the engine version: the embedded resolver may forward only to the
         # container's own loopback, where nothing listens. The sidecar's name still resolves.
         "--dns", "127.0.0.1", "--dns-option", "timeout:1", "--dns-option", "attempts:1",
-        "--user", f"{AGENT_UID}:{AGENT_UID}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--user", f"{ident.uid}:{ident.gid}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--pids-limit", str(AGENT_PIDS_LIMIT), "--init", "--interactive", *(["--tty"] if plan.tty else []),
         "--workdir", AGENT_WORKDIR,
         "--mount", mount_arg(plan.workspace, AGENT_WORKDIR),
@@ -1393,6 +1570,7 @@ def agent_create_argv(plan: Plan, ip: str | None = None) -> list:
         argv += ["--mount", mount_arg(os.path.join(plan.workspace, ".git"), f"{AGENT_WORKDIR}/.git")]
     for rel in plan.read_only:
         argv += ["--mount", mount_arg(os.path.join(plan.workspace, rel), f"{AGENT_WORKDIR}/{rel}", readonly=True)]
+    argv += identity_args(plan, ident)
     if plan.ssh_agent:
         argv += ["--mount", mount_arg(os.path.join(plan.private_dir, "ssh-agent.sock"), AGENT_SSH_AUTH_SOCK),
                  "--env", f"SSH_AUTH_SOCK={AGENT_SSH_AUTH_SOCK}"]
@@ -1450,9 +1628,14 @@ def render_forwarders(plan: Plan) -> str:
 PROXY_SILENT = "the pipelock sidecar does not answer the agent"
 SILENCE = 0.1
 # The agent's command waits behind this gate until the self-test, run inside the same container,
-# opens it; a failed self-test tears the bottle down before the command ever runs.
+# opens it; a failed self-test tears the bottle down before the command ever runs. /tmp is writable
+# in every bottle: a private tmpfs where the image's is missing or not the agent's to write.
 GATE_FILE = "/tmp/.claude-bottle-self-test-passed"
 GATE = f'while [ ! -e {GATE_FILE} ]; do sleep 0.02; done; exec "$@"'
+# Printed just before the gate opens: a short command may end the container, and the exec with it (exit 137),
+# while the passed self-test is still returning.
+SELF_TEST_PASSED = "claude-bottle-self-test: passed"
+NO_CLIENT = "the agent image has none of curl, wget, python3 or nc to run the isolation self-test"
 
 
 def render_self_test(plan: Plan, outside_ip: str, host_ip: str = "") -> str:
@@ -1463,29 +1646,56 @@ def render_self_test(plan: Plan, outside_ip: str, host_ip: str = "") -> str:
     Unreachable means silence: an internal network drops what leaves it, so a connection that is
     refused (or accepted) within the timeout proves a path. A local TCP handshake is answered by the
     kernel within the connect() call itself, in well under a millisecond even on a loaded machine, so
-    SILENCE seconds without an answer is a wide margin.
+    SILENCE seconds without an answer is a wide margin. The client is curl, else wget (busybox's too),
+    else python3, else nc; whatever is not clearly silence counts as a path, so an unknown answer fails.
     """
     q = shlex.quote
     checks = [("proxy", f"proxy {q(f'http://{plan.sidecar}:{PROXY_PORT}/health')}"),
               ("outside", f"probe {q(f'http://{outside_ip}:{PROXY_PORT}/health')} {SILENCE}")]
     if host_ip:
         checks.append(("host", f"probe {q(f'http://{host_ip}:{PROXY_PORT}/')} {SILENCE}"))
-    run = "\n".join(f"{call} > /tmp/.claude-bottle-{name} &" for name, call in checks)
-    host_check = (f'read code rc < /tmp/.claude-bottle-host\n'
+    run = "\n".join(f'{call} > "$t/{name}" &' for name, call in checks)
+    host_check = (f'read code rc < "$t/host"\n'
                   f'[ "$rc" = 28 ] || fail "the agent reached the host at {host_ip} without the proxy"\n'
                   if host_ip else "")
     return f"""\
-fail() {{ echo "$*" >&2; exit 1; }}
-# probe URL TIMEOUT: prints the HTTP status (000: none) and curl's exit status (28: silence)
+fail() {{ echo "$*" >&2; rm -rf "$t"; exit 1; }}
+unset http_proxy HTTP_PROXY https_proxy HTTPS_PROXY all_proxy ALL_PROXY
+t=/tmp/.claude-bottle-self-test.$$
+mkdir -m 0700 "$t" || fail "the agent cannot write to /tmp"
+# bounded SECONDS COMMAND...: runs COMMAND, stopped after SECONDS (exit 143 then)
+bounded() {{
+  exec 3<&0
+  s=$1; shift
+  "$@" <&3 & p=$!
+  (sleep "$s"; kill $p) >/dev/null 2>&1 & k=$!
+  wait $p; r=$?
+  kill $k 2>/dev/null
+  return $r
+}}
+silent_if() {{ if [ "$1" = 143 ]; then echo "000 28"; else echo "000 7"; fi; }}
+# probe URL TIMEOUT: prints the HTTP status (000: none) and an exit status (28: silence, 127: no client)
 probe() {{
   if command -v curl >/dev/null 2>&1; then
     code=$(curl --noproxy '*' -s -o /dev/null -w '%{{http_code}}' --connect-timeout "$2" --max-time 3 "$1")
     echo "$code $?"
+  elif command -v wget >/dev/null 2>&1; then
+    # No -T and no -q: busybox's static wget crashes with either (Debian 1.35); the time limit is ours.
+    if err=$(bounded "$2" wget -O /dev/null -t 1 "$1" 2>&1); then echo "200 0"; else silent_if $?; fi
   elif command -v python3 >/dev/null 2>&1; then
     python3 -c 'import socket, sys, urllib.request as u
 try: print(u.build_opener(u.ProxyHandler({{}})).open(sys.argv[1], timeout=float(sys.argv[2])).status, 0)
 except u.HTTPError as e: print(e.code, 0)
 except Exception as e: print("000", 28 if isinstance(getattr(e, "reason", e), TimeoutError) else 7)' "$1" "$2"
+  elif command -v nc >/dev/null 2>&1; then
+    hp=${{1#http://}}; path=/${{hp#*/}}; hp=${{hp%%/*}}
+    req=$(printf 'GET %s HTTP/1.0\\r\\n\\r' "$path")
+    out=$(bounded "$2" nc "${{hp%:*}}" "${{hp##*:}}" 2>&1 <<EOF
+$req
+EOF
+)
+    rc=$?
+    case $rc:$out in 143:*) echo "000 28" ;; *:"HTTP/"*) set -- $out; echo "$2 0" ;; *) echo "000 7" ;; esac
   else
     echo "000 127"
   fi
@@ -1501,12 +1711,13 @@ proxy() {{
 }}
 {run}
 wait
-read code rc < /tmp/.claude-bottle-proxy
-[ "$rc" != 127 ] || fail "the agent image has neither curl nor python3 to run the isolation self-test"
+read code rc < "$t/proxy"
+[ "$rc" != 127 ] || fail "{NO_CLIENT}"
 [ "$code" = 200 ] || fail "{PROXY_SILENT}: no answer from {plan.sidecar} (HTTP $code)"
-read code rc < /tmp/.claude-bottle-outside
+read code rc < "$t/outside"
 [ "$rc" = 28 ] || fail "the agent reached {outside_ip} directly, without the proxy: it has a route out"
-{host_check}rm -f /tmp/.claude-bottle-proxy /tmp/.claude-bottle-outside /tmp/.claude-bottle-host
+{host_check}rm -rf "$t"
+echo "{SELF_TEST_PASSED}"
 touch {GATE_FILE}
 """
 
@@ -1517,10 +1728,6 @@ def sidecar_inspect_argv(plan: Plan) -> list:
 
 def self_test_argv(plan: Plan, outside_ip: str, host_ip: str = "") -> list:
     return ["exec", plan.agent_container, "sh", "-c", render_self_test(plan, outside_ip, host_ip)]
-
-
-def ssh_copy_argv(plan: Plan) -> list:
-    return ["cp", "-", f"{plan.agent_container}:/"]
 
 
 def start_argv(plan: Plan) -> list:
@@ -1566,24 +1773,6 @@ def rm_networks_argv(names) -> list:
     return ["network", "rm", *names]
 
 
-def ssh_tar(plan: Plan) -> bytes:
-    """The SSH config as a tar for `docker cp -`, owned by the agent's uid: ssh refuses a foreign owner."""
-    import io
-    import tarfile
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        ssh_dir = tarfile.TarInfo(f"{AGENT_HOME.lstrip('/')}/.ssh")
-        ssh_dir.type, ssh_dir.mode = tarfile.DIRTYPE, 0o700
-        ssh_dir.uid = ssh_dir.gid = AGENT_UID
-        tar.addfile(ssh_dir)
-        data = render_ssh_config(plan).encode()
-        config = tarfile.TarInfo(f"{ssh_dir.name}/config")
-        config.size, config.mode, config.mtime = len(data), 0o600, int(time.time())
-        config.uid = config.gid = AGENT_UID
-        tar.addfile(config, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def planned_commands(plan: Plan) -> list:
     """(argv, note) of every docker command a start runs, its teardown included, from `start_steps`."""
     steps = start_steps(plan)
@@ -1594,6 +1783,7 @@ def plan_json(plan: Plan) -> dict:
     data = plan._asdict()
     data["ssh"] = [s._asdict() for s in plan.ssh]
     data["brokered"] = [{**ep._asdict(), "line": f"{ep.env} -> {ep.host} (brokered)"} for ep in plan.brokered]
+    data["identity"] = plan.identity._asdict()
     data.update(
         version=__version__,
         containers={"agent": plan.agent_container, "pipelock": plan.sidecar},
@@ -2019,7 +2209,8 @@ def make_private_dir(path: str) -> None:
 
 
 def write_private_files(plan: Plan, secret: str = "") -> None:
-    """pipelock/pipelock.yaml for the sidecar (uid 65534), ssh_config, and the owner's proof."""
+    """pipelock/pipelock.yaml for the sidecar (uid 65534), ssh_config, ssh/config, passwd and group for the
+    agent (the user's own uid), and the owner's proof."""
     pipelock_dir = os.path.join(plan.private_dir, "pipelock")
     os.mkdir(pipelock_dir, 0o700)
     config = os.path.join(pipelock_dir, "pipelock.yaml")
@@ -2028,6 +2219,14 @@ def write_private_files(plan: Plan, secret: str = "") -> None:
     share_with(config, sidecar_uid, 0o600, 0o644)
     share_with(pipelock_dir, sidecar_uid, 0o700, 0o755)
     _write_private(os.path.join(plan.private_dir, "ssh_config"), render_ssh_config(plan))
+    ident = planned_identity(plan)
+    for name in ("passwd", "group"):
+        if getattr(ident, name):
+            _write_private(os.path.join(plan.private_dir, name), getattr(ident, name))
+    if plan.ssh:
+        # Mounted as the agent's ~/.ssh: the uid's own (the user's), so ssh trusts it and can add known_hosts.
+        os.mkdir(os.path.join(plan.private_dir, "ssh"), 0o700)
+        _write_private(os.path.join(plan.private_dir, "ssh", "config"), render_ssh_config(plan))
     if secret:
         _write_private(os.path.join(plan.private_dir, OWNER_SECRET), secret)
 
@@ -2040,8 +2239,8 @@ def remove_private_dir(path: str) -> None:
 class SshAgentRelay:
     """Serves the host's ssh-agent to the bottle through a socket in the private dir.
 
-    ssh-agent refuses a client whose uid differs from its own, and the agent container runs as uid
-    1000; the relay connects as the user instead. It passes only what ssh needs to authenticate (list
+    ssh-agent refuses a client whose uid differs from its own; the relay connects as the user, whatever
+    uid the agent runs as. It passes only what ssh needs to authenticate (list
     keys, sign, extensions), so the bottle can use the keys but never add, remove, lock or export them.
     """
 
@@ -2049,12 +2248,12 @@ class SshAgentRelay:
     FAILURE = b"\0\0\0\1\5"
     MAX_MESSAGE = 256 * 1024
 
-    def __init__(self, upstream: str, path: str):
+    def __init__(self, upstream: str, path: str, uid: int = AGENT_UID):
         import socket
         self.upstream, self.path = upstream, path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
-        share_with(path, AGENT_UID, 0o600, 0o666)
+        share_with(path, uid, 0o600, 0o666)
         self.sock.listen(16)
         self._thread = threading.Thread(target=self._serve, daemon=True, name="ssh-agent-relay")
         self._thread.start()
@@ -2236,6 +2435,104 @@ def image_present(run: Run) -> bool:
     return docker(*image_inspect_argv(run.plan.image), check=False).returncode == 0
 
 
+def probe_cache_file(image_id: str, environ) -> Path | None:
+    """`$XDG_CACHE_HOME/claude-bottle/probe-<image id>.json`, else under `~/.cache`; None: no cache."""
+    digest = image_id.removeprefix("sha256:")
+    base = environ.get("XDG_CACHE_HOME") or (os.path.join(environ["HOME"], ".cache") if environ.get("HOME") else "")
+    if not re.fullmatch(r"[0-9a-f]{64}", digest) or not os.path.isabs(base):
+        return None
+    return Path(base) / LABEL / f"probe-{digest}.json"
+
+
+def _probe_shaped(probe) -> bool:
+    lists = ("passwd", "group", "tools")
+    return (isinstance(probe, dict) and isinstance(probe.get("dirs"), dict)
+            and all(isinstance(probe.get(k), list) and all(isinstance(x, str) for x in probe[k]) for k in lists)
+            and all(isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)
+                    for v in probe["dirs"].values()))
+
+
+def read_probe_cache(path: Path) -> dict | None:
+    """A cached probe, trusted only from a regular file of this user's that no one else may write."""
+    import stat
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return None
+        try:
+            data = json.loads(f.read(1 << 20))
+        except ValueError:
+            return None
+    if not isinstance(data, dict) or data.get("version") != PROBE_VERSION or not _probe_shaped(data.get("probe")):
+        return None
+    return data["probe"]
+
+
+def write_probe_cache(path: Path, probe: dict) -> None:
+    """Write atomically (a private temp file renamed over it); a cache that cannot be written is no error."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        _write_private(str(tmp), json.dumps({"version": PROBE_VERSION, "probe": probe}))
+        os.replace(tmp, path)
+    except OSError as e:
+        log(f"could not cache the image probe in {path}: {e.strerror}")
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def probe_image(image: str, environ) -> dict:
+    """What the image holds (users, homes, tools), from the cache by image id or from one probe run."""
+    r = docker(*image_inspect_argv(image), check=False)
+    if r.returncode != 0:
+        say(f"claude-bottle: the image {image} is not on this engine; pulling it")
+        docker("pull", image, capture=False)
+        r = docker(*image_inspect_argv(image))
+    image_id = r.stdout.strip()
+    cache = probe_cache_file(image_id, environ)
+    probe = read_probe_cache(cache) if cache else None
+    if probe is not None:
+        log(f"the probe of {image} ({image_id[:19]}) from {cache}")
+        return probe
+    started = time.monotonic()
+    r = docker(*probe_argv(image_id or image), check=False)
+    if r.returncode != 0:
+        if r.returncode in (126, 127) or "/bin/sh" in r.stderr:
+            raise BottleError(f"the image {image} has no /bin/sh, and claude-bottle needs a POSIX sh in the agent's "
+                              f"image; use an image with one (e.g. add busybox), or remove `image =` for the built-in")
+        raise DockerError(r.args, r.returncode, r.stderr)
+    probe = parse_probe(r.stdout)
+    log(f"probed {image} in {time.monotonic() - started:.2f} s")
+    if cache:
+        write_probe_cache(cache, probe)
+    return probe
+
+
+def identify(plan: Plan, environ) -> Plan:
+    """Settle who the agent is in its image (probed once per image id) and refuse an image that cannot work.
+
+    Runs before anything is created; the probe's own container is gone when it returns.
+    """
+    if plan.identity.user is None:
+        probe = probe_image(plan.image, environ)
+        plan = plan._replace(identity=agent_identity(probe, plan.identity.uid, plan.identity.gid))
+    problem = identity_problem(plan)
+    if problem:
+        raise BottleError(problem)
+    return plan
+
+
+def settle_identity(run: Run) -> Identity:
+    """The step's action: a start has settled the identity before its preflight; this only covers others."""
+    return identify(run.plan, os.environ).identity
+
+
 def build_image(run: Run) -> None:
     """Build the built-in image unless its tag (a hash of the Dockerfile) already exists."""
     if run.results["image"]:
@@ -2246,10 +2543,6 @@ def build_image(run: Run) -> None:
 
 def reap_in_background(run: Run) -> list:
     return reap_orphans()
-
-
-def copy_ssh_config(run: Run) -> None:
-    docker(*ssh_copy_argv(run.plan), input=ssh_tar(run.plan))
 
 
 def launch_agent(run: Run) -> subprocess.Popen:
@@ -2368,7 +2661,8 @@ def run_self_test(run: Run, timeout: float = 30.0) -> None:
     delay = 0.02
     while True:
         r = docker(*self_test_argv(plan, *self_test_addresses(run)), check=False)
-        if r.returncode == 0:
+        # The marker too: a short command can end the container (exit 137) just after the gate opened.
+        if r.returncode == 0 or SELF_TEST_PASSED in r.stdout.splitlines():
             return
         starting = "is not running" in r.stderr or "No such container" in r.stderr
         if not starting or attached.poll() is not None or time.monotonic() >= deadline:
@@ -2378,6 +2672,8 @@ def run_self_test(run: Run, timeout: float = 30.0) -> None:
     reason = (r.stderr.strip() or r.stdout.strip() or f"exit {r.returncode}").splitlines()[-1]
     if reason.startswith(PROXY_SILENT):
         raise unhealthy(plan, reason)
+    if reason.startswith(NO_CLIENT):
+        raise BottleError(f"{reason}; install one of them in the image, or pass --no-self-test")
     if attached.poll() is not None:
         reason = f"the agent container stopped (exit {attached.returncode}) before it could be checked"
     raise BottleError(f"isolation self-test failed, so the agent was not started and the bottle is torn "
@@ -2412,6 +2708,11 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False,
         steps.append(Step("egress-network", (network_inspect_argv(plan.egress_network),),
                           "the bottle's egress_network must exist", action=require_network))
         ready = ("egress-network",)
+    if not plan.build_image:
+        steps.append(Step("identity", (image_inspect_argv(plan.image), probe_argv(plan.image)), "before anything "
+                          "is created: the image's users, homes and tools; once per image id, then cached",
+                          after=ready, action=settle_identity))
+        ready = ("identity",)
     if plan.build_image:
         steps += [Step("image", (image_inspect_argv(plan.image),), "reuse the agent image when it exists",
                        after=ready, action=image_present),
@@ -2438,10 +2739,6 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False,
              "at the same time as the sidecar", after=ready + nets, undo=(("container", agent),), action=create_agent),
     ]
     before_start = ("agent",)
-    if plan.ssh:
-        steps.append(Step("ssh-config", (ssh_copy_argv(plan),), f"a tar stream: {AGENT_HOME}/.ssh/config, owner "
-                          f"{AGENT_UID}, mode 0600", after=("agent",), action=copy_ssh_config))
-        before_start = ("ssh-config",)
     if plan.egress_network and (plan.self_test or plan.brokered):
         steps.append(Step("addresses", (sidecar_inspect_argv(plan),), "its address on the egress_network, for "
                           "the self-test and the credential broker", after=("connect",), action=sidecar_addresses))
@@ -2508,7 +2805,8 @@ def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: 
         td.callback(remove_private_dir, plan.private_dir)
         write_private_files(plan, secret)
         if plan.ssh_agent:
-            relay = SshAgentRelay(plan.ssh_agent, os.path.join(plan.private_dir, "ssh-agent.sock"))
+            sock = os.path.join(plan.private_dir, "ssh-agent.sock")
+            relay = SshAgentRelay(plan.ssh_agent, sock, plan.identity.uid)
             td.callback(relay.close)
         broker = None
         if plan.brokered:
@@ -3038,7 +3336,8 @@ class CredentialBroker:
             self._listeners.append(sock)
             sock.bind(path)
             self._bound.append(path)
-            share_with(path, AGENT_UID, 0o600, 0o666)
+            # The agent runs as the user who runs claude-bottle (PRD 0003): private to that uid.
+            share_with(path, os.getuid(), 0o600, 0o666)
             sock.listen(64)
             threading.Thread(target=self._accept, args=(sock, ep), daemon=True, name=f"broker-{ep.index}").start()
         return list(self.paths)
@@ -3624,6 +3923,7 @@ def cmd_start(args, command) -> int:
         return dry_run(plan, args.json)
     if args.json:
         raise ConfigError("--json: only with --dry-run; add --dry-run to print the plan as JSON")
+    plan = identify(plan, os.environ)
     if not args.quiet:
         print("\n".join(render_summary(plan)), flush=True)
     if not args.yes and not confirm():

@@ -9,6 +9,7 @@ text. `start` without a rule blocks until the agent container is removed (`rm --
 as `docker start --attach` does, or, once the self-test opened a gated agent's gate (or without a
 gate), exits with $FAKE_DOCKER_START_RC.
 `inspect` answers with an address on every network it saw created or named with `run --network`.
+`run --rm` of the image probe answers as a Debian-like image would (PROBE), unless a rule answers.
 A rule's `delay` makes the call take that many seconds; every call logs a second line, {"end": argv,
 "t": time}, when it is about to exit, so a test can tell what was still running when.
 """
@@ -23,6 +24,21 @@ from pathlib import Path
 SCRIPT = r'''
 import json, os, sys, time
 GATE_FILE = "/tmp/.claude-bottle-self-test-passed"
+PROBE = """# passwd
+root:x:0:0:root:/root:/bin/bash
+claude:x:1000:1000::/home/claude:/bin/bash
+# group
+root:x:0:
+claude:x:1000:
+# tools
+ssh
+socat
+git
+curl
+# dirs
+/tmp\tdrwxrwxrwt 2 0 0 4096 Dec  2 00:00 /tmp
+/home/claude\tdrwxr-xr-x 2 1000 1000 4096 Dec  2 00:00 /home/claude
+/root\tdrwx------ 2 0 0 4096 Dec  2 00:00 /root"""
 argv = sys.argv[1:]
 state = os.environ["FAKE_DOCKER_STATE"]
 stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
@@ -59,6 +75,8 @@ for n, rule in enumerate(rules):
             continue
         open(counter, "w").write(str(used + 1))
     time.sleep(rule.get("delay", 0))
+    if argv[:1] == ["exec"] and "claude-bottle-self-test: passed" in rule.get("stdout", ""):
+        open(os.path.join(state, "opened-" + argv[1]), "w").close()
     sys.stdout.write(rule.get("stdout", ""))
     sys.stderr.write(rule.get("stderr", ""))
     sys.exit(rule.get("rc", 0))
@@ -77,6 +95,10 @@ if argv[:1] == ["start"]:
             sys.exit(int(rc))
         time.sleep(0.02)
     sys.exit(137)
+if argv[:2] == ["run", "--rm"] and "# passwd" in argv[-1]:
+    # The image probe: a Debian-like image with a uid-1000 user and every tool, unless a rule answers.
+    print(PROBE)
+    sys.exit(0)
 if argv[:1] == ["run"]:
     print("0123456789ab")
 if argv[:1] == ["inspect"]:

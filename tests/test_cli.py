@@ -125,7 +125,7 @@ class DryRun(CliTest):
         self.assertIn("ANTHROPIC_API_KEY", out)
         self.assertNotIn(SECRET, out + proc.stderr)
         for verb in ("docker network create --internal", "docker run --detach", "docker network connect",
-                     "docker create", "docker cp -", "docker start --attach", "docker rm --force",
+                     "docker create", "docker start --attach", "docker rm --force",
                      "docker network rm"):
             self.assertIn(verb, out)
 
@@ -310,13 +310,6 @@ class Start(CliTest):
             return sorted(json.loads(re.sub(r"/claude-bottle-[a-z0-9_]{8}/", "/PRIVATE/", text)))
 
         self.assertEqual(normal(self.fake.argvs(), self.sid()), normal(promised, plan["session"]))
-        cp = next(c for c in self.fake.calls() if c["argv"][0] == "cp")
-        self.assertGreater(cp["stdin"], 0, "the ssh config goes in as a tar stream on stdin")
-        calls = self.fake.argvs()
-        self.assertLess(next(i for i, a in enumerate(calls) if a[0] == "create"),
-                        next(i for i, a in enumerate(calls) if a[0] == "cp"))
-        self.assertLess(next(i for i, a in enumerate(calls) if a[0] == "cp"),
-                        next(i for i, a in enumerate(calls) if a[0] == "start"))
 
     def test_builds_missing_image_once(self):
         rules = [{"match": ["image", "inspect"], "rc": 1, "stderr": "Error: No such image"}]
@@ -331,7 +324,7 @@ class Start(CliTest):
         self.write_config('[agents.x]\nimage = "example.test/agent:1"\n')
         proc = self.cli("start", "x", "--yes", "--", "true", env=self.env(start_rc=0))
         self.assertEqual(proc.returncode, 0, proc.stderr)
-        self.assertFalse(any(a[0] in ("build", "image") for a in self.fake.argvs()))
+        self.assertFalse(any(a[0] == "build" for a in self.fake.argvs()))
 
     def test_agent_status_is_passed_through(self):
         for status in (1, 7, 42):

@@ -6,13 +6,11 @@ them after an intended change: `UPDATE_GOLDEN=1 python3 -m unittest tests.test_r
 """
 
 import csv
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import unittest
 from pathlib import Path
@@ -77,6 +75,8 @@ class Base(unittest.TestCase):
         path = CONFIGS / f"{name}.toml"
         shown = f"fixtures/configs/{name}.toml"
         kw.setdefault("environ", self.environ)
+        kw.setdefault("uid", 1000)
+        kw.setdefault("gid", 1000)
         plan = cb.resolve_plan(cb.load_config(path), GOLDEN_AGENTS.get(name), cwd=self.project, suffix=SUFFIX,
                                tty=False, owner=OWNER, private_dir=PRIVATE_DIR, **kw)
         return plan._replace(workspace=WORKSPACE, config_path=shown,
@@ -86,6 +86,8 @@ class Base(unittest.TestCase):
         path = (where or self.root) / "claude-bottle.toml"
         path.write_text(toml)
         kw.setdefault("environ", self.environ)
+        kw.setdefault("uid", 1000)
+        kw.setdefault("gid", 1000)
         return cb.resolve_plan(cb.load_config(path), agent, cwd=self.project, suffix=SUFFIX, owner=OWNER,
                                private_dir=PRIVATE_DIR, **kw)
 
@@ -335,8 +337,7 @@ class SecretTest(Base):
                 # Passed raw by name (named in env) or brokered (the default): never by value.
                 self.assertIn("ANTHROPIC_API_KEY", [*plan.env, *(ep.env for ep in plan.brokered)])
                 outputs = [cb.render_pipelock_yaml(plan), cb.render_ssh_config(plan),
-                           "\n".join(cb.render_summary(plan)), json.dumps(cb.plan_json(plan)),
-                           cb.ssh_tar(plan).decode("latin-1")]
+                           "\n".join(cb.render_summary(plan)), json.dumps(cb.plan_json(plan))]
                 outputs += [json.dumps(argv) for argv, _ in cb.planned_commands(plan)]
                 for out in outputs:
                     self.assertNotIn(sentinel, out)
@@ -453,7 +454,6 @@ class ArgvTest(Base):
                          ["network", "connect", "--ip", "10.213.0.18", plan.internal_network, plan.sidecar])
         self.assertEqual(cb.health_argv(plan), ["exec", plan.sidecar, "/pipelock", "healthcheck"])
         self.assertEqual(cb.start_argv(plan), ["start", "--attach", "--interactive", plan.agent_container])
-        self.assertEqual(cb.ssh_copy_argv(plan), ["cp", "-", f"{plan.agent_container}:/"])
         self.assertEqual(cb.rm_containers_argv(["a", "b"]), ["rm", "--force", "a", "b"])
         self.assertEqual(cb.rm_networks_argv(["a", "b"]), ["network", "rm", "a", "b"])
 
@@ -473,17 +473,16 @@ class ArgvTest(Base):
                 self.assertEqual(next(csv.reader([value])), ["type=bind", f"source={source}", "target=/t"])
         self.assertEqual(next(csv.reader([cb.mount_arg("/a,b", "/t", readonly=True)]))[-1], "readonly")
 
-    def test_ssh_tar(self):
-        plan = self.plan_from("ssh")
-        with tarfile.open(fileobj=io.BytesIO(cb.ssh_tar(plan))) as tar:
-            members = tar.getmembers()
-            self.assertEqual([m.name for m in members], ["home/claude/.ssh", "home/claude/.ssh/config"])
-            ssh_dir, config = members
-            self.assertTrue(ssh_dir.isdir())
-            self.assertEqual((ssh_dir.mode, ssh_dir.uid, ssh_dir.gid), (0o700, 1000, 1000))
-            self.assertTrue(config.isfile())
-            self.assertEqual((config.mode, config.uid, config.gid), (0o600, 1000, 1000))
-            self.assertEqual(tar.extractfile(config).read().decode(), cb.render_ssh_config(plan))
+    def test_ssh_config_is_the_agents_own_dot_ssh(self):
+        ssh = '[[bottles.default.ssh]]\nHost = "gh"\nHostname = "github.com"\n'
+        for uid, home in ((1000, "/home/claude"), (0, "/root"), (1234, "/home/claude-1234")):
+            with self.subTest(uid=uid):
+                plan = self.plan_with(ssh, uid=uid, gid=uid)
+                self.assertEqual(plan.identity.home, home)
+                self.assertIn(f"type=bind,source={PRIVATE_DIR}/ssh,target={home}/.ssh",
+                              values_after(cb.agent_create_argv(plan), "--mount"))
+        self.assertFalse(any(".ssh" in m for m in values_after(cb.agent_create_argv(self.plan_from("defaults")),
+                                                                "--mount")))
 
 
 # ---- The ordered command list ----
@@ -534,31 +533,32 @@ class PlannedCommandsTest(Base):
     def test_order_with_image_and_ssh(self):
         plan = self.plan_from("ssh")
         self.assertEqual(self.kinds(plan), [
-            "ps", "network ls", "network create", "network create", "run", "network connect", "create", "cp",
+            "image inspect", "run",  # the image probe, before anything is created
+            "ps", "network ls", "network create", "network create", "run", "network connect", "create",
             "start", "exec", "logs", "rm", "network rm"])
 
     def test_order_without_self_test(self):
         plan = self.plan_from("ssh")._replace(self_test=False)
         self.assertEqual(self.kinds(plan), [
-            "ps", "network ls", "network create", "network create", "run", "network connect", "create", "cp",
-            "exec", "start", "logs", "rm", "network rm"])
+            "image inspect", "run", "ps", "network ls", "network create", "network create", "run",
+            "network connect", "create", "exec", "start", "logs", "rm", "network rm"])
 
     def test_egress_network_is_inspected_not_created_or_removed(self):
         plan = self.plan_with('[bottles.b]\negress_network = "corp-egress"\n[agents.a]\nbottle = "b"\n'
                               'image = "registry.example/a:1"\n', "a")
         cmds = cb.planned_commands(plan)
         self.assertEqual([kind(a) for a, _ in cmds], [
-            "network inspect", "ps", "network ls", "network create", "run", "network connect", "create",
-            "inspect", "start", "exec", "logs", "rm", "network rm"])
+            "network inspect", "image inspect", "run", "ps", "network ls", "network create", "run",
+            "network connect", "create", "inspect", "start", "exec", "logs", "rm", "network rm"])
         self.assertEqual(cmds[0][0][-1], "corp-egress")
-        self.assertEqual(cmds[3][0][:3], ["network", "create", "--internal"])
-        self.assertEqual(cmds[3][0][-1], plan.internal_network)
+        self.assertEqual(cmds[5][0][:3], ["network", "create", "--internal"])
+        self.assertEqual(cmds[5][0][-1], plan.internal_network)
         self.assertEqual(cmds[-1][0], ["network", "rm", plan.internal_network])
         creates = [a for a, _ in cmds if a[:2] == ["network", "create"]]
         self.assertEqual(len(creates), 1)
         self.assertEqual(values_after(cb.sidecar_run_argv(plan), "--network"), ["corp-egress"])
         self.assertNotIn("--ip", cb.sidecar_run_argv(plan), "an address on the user's network is docker's to give")
-        self.assertNotIn("corp-egress", " ".join(" ".join(a) for a, _ in cmds[1:]
+        self.assertNotIn("corp-egress", " ".join(" ".join(a) for a, _ in cmds[3:]
                                                  if kind(a) in ("network create", "network rm")))
 
     def test_plan_json(self):

@@ -94,11 +94,7 @@ def cli_env(pipelock_image: str, **extra) -> dict:
 
 
 def agent_writable(path: Path) -> Path:
-    """Let the agent (uid 1000) use `path` as its workspace: its own, as a user's project would be."""
-    if os.geteuid() == 0:
-        os.chown(path, 1000, 1000)
-    else:
-        path.chmod(0o777)
+    """`path` as a workspace: the agent runs as the user running the tests, who owns it already."""
     return path
 
 
@@ -183,7 +179,7 @@ class World:
     # ---- Projects and runs ----
 
     def project(self, config: str) -> Path:
-        """A project directory the agent (uid 1000) can use, holding `config` as claude-bottle.toml."""
+        """A project directory of the user running the tests (and the agent), holding `config` as claude-bottle.toml."""
         path = Path(tempfile.mkdtemp(prefix="cbtest-project-", dir=self.tmp))
         (path / "claude-bottle.toml").write_text(config)
         return agent_writable(path)
@@ -203,6 +199,8 @@ class World:
         return "\n".join(lines) + "\n"
 
     def env(self, **extra) -> dict:
+        # The image probe's cache goes to the world's temp dir, not the home of the user running the tests.
+        extra.setdefault("XDG_CACHE_HOME", str(self.tmp / "cache"))
         return cli_env(self.pipelock, **extra)
 
     def start(self, project: Path, script: str, *args, agent="e2e", env=None, timeout=180, cli=None):

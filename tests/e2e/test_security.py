@@ -124,8 +124,8 @@ def env_of(info: dict) -> dict:
 
 
 def as_agent_uid() -> dict:
-    """Keyword arguments that run a host command as the agent's uid (the typical desktop user) when root."""
-    return {"user": 1000, "group": 1000, "extra_groups": []} if os.geteuid() == 0 else {}
+    """Keyword arguments that run a host command as the agent's uid: the agent is the user running the tests."""
+    return {}
 
 
 # ---- 1. Hardening ----
@@ -146,7 +146,7 @@ class Hardening(E2ETest):
 
         host = agent["HostConfig"]
         with self.subTest("agent"):
-            self.assertEqual(agent["Config"]["User"], "1000:1000")
+            self.assertEqual(agent["Config"]["User"], f"{os.getuid()}:{os.getgid()}", "the user who ran it")
             self.assertIn("ALL", host["CapDrop"] or [])
             self.assertFalse(host["CapAdd"])
             self.assertFalse(host["Privileged"])
@@ -161,7 +161,11 @@ class Hardening(E2ETest):
             self.assertTrue(host["Init"])
             for m in agent["Mounts"]:
                 self.assertNotIn("docker.sock", m["Source"] + m["Destination"])
-                self.assertTrue(Path(m["Source"]).is_relative_to(project), f"a host path beyond the project: {m}")
+                # Beyond the project, only the session's own files: its ~/.ssh (config, known_hosts), passwd, group.
+                private = Path(tempfile.gettempdir(), f"claude-bottle-{os.getuid()}", session)
+                own = Path(m["Source"]).parent == private and Path(m["Source"]).name in ("ssh", "passwd", "group")
+                self.assertTrue(Path(m["Source"]).is_relative_to(project) or own, f"a host path beyond the project: "
+                                f"{m}")
         with self.subTest("agent env"):
             env = env_of(agent)
             for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
@@ -174,7 +178,7 @@ class Hardening(E2ETest):
                 self.assertEqual(env.get(name), "1", name)
             self.assertEqual(env.get("CBTEST_TOKEN"), "cbtest-hardening-value", "passed through by name")
         with self.subTest("agent, from inside"):
-            self.assertIn("uid=1000 gid=1000", run.stdout)
+            self.assertIn(f"uid={os.getuid()} gid={os.getgid()}", run.stdout)
             caps = dict(re.findall(r"^(Cap\w+|NoNewPrivs):\s*(\S+)$", run.stdout, re.M))
             for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
                 self.assertEqual(int(caps[name], 16), 0, f"{name} = {caps.get(name)}")
@@ -274,35 +278,27 @@ def host_env(repo: Path) -> dict:
     """A fresh environment for git on the host: no GIT_* variables, no user or system config."""
     home = repo.parent / "home"
     home.mkdir(exist_ok=True)
-    if os.geteuid() == 0:
-        os.chown(home, 1000, 1000)
     return {"PATH": "/usr/bin:/bin", "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
 
 
 def host_git(repo: Path, *args, check=True) -> subprocess.CompletedProcess:
-    """git on the host as the project's owner (uid 1000 when the tests run as root), in a fresh environment."""
+    """git on the host as the project's owner (the user running the tests, as the agent), in a fresh environment."""
     return subprocess.run(["git", "-c", "user.name=host", "-c", "user.email=host@example.test", *args],
                           cwd=repo, env=host_env(repo), capture_output=True, text=True, check=check, timeout=30,
                           **as_agent_uid())
 
 
 def scratch_repo(test: unittest.TestCase, prefix: str) -> Path:
-    """An empty directory `<top>/project` owned by uid 1000; `<top>` (also uid 1000's) holds markers and HOME."""
+    """An empty directory `<top>/project` of the user running the tests; `<top>` holds markers and HOME."""
     top = Path(tempfile.mkdtemp(prefix=prefix))
     test.addCleanup(shutil.rmtree, top, True)
     repo = top / "project"
     repo.mkdir()
-    if os.geteuid() == 0:
-        os.chown(top, 1000, 1000)
-        os.chown(repo, 1000, 1000)
-    else:
-        top.chmod(0o777)
-        repo.chmod(0o777)
     return repo
 
 
 def git_project(test: unittest.TestCase, config: str) -> Path:
-    """A git repository with one commit, owned by uid 1000 (the agent and, typically, the desktop user).
+    """A git repository with one commit, owned by the user running the tests (and so by the agent).
 
     claude-bottle.toml stays root's (claude-bottle refuses a config another user owns) but is writable by
     anyone, so only the read-only mount keeps the agent from editing it.
@@ -313,8 +309,6 @@ def git_project(test: unittest.TestCase, config: str) -> Path:
     host_git(repo, "init", "-q", "-b", "main")
     host_git(repo, "add", "-A")
     host_git(repo, "commit", "-qm", "seed")
-    if os.geteuid() != 0:
-        subprocess.run(["chmod", "-R", "a+rwX", str(repo / ".git")], check=True)
     return repo
 
 
@@ -436,7 +430,7 @@ class WorktreeGitfileRedirect(E2ETest):
         self.markers = main.parent
         self.worktree = self.markers / "wt"
         host_git(main, "worktree", "add", "-q", str(self.worktree))
-        # The checked-out copy is uid 1000's, and claude-bottle refuses a config another user owns.
+        # A fresh copy, not the checked-out one (0644 after checkout, where the original is 0666).
         (self.worktree / "claude-bottle.toml").unlink()
         (self.worktree / "claude-bottle.toml").write_text(world.config())
         script = f"""
