@@ -1590,6 +1590,11 @@ def egress_report(events) -> dict:
     return report
 
 
+def learned_trusted(report: dict) -> list:
+    """Learn mode: the hosts the session reached that pipelock would have refused as private addresses."""
+    return sorted({w["host"] for w in report.get("would_block", []) if w["scanner"] == "ssrf"})
+
+
 def learned_allow(report: dict) -> list:
     """Learn mode's proposal: the allow entries (presets first) that cover every host the session reached."""
     presets, hosts = propose_allow([r["host"] for r in report["reached"]], DEFAULT_HOSTS, PRESETS)
@@ -1616,10 +1621,17 @@ def render_report(plan: Plan, report: dict) -> list:
         lines.append(f"  to keep these changes, set in {where}:")
         lines.append(f"    allow = {_toml_list(allow_now)}")
     if plan.learn:
-        would = ", ".join(f"{w['host']} ({w['count']})" for w in report.get("would_block", []))
+        scanners = {}
+        for w in report.get("would_block", []):
+            scanners.setdefault(w["host"], []).append(w["scanner"])
+        would = ", ".join(f"{h} ({', '.join(sorted(set(sc)))})" for h, sc in scanners.items())
         lines.append(f"  learn mode: nothing was blocked; would have been: {would or 'nothing'}")
         lines.append(f"  the allow list this session needed (defaults need no entry), set in {where}:")
         lines.append(f"    allow = {_toml_list(report.get('proposed', learned_allow(report)))}")
+        private = [h for h in learned_trusted(report) if h not in plan.trusted]
+        if private:
+            lines.append(f"  {', '.join(private)} resolved to private addresses; to reach them, also set:")
+            lines.append(f"    trusted = {_toml_list([*plan.trusted, *private])}")
     if not report["blocked"]:
         lines.append("  blocked: nothing")
         return lines
@@ -2324,6 +2336,7 @@ def report_egress(plan: Plan, report_json: str | None, quiet: bool) -> None:
         report["live"] = {k: state.get(k, []) for k in ("added", "denied", "hosts")}
     if plan.learn:
         report["proposed"] = learned_allow(report)
+        report["proposed_trusted"] = learned_trusted(report)
     if report_json:
         try:
             with open(report_json, "w", encoding="utf-8") as f:
