@@ -123,6 +123,13 @@ class Live(E2ETest):
         polls = Polls(proc)
         try:
             closed = polls.first("403", 0)
+            # The way to the fix, where the user looks.
+            logs = self.cli(project, "logs", session)
+            self.assertEqual(logs.returncode, 0, logs.stderr)
+            self.assertRegex(logs.stdout, rf"blocked  GET http://other:8000/ .*\n +fix: claude-bottle allow "
+                                          rf"{session} other\n")
+            self.assertRegex(logs.stdout, r"started  pipelock .*\n")
+            self.assertNotIn("anomaly", logs.stdout)
             latencies, after_return = [], []
             for _ in range(10):
                 t0 = time.time()
