@@ -2327,7 +2327,7 @@ def run_self_test(run: Run, timeout: float = 30.0) -> None:
                       f"down: {reason}")
 
 
-def report_egress(plan: Plan, report_json: str | None, quiet: bool) -> None:
+def report_egress(plan: Plan, report_json: str | None, quiet: bool, save_learned: bool = False) -> None:
     """Summarise pipelock's decisions for the session; runs before the sidecar is removed."""
     r = docker(*logs_argv(plan), check=False, timeout=TEARDOWN_TIMEOUT)
     report = egress_report(parse_events(r.stdout))
@@ -2343,11 +2343,20 @@ def report_egress(plan: Plan, report_json: str | None, quiet: bool) -> None:
                 json.dump({"session": plan.session, **report}, f, indent=2)
         except OSError as e:
             warn(f"could not write the egress report to {report_json}: {e.strerror}")
-    if not quiet or report["blocked"]:
+    if not quiet or report["blocked"] or plan.learn:
         say("\n".join(render_report(plan, report)))
+    if plan.learn and save_learned:
+        try:
+            # Added to what the bottle allows already: hosts this session did not use stay.
+            path = save_allow({"config_path": plan.config_path, "bottle": plan.bottle}, add=report["proposed"])
+            say(f"claude-bottle: saved the proposed allow list in {path}, [bottles.{plan.bottle}] allow"
+                + (" (trusted is not edited: add the trusted line above by hand)" if report["proposed_trusted"]
+                   else ""))
+        except BottleError as e:
+            warn(f"the proposed allow list was not saved: {e}")
 
 
-def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False) -> list:
+def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False, save_learned: bool = False) -> list:
     """Every docker step of a start, in an order that respects `after`; teardown is their undo entries."""
     agent, sidecar = plan.agent_container, plan.sidecar
     steps = []
@@ -2371,7 +2380,7 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False)
                           after=ready, undo=(("network", name),),
                           action=lambda run, name=name, internal=internal: create_network(run, name, internal)))
     nets = tuple(s.name for s in steps if s.name.startswith("network-"))
-    report = (("call", report_egress, (plan, report_json, quiet)),)
+    report = (("call", report_egress, (plan, report_json, quiet, save_learned)),)
     own_egress = None if plan.egress_network else subnet_address(plan.subnet(plan.egress), 2)
     steps += [
         Step("sidecar", (sidecar_run_argv(plan, own_egress),), after=ready + nets, undo=(("container", sidecar),),
@@ -2433,7 +2442,8 @@ def wait_agent(proc: subprocess.Popen) -> int:
             continue
 
 
-def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: bool = False) -> int:
+def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: bool = False,
+                save_learned: bool = False) -> int:
     """Create the bottle, run the agent attached to this terminal, and always tear everything down.
 
     The host-side setup (private files, the ssh-agent relay, the workspace's guards) comes first; then
@@ -2453,7 +2463,7 @@ def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: 
             # Runs after the agent's container is gone, so it cannot write another.
             td.callback(quarantine_commondir, plan)
         run = Run(plan, td)
-        results = run_steps(start_steps(plan, report_json, quiet), run)
+        results = run_steps(start_steps(plan, report_json, quiet, save_learned), run)
         status = wait_agent(results["start"])
     if td.left:
         raise BottleError("teardown did not finish: the engine stopped answering (see the warning above); "
@@ -3775,8 +3785,9 @@ def cmd_start(args, command) -> int:
         return dry_run(plan, args.json)
     if args.json:
         raise ConfigError("--json: only with --dry-run; add --dry-run to print the plan as JSON")
-    if args.yes_learn and not args.learn:
-        raise ConfigError("--yes-learn: only with --learn; add --learn, or drop --yes-learn")
+    for flag, given in (("--yes-learn", args.yes_learn), ("--save", args.save)):
+        if given and not args.learn:
+            raise ConfigError(f"{flag}: only with --learn; add --learn, or drop {flag}")
     if not args.quiet or plan.learn:
         print("\n".join(render_summary(plan)), flush=True)
     if plan.learn and not args.yes_learn:
@@ -3791,7 +3802,7 @@ def cmd_start(args, command) -> int:
         print("Not started.", file=sys.stderr)
         return 1
     runtime_base()
-    return run_session(plan, secret, args.report_json, args.quiet)
+    return run_session(plan, secret, args.report_json, args.quiet, args.save)
 
 
 def every_plan(args, config: Config) -> list:
@@ -4046,6 +4057,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "`claude-bottle presets`) for this session")
     start.add_argument("--learn", action="store_true", help="learn mode: block nothing, log everything, and "
                        "propose an allow list at the end; asks its own y/N, even with --yes")
+    start.add_argument("--save", action="store_true", help="with --learn: add the proposed allow list to the "
+                       "bottle's allow in its config file at the end")
     start.add_argument("--yes-learn", action="store_true", help="with --learn: start without that question "
                        "(needed when stdin is not a terminal)")
     start.add_argument("--no-self-test", action="store_true", help="skip the isolation check inside the "

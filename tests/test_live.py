@@ -356,6 +356,10 @@ class LearnTest(unittest.TestCase):
                                 "--", "true"], cwd=d, env=env, capture_output=True, text=True)
             self.assertEqual(r.returncode, 2)
             self.assertIn("--yes-learn: only with --learn", r.stderr)
+            r = subprocess.run([sys.executable, str(ROOT / "claude_bottle.py"), "start", "--save", "--yes",
+                                "--", "true"], cwd=d, env=env, capture_output=True, text=True)
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("--save: only with --learn", r.stderr)
 
 
 class RealPipelockLinesTest(unittest.TestCase):

@@ -188,7 +188,7 @@ class Live(E2ETest):
         project = world.project(world.config(allow=["web"], trusted=["web"], ssh=[]))
         script = ("for u in http://web:8000/ http://other:8000/ http://sub.example.test:8000/; do "
                   "curl -s -o /dev/null -w '%{http_code}\\n' $u; done")
-        run = world.start(project, script, "--learn", "--yes-learn", "--report-json", "report.json")
+        run = world.start(project, script, "--learn", "--yes-learn", "--save", "--report-json", "report.json")
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assertEqual(run.stdout.split()[-3:], ["200", "200", "200"], "nothing blocked in learn mode")
         self.assertIn("LEARN MODE: NOTHING IS BLOCKED", run.stdout)
@@ -197,6 +197,7 @@ class Live(E2ETest):
         self.assertEqual(report["proposed"], ["other", "sub.example.test", "web"])
         self.assertEqual(report["blocked"], [])
         self.assertEqual(sorted({w["host"] for w in report["would_block"]}), ["other", "sub.example.test"])
+        self.assertIn('allow = ["web", "other", "sub.example.test"]\n', (project / "claude-bottle.toml").read_text())
         # Both resolve to private addresses here: the proposal says they must be trusted too.
         self.assertEqual(report["proposed_trusted"], ["other", "sub.example.test"])
         self.assertIn('trusted = ["web", "other", "sub.example.test"]', run.stderr)
