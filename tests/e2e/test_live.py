@@ -172,10 +172,12 @@ class Live(E2ETest):
             allow = self.cli(project, "allow", session, "other")
             self.assertEqual(allow.returncode, 0, allow.stderr)
             (project / "stop").write_text("")
-            out, err = proc.communicate(timeout=60)
+            # stdout is the Polls thread's alone: read it to its end there, then stderr here.
+            polls.thread.join(60)
+            err = proc.stderr.read()
+            proc.wait(timeout=60)
         finally:
             proc.kill()
-        polls.thread.join(5)
         self.assertNotIn("TUNNEL-DROPPED", " ".join(polls.lines), err)
         echoes = next(int(line.split()[1]) for line in polls.lines if line.startswith("TUNNEL-ECHOES"))
         self.assertEqual(echoes, len(polls.polls), "every request's echo came back through the one tunnel")
