@@ -3652,12 +3652,13 @@ def save_allow(state: dict, add=(), remove=()) -> str:
 
 def change_session(args, add: bool) -> int:
     """`allow` (add=True) and `deny`: change a running session's allowlist and wait until pipelock applies it."""
-    session = select_sessions(find_sessions(), args.session, False)[0]
-    private = live_dir(session)
+    # Bad input is refused before docker is asked anything.
     hosts = tuple(dict.fromkeys(check_host(h, "HOST", wildcard=True)
                                 for h in expand_allow(args.hosts or (), PRESETS, "HOST")))
     # As written in a config: presets stay presets.
     entries = [h if h.startswith("@") else check_host(h, "HOST", wildcard=True) for h in args.hosts or ()]
+    session = select_sessions(find_sessions(), args.session, False)[0]
+    private = live_dir(session)
     sidecar = next((c["name"] for c in session["containers"] if c["role"] == "pipelock"), None)
     if sidecar is None:
         raise BottleError(f"session {session['session']} has no pipelock sidecar (any more)")
@@ -3688,7 +3689,13 @@ def change_session(args, add: bool) -> int:
             ns = time.time_ns()
             since = f"{ns // 10**9}.{ns % 10**9:09d}"
             atomic_write(config, text, share_uid=sidecar_uid)
-            wait = wait_reload(sidecar, _sha256(text), since)
+            try:
+                wait = wait_reload(sidecar, _sha256(text), since)
+            except BaseException:
+                # Interrupted (or docker failed) while waiting: whether pipelock took it is unknown; put the old
+                # config back, so pipelock reloads it and the file and live.json agree again.
+                atomic_write(config, old_text, share_uid=sidecar_uid)
+                raise
             if wait.state != "applied":
                 # pipelock keeps the config it had; the file goes back to it, so the two never disagree.
                 atomic_write(config, old_text, share_uid=sidecar_uid)

@@ -137,6 +137,15 @@ class AllowDenyTest(unittest.TestCase):
                 self.assertEqual(s.yaml.read_bytes(), before)
                 self.assertEqual(s.live()["added"], [])
 
+    def test_interrupted_wait_restores_the_file(self):
+        s = Session(self)
+        before = s.yaml.read_bytes()
+        with mock.patch.object(cb, "wait_reload", side_effect=cb.Interrupted(2)):
+            with self.assertRaises(cb.Interrupted):
+                cb.change_session(cb.build_parser().parse_args(["allow", s.plan.session, "example.org"]), True)
+        self.assertEqual(s.yaml.read_bytes(), before)
+        self.assertEqual(s.live()["added"], [])
+
     def test_hosts_are_validated_like_the_config(self):
         s = Session(self)
         before = s.yaml.read_bytes()
