@@ -58,6 +58,28 @@ DEFAULT_HOSTS = (
     "platform.claude.com",
 )
 
+# Named groups of hosts for what agents install from: `@name` in a bottle's allow, `--allow` and `allow`. Each is
+# the hosts that registry's own client contacts by default, from the registry's documentation (the comment).
+PRESETS = {
+    # https://docs.npmjs.com/cli/v10/using-npm/registry (metadata and tarballs from the one registry)
+    "npm": ("registry.npmjs.org",),
+    # https://docs.pypi.org/api/ (index at pypi.org/simple; files at files.pythonhosted.org)
+    "pypi": ("files.pythonhosted.org", "pypi.org"),
+    # https://doc.rust-lang.org/cargo/reference/registry-index.html (sparse index index.crates.io; config.json
+    # sends downloads to static.crates.io; the web API is crates.io)
+    "crates": ("crates.io", "index.crates.io", "static.crates.io"),
+    # https://docs.github.com/en/get-started/using-github/troubleshooting-connectivity-problems (git, API,
+    # archives, raw files, release assets)
+    "github": ("api.github.com", "codeload.github.com", "github.com", "objects.githubusercontent.com",
+               "raw.githubusercontent.com", "release-assets.githubusercontent.com"),
+    # https://guides.rubygems.org/rubygems-org-compact-index-api/ (compact index; gems from rubygems.org)
+    "rubygems": ("index.rubygems.org", "rubygems.org"),
+    # https://wiki.debian.org/DebianGeoMirror and https://www.debian.org/security/ (apt's default sources)
+    "debian": ("deb.debian.org", "security.debian.org"),
+    # https://go.dev/ref/mod#module-proxy and https://go.dev/ref/mod#checksum-database (GOPROXY, GOSUMDB defaults)
+    "go": ("proxy.golang.org", "sum.golang.org"),
+}
+
 # The official pipelock image. Pinned to a release tag: pin a digest here once it is verified
 # against the registry (`docker buildx imagetools inspect`), or override per run.
 PIPELOCK_IMAGE = "ghcr.io/luckypipewrench/pipelock:2.3.0"
@@ -463,13 +485,21 @@ def _list(value, where: str) -> list:
     return value
 
 
+def check_allow_entry(value, field: str) -> str:
+    """A host pattern (check_host), or `@preset` naming one of PRESETS (an error lists the known ones)."""
+    if isinstance(value, str) and value.startswith("@"):
+        expand_allow([value], PRESETS, field)
+        return value
+    return check_host(value, field, wildcard=True)
+
+
 def _parse_bottle(name: str, table, origin: str) -> Bottle:
     where = f"{origin}: [bottles.{name}]"
     check_slug(name, f"{origin}: bottle name")
     table = _table(table, where)
     _check_keys(where, table, BOTTLE_KEYS)
-    allow = tuple(check_host(h, f"{where} allow", wildcard=True)
-                  for h in _list(table.get("allow", []), f"{where} allow"))
+    # Presets stay as written (the report writes allow lines back); resolve_plan expands them.
+    allow = tuple(check_allow_entry(h, f"{where} allow") for h in _list(table.get("allow", []), f"{where} allow"))
     trusted = tuple(check_host(h, f"{where} trusted", wildcard=True)
                     for h in _list(table.get("trusted", []), f"{where} trusted"))
     ssh, aliases = [], set()
@@ -1141,11 +1171,11 @@ PLAN_FIELDS = (
     "session agent agent_source bottle image build_image pipelock_image workspace git_dir read_only env "
     "env_unset hosts bottle_allow trusted ssh ssh_agent egress_network command tty self_test "
     "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir subnet_pool "
-    "brokered identity"
+    "brokered identity extra_allow learn"
 )
 
 
-class Plan(namedtuple("Plan", PLAN_FIELDS)):
+class Plan(namedtuple("Plan", PLAN_FIELDS, defaults=((), False))):
     """Everything a start does, resolved before anything is created; names derive from `session`."""
 
     __slots__ = ()
@@ -1243,7 +1273,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
                  tty: bool = False, command=None, workspace: str | None = None,
                  extra_allow=(), owner: str = "", owner_start: str = "", owner_proof: str = "",
                  private_dir: str = "", self_test: bool = True, uid: int | None = None,
-                 gid: int | None = None) -> Plan:
+                 gid: int | None = None, learn: bool = False) -> Plan:
     """Resolve agent -> bottle -> image, hosts, SSH hosts, mounts and env names. Reads no docker state.
 
     The agent runs as `uid`:`gid`, the user running claude-bottle unless given; its name and home in an
@@ -1265,12 +1295,11 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
                               f"name a directory inside it, or pass --workspace")
     else:
         ws = resolve_workspace(str(project), cwd, environ)
-    extra = tuple(check_host(h, "--allow", wildcard=True) for h in extra_allow)
-    hosts = tuple(sorted({*DEFAULT_HOSTS, *bottle.allow, *extra, *(s.hostname for s in bottle.ssh)}))
-    for t in bottle.trusted:
-        if not _trust_covered(t, hosts):
-            raise ConfigError(f"{config.path}: [bottles.{bottle.name}] trusted: {t!r} is not allowed by the "
-                              f"bottle; add it to allow as well")
+    extra = tuple(check_host(h, "--allow", wildcard=True) for h in expand_allow(extra_allow, PRESETS, "--allow"))
+    own = expand_allow(bottle.allow, PRESETS, f"{config.path}: [bottles.{bottle.name}] allow")
+    hosts = tuple(sorted({*DEFAULT_HOSTS, *own, *extra, *(s.hostname for s in bottle.ssh)}))
+    # A trusted host need not be allowed: pipelock refuses new trusted_domains on a live reload, so a bottle
+    # trusts a private host ahead of time and `claude-bottle allow` lets the agent reach it when needed.
     for i, c in enumerate(bottle.credentials, 1):
         # The broker's requests pass through pipelock like the agent's: its upstream must be allowed.
         if not any(host_matches(p, c.upstream[0]) for p in hosts):
@@ -1327,6 +1356,8 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         subnet_pool=subnet_pool,
         brokered=plan_endpoints(bottle.credentials, spec.env, environ),
         identity=host_identity(uid, gid) if spec.image else agent_identity(BUILTIN_PROBE, uid, gid),
+        extra_allow=tuple(extra_allow),
+        learn=learn,
     )
 
 
@@ -1355,17 +1386,28 @@ def ssh_line(ssh) -> str:
 
 
 def render_pipelock_yaml(plan: Plan) -> str:
+    return pipelock_yaml(plan.session, plan.hosts, plan.trusted, plan.max_tunnel_seconds, plan.idle_timeout_seconds,
+                         enforce=not plan.learn)
+
+
+def pipelock_yaml(session: str, hosts, trusted, max_tunnel_seconds: int, idle_timeout_seconds: int, *,
+                  enforce: bool = True, change: int = 0) -> str:
+    """The sidecar's config. `change` numbers a live change: each write then has bytes (and a hash) of its own,
+    so the reload event for this write can never be confused with one for an earlier, identical list."""
     # json.dumps gives a double-quoted scalar that YAML reads back verbatim, whatever the text.
     q = json.dumps
     lines = [
-        f"# pipelock config for claude-bottle session {plan.session}; generated, hostnames only.",
+        f"# pipelock config for claude-bottle session {session}; generated, hostnames only.",
+        *([f"# live change {int(change)}"] if change else []),
         "version: 1",
         "mode: strict",
+        # Learn mode: pipelock logs what it would block (an `anomaly` event) and lets it through.
+        *([] if enforce else ["enforce: false"]),
         "api_allowlist:",
-        *(f"  - {q(h)}" for h in plan.hosts),
+        *(f"  - {q(h)}" for h in hosts),
     ]
-    if plan.trusted:
-        lines += ["trusted_domains:", *(f"  - {q(h)}" for h in plan.trusted)]
+    if trusted:
+        lines += ["trusted_domains:", *(f"  - {q(h)}" for h in trusted)]
     lines += [
         "fetch_proxy:",
         f"  listen: {q(f'0.0.0.0:{PROXY_PORT}')}",
@@ -1375,8 +1417,8 @@ def render_pipelock_yaml(plan: Plan) -> str:
         f"    max_requests_per_minute: {MAX_REQUESTS_PER_MINUTE}",
         "forward_proxy:",
         "  enabled: true",
-        f"  max_tunnel_seconds: {int(plan.max_tunnel_seconds)}",
-        f"  idle_timeout_seconds: {int(plan.idle_timeout_seconds)}",
+        f"  max_tunnel_seconds: {int(max_tunnel_seconds)}",
+        f"  idle_timeout_seconds: {int(idle_timeout_seconds)}",
         # Prompt-injection scanning of plain-HTTP responses only ever warned (its default action); off, it no
         # longer costs the CPU time of a second pass over every download.
         "response_scanning:",
@@ -1424,6 +1466,8 @@ def render_summary(plan: Plan) -> list:
     git = f"; {', '.join(ro[:-1])}{' and ' if len(ro) > 1 else ''}{ro[-1]} read-only" if ro else ""
     image = plan.image + (" (built-in; built if missing)" if plan.build_image else "")
     nets = [f"{name} ({'internal' if internal else 'egress bridge'})" for name, internal in plan.created_networks]
+    not_yet = [t for t in plan.trusted if not _trust_covered(t, plan.hosts)]
+    later = f"; not allowed yet: {', '.join(not_yet)} (`claude-bottle allow` while it runs)" if not_yet else ""
     egress_note = f"; egress via existing network {plan.egress_network}" if plan.egress_network else ""
     return [
         f"claude-bottle {__version__}: session {plan.session}",
@@ -1436,17 +1480,30 @@ def render_summary(plan: Plan) -> list:
         f"  env:        {env}",
         f"  brokered:   {brokered_line(plan.brokered)}",
         f"  egress:     {egress_line(plan.hosts)}",
-        f"  trusted:    {', '.join(plan.trusted) or 'none'} (may resolve to private addresses)",
+        *(f"  preset:     {p} = {', '.join(PRESETS[p[1:]])}" for p in presets_used(plan)),
+        f"  trusted:    {', '.join(plan.trusted) or 'none'} (may resolve to private addresses){later}",
         f"  ssh:        {ssh_line(plan.ssh)}" + (" (host ssh-agent forwarded)" if plan.ssh_agent else ""),
         f"  pipelock:   {plan.pipelock_image}",
         f"  containers: {plan.agent_container} (agent), {plan.sidecar} (pipelock sidecar)",
         f"  networks:   {', '.join(nets)}{egress_note}",
+        *([LEARN_WARNING] if plan.learn else []),
     ]
 
 
 def brokered_line(endpoints) -> str:
     """`ANTHROPIC_API_KEY -> api.anthropic.com (brokered)`, one per endpoint: names and hosts, never a value."""
     return ", ".join(f"{ep.env} -> {ep.host} (brokered)" for ep in endpoints) or "none"
+
+
+# Learn mode's line in the preflight: nothing may read it as a safe default.
+LEARN_WARNING = ("  LEARN MODE: NOTHING IS BLOCKED. The agent can reach ANY host, private addresses on your "
+                 "network and cloud metadata included; pipelock only logs, and the report at the end proposes an "
+                 "allow list.")
+
+
+def presets_used(plan: Plan) -> list:
+    """The `@preset` entries of the bottle and of --allow, in order, each once."""
+    return list(dict.fromkeys(e for e in (*plan.bottle_allow, *plan.extra_allow) if e.startswith("@")))
 
 
 def _labels(plan: Plan, role: str) -> list:
@@ -1866,8 +1923,9 @@ def event_host(event: dict) -> str | None:
 
 
 def egress_report(events) -> dict:
-    """Hosts reached (with counts) and requests blocked (host, scanner, reason, count)."""
-    reached, blocked = {}, {}
+    """Hosts reached (with counts), requests blocked (host, scanner, reason, count), and in learn mode the
+    requests pipelock let through that it would have blocked (its `anomaly` events for a request)."""
+    reached, blocked, would = {}, {}, {}
     for event in events:
         host = event_host(event)
         if host is None:
@@ -1878,10 +1936,28 @@ def egress_report(events) -> dict:
         elif refused:
             key = (host, *refused)
             blocked[key] = blocked.get(key, 0) + 1
-    return {
+        elif event["event"] == "anomaly":
+            key = (host, str(event.get("scanner", "")), str(event.get("reason", "")))
+            would[key] = would.get(key, 0) + 1
+    report = {
         "reached": [{"host": h, "count": n} for h, n in sorted(reached.items())],
         "blocked": [{"host": h, "scanner": sc, "reason": r, "count": n} for (h, sc, r), n in sorted(blocked.items())],
     }
+    if would:
+        report["would_block"] = [{"host": h, "scanner": sc, "reason": r, "count": n}
+                                 for (h, sc, r), n in sorted(would.items())]
+    return report
+
+
+def learned_trusted(report: dict) -> list:
+    """Learn mode: the hosts the session reached that pipelock would have refused as private addresses."""
+    return sorted({w["host"] for w in report.get("would_block", []) if w["scanner"] == "ssrf"})
+
+
+def learned_allow(report: dict) -> list:
+    """Learn mode's proposal: the allow entries (presets first) that cover every host the session reached."""
+    presets, hosts = propose_allow([r["host"] for r in report["reached"]], DEFAULT_HOSTS, PRESETS)
+    return [*presets, *hosts]
 
 
 def _toml_list(items) -> str:
@@ -1889,6 +1965,7 @@ def _toml_list(items) -> str:
 
 
 def render_report(plan: Plan, report: dict) -> list:
+    """The egress report; `report["live"]` (when present) holds the hosts allowed and denied while it ran."""
     lines = [f"claude-bottle: egress report for session {plan.session}"]
     reached = ", ".join(f"{r['host']} ({r['count']})" for r in report["reached"])
     lines.append(f"  reached: {reached or 'nothing'}")
@@ -1896,6 +1973,28 @@ def render_report(plan: Plan, report: dict) -> list:
         codes = ", ".join(f"{code} x{n}" for code, n in sorted(b["status"].items()))
         lines.append(f"  brokered: {b['env']} -> {b['host']}: {b['requests']} request"
                      f"{'' if b['requests'] == 1 else 's'}" + (f" ({codes})" if codes else ""))
+    where = f"{plan.config_path or CONFIG_NAME}, under [bottles.{plan.bottle}]"
+    live = report.get("live") or {}
+    added, removed = live.get("added", []), live.get("denied", [])
+    allow_now = [*(e for e in plan.bottle_allow if e not in removed), *added]
+    hosts_now = live.get("hosts") or plan.hosts
+    if added or removed:
+        lines.append(f"  changed live: allowed {', '.join(added) or 'nothing'}; "
+                     f"denied {', '.join(removed) or 'nothing'}")
+        lines.append(f"  to keep these changes, set in {where}:")
+        lines.append(f"    allow = {_toml_list(allow_now)}")
+    if plan.learn:
+        scanners = {}
+        for w in report.get("would_block", []):
+            scanners.setdefault(w["host"], []).append(w["scanner"])
+        would = ", ".join(f"{h} ({', '.join(sorted(set(sc)))})" for h, sc in scanners.items())
+        lines.append(f"  learn mode: nothing was blocked; would have been: {would or 'nothing'}")
+        lines.append(f"  the allow list this session needed (defaults need no entry), set in {where}:")
+        lines.append(f"    allow = {_toml_list(report.get('proposed', learned_allow(report)))}")
+        private = [h for h in learned_trusted(report) if h not in plan.trusted]
+        if private:
+            lines.append(f"  {', '.join(private)} resolved to private addresses; to reach them, also set:")
+            lines.append(f"    trusted = {_toml_list([*plan.trusted, *private])}")
     if not report["blocked"]:
         lines.append("  blocked: nothing")
         return lines
@@ -1909,13 +2008,12 @@ def render_report(plan: Plan, report: dict) -> list:
         except ConfigError:
             continue
     # Only the allowlist and the SSRF check have a fix in the config; a DLP refusal or a rate limit has none.
-    denied = sorted({h for h, _ in valid if not any(host_matches(p, h) for p in plan.hosts)})
+    denied = sorted({h for h, _ in valid if not any(host_matches(p, h) for p in hosts_now)})
     untrusted = sorted({h for h, sc in valid if sc == "ssrf" and h not in denied
                         and not any(host_matches(t, h) for t in plan.trusted)})
-    where = f"{plan.config_path or CONFIG_NAME}, under [bottles.{plan.bottle}]"
     if denied:
         lines.append(f"  to allow {', '.join(denied)}, set in {where}:")
-        lines.append(f"    allow = {_toml_list([*plan.bottle_allow, *denied])}")
+        lines.append(f"    allow = {_toml_list([*allow_now, *denied])}")
     if untrusted:
         lines.append(f"  to let {', '.join(untrusted)} resolve to private addresses, set in {where}:")
         lines.append(f"    trusted = {_toml_list([*plan.trusted, *untrusted])}")
@@ -2208,9 +2306,34 @@ def make_private_dir(path: str) -> None:
         raise BottleError(f"{path} exists already: another session has this id; start again") from None
 
 
+# The session's allowlist as `allow` and `deny` change it, in the private dir (never mounted into a container).
+LIVE_STATE = "live.json"
+
+
+def live_state(plan: Plan) -> dict:
+    """What a live change needs to render the sidecar's config again, and what it has changed so far."""
+    return {
+        "session": plan.session, "bottle": plan.bottle, "config_path": plan.config_path,
+        "bottle_allow": list(plan.bottle_allow), "base": list(plan.hosts), "hosts": list(plan.hosts),
+        "trusted": list(plan.trusted), "max_tunnel_seconds": plan.max_tunnel_seconds,
+        "idle_timeout_seconds": plan.idle_timeout_seconds, "learn": plan.learn, "change": 0,
+        "added": [], "denied": [],
+    }
+
+
+def read_live(private_dir: str) -> dict | None:
+    """The session's live state, or None when it has none (an older claude-bottle) or it cannot be read."""
+    try:
+        with open(os.path.join(private_dir, LIVE_STATE), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def write_private_files(plan: Plan, secret: str = "") -> None:
     """pipelock/pipelock.yaml for the sidecar (uid 65534), ssh_config, ssh/config, passwd and group for the
-    agent (the user's own uid), and the owner's proof."""
+    agent (the user's own uid), live.json, and the owner's proof."""
     pipelock_dir = os.path.join(plan.private_dir, "pipelock")
     os.mkdir(pipelock_dir, 0o700)
     config = os.path.join(pipelock_dir, "pipelock.yaml")
@@ -2227,6 +2350,7 @@ def write_private_files(plan: Plan, secret: str = "") -> None:
         # Mounted as the agent's ~/.ssh: the uid's own (the user's), so ssh trusts it and can add known_hosts.
         os.mkdir(os.path.join(plan.private_dir, "ssh"), 0o700)
         _write_private(os.path.join(plan.private_dir, "ssh", "config"), render_ssh_config(plan))
+    _write_private(os.path.join(plan.private_dir, LIVE_STATE), json.dumps(live_state(plan), indent=1) + "\n")
     if secret:
         _write_private(os.path.join(plan.private_dir, OWNER_SECRET), secret)
 
@@ -2680,24 +2804,40 @@ def run_self_test(run: Run, timeout: float = 30.0) -> None:
                       f"down: {reason}")
 
 
-def report_egress(plan: Plan, report_json: str | None, quiet: bool, broker=None) -> None:
+def report_egress(plan: Plan, report_json: str | None, quiet: bool, broker=None, save_learned: bool = False) -> None:
     """Summarise pipelock's decisions (and the broker's requests) for the session; runs before the sidecar is
     removed."""
     r = docker(*logs_argv(plan), check=False, timeout=TEARDOWN_TIMEOUT)
     report = egress_report(parse_events(r.stdout))
     if broker is not None:
         report["brokered"] = broker.stats()
+    state = read_live(plan.private_dir) if plan.private_dir else None
+    if state and (state.get("added") or state.get("denied")):
+        report["live"] = {k: state.get(k, []) for k in ("added", "denied", "hosts")}
+    if plan.learn:
+        report["proposed"] = learned_allow(report)
+        report["proposed_trusted"] = learned_trusted(report)
     if report_json:
         try:
             with open(report_json, "w", encoding="utf-8") as f:
                 json.dump({"session": plan.session, **report}, f, indent=2)
         except OSError as e:
             warn(f"could not write the egress report to {report_json}: {e.strerror}")
-    if not quiet or report["blocked"]:
+    if not quiet or report["blocked"] or plan.learn:
         say("\n".join(render_report(plan, report)))
+    if plan.learn and save_learned:
+        try:
+            # Added to what the bottle allows already: hosts this session did not use stay.
+            path = save_allow({"config_path": plan.config_path, "bottle": plan.bottle}, add=report["proposed"])
+            say(f"claude-bottle: saved the proposed allow list in {path}, [bottles.{plan.bottle}] allow"
+                + (" (trusted is not edited: add the trusted line above by hand)" if report["proposed_trusted"]
+                   else ""))
+        except BottleError as e:
+            warn(f"the proposed allow list was not saved: {e}")
 
 
-def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False, broker=None) -> list:
+def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False, broker=None,
+                save_learned: bool = False) -> list:
     """Every docker step of a start, in an order that respects `after`; teardown is their undo entries.
 
     `broker`, the session's CredentialBroker (None in a dry run), only feeds the egress report."""
@@ -2728,7 +2868,7 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False,
                           after=ready, undo=(("network", name),),
                           action=lambda run, name=name, internal=internal: create_network(run, name, internal)))
     nets = tuple(s.name for s in steps if s.name.startswith("network-"))
-    report = (("call", report_egress, (plan, report_json, quiet, broker)),)
+    report = (("call", report_egress, (plan, report_json, quiet, broker, save_learned)),)
     own_egress = None if plan.egress_network else subnet_address(plan.subnet(plan.egress), 2)
     steps += [
         Step("sidecar", (sidecar_run_argv(plan, own_egress),), after=ready + nets, undo=(("container", sidecar),),
@@ -2793,7 +2933,8 @@ def wait_agent(proc: subprocess.Popen) -> int:
             continue
 
 
-def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: bool = False) -> int:
+def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: bool = False,
+                save_learned: bool = False) -> int:
     """Create the bottle, run the agent attached to this terminal, and always tear everything down.
 
     The host-side setup (private files, the ssh-agent relay, the workspace's guards) comes first; then
@@ -2821,7 +2962,7 @@ def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: 
             # Runs after the agent's container is gone, so it cannot write another.
             td.callback(quarantine_commondir, plan)
         run = Run(plan, td, broker)
-        results = run_steps(start_steps(plan, report_json, quiet, broker), run)
+        results = run_steps(start_steps(plan, report_json, quiet, broker, save_learned), run)
         status = wait_agent(results["start"])
     if td.left:
         raise BottleError("teardown did not finish: the engine stopped answering (see the warning above); "
@@ -3848,7 +3989,11 @@ def _age(created: float | None) -> str:
 
 
 def render_event(event: dict) -> str:
-    """One of pipelock's audit events as a line a person reads."""
+    """One of pipelock's audit events as a line a person reads.
+
+    Start-up and reloads read as what they are: the `anomaly` pipelock logs at every start for listening on a
+    non-loopback address is expected (the agent reaches it over the bottle's internal network), not a problem.
+    """
     t = str(event.get("time", ""))[11:19] or "--:--:--"
     what = event.get("target") or event.get("url") or ""
     kind = event.get("event")
@@ -3857,6 +4002,18 @@ def render_event(event: dict) -> str:
         return f"{t} blocked  {event.get('method', '')} {what}  ({refused[0]}: {refused[1]})"
     if kind in DLP_EVENTS:
         return f"{t} warned   {event.get('method', '')} {what}  (dlp: {event.get('patterns', '')}, let through)"
+    if kind == "startup":
+        return (f"{t} started  pipelock {event.get('version', '?')}, mode {event.get('mode', '?')}, listening on "
+                f"{event.get('listen', '?')}")
+    if kind == "anomaly" and event.get("method") == "STARTUP":
+        return f"{t} note     listening on {event.get('resource', '?')} for the bottle's networks (expected)"
+    if kind == "anomaly" and what:
+        return (f"{t} learned  {event.get('method', '')} {what}  (would be blocked: {event.get('scanner', '')}: "
+                f"{event.get('reason', '')})")
+    if kind == "config_reload":
+        return f"{t} reloaded config {str(event.get('config_hash', ''))[:12]} ({event.get('status', '?')})"
+    if kind == "error" and event.get("method") == "CONFIG_RELOAD":
+        return f"{t} refused  a config reload: {event.get('error', '')} (the previous config stays in force)"
     if kind == "tunnel_open":
         return f"{t} allowed  CONNECT {what}"
     if kind == "tunnel_close":
@@ -3864,6 +4021,221 @@ def render_event(event: dict) -> str:
     if kind == "forward_http":
         return f"{t} allowed  {event.get('method', '')} {what} -> {event.get('status_code', '?')}"
     return f"{t} {kind}  {event.get('message', '')}"
+
+
+# ---- Changing a running bottle: allow and deny live ----
+
+# How long `allow` and `deny` wait for pipelock to confirm a reload (it debounces its directory watch by 100 ms).
+RELOAD_TIMEOUT = float(os.environ.get("CLAUDE_BOTTLE_RELOAD_TIMEOUT") or 10)
+
+
+def atomic_write(path: str, text: str, mode: int = 0o600, share_uid: int | None = None) -> None:
+    """Replace `path` with `text` in one step: a temp file in the same directory, then a rename.
+
+    pipelock watches its config directory; it must never read half a file, and a failed write leaves the old one.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        if share_uid is not None:
+            share_with(tmp, share_uid, 0o600, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def change_hosts(state: dict, add=(), remove=(), force: bool = False) -> dict:
+    """The live state after allowing `add` and denying `remove` (validated host patterns). Pure.
+
+    `deny` removes a host allowed live or by the bottle; a built-in default only with `force`; a host allowed
+    only through a wildcard cannot be denied on its own. `added`/`denied` are always the difference from the
+    start: allowing a denied host again undoes the denial.
+    """
+    session = state["session"]
+    hosts = set(state["hosts"])
+    for host in remove:
+        if host in DEFAULT_HOSTS and not force:
+            raise ConfigError(f"deny: {host} is a built-in default Claude Code needs to log in and reach the API; "
+                              f"pass --force to deny it anyway")
+        if host not in hosts:
+            wide = sorted(p for p in hosts if host_matches(p, host))
+            why = (f"it is allowed through {', '.join(wide)}; deny that instead" if wide else
+                   "it is not allowed in this session")
+            raise ConfigError(f"deny: {host}: {why} (see `claude-bottle allow {session}` for the list)")
+    new = sorted((hosts | set(add)) - set(remove))
+    if not new:
+        raise ConfigError("deny: that would leave no host allowed, which pipelock's strict mode refuses; keep one")
+    base = set(state["base"])
+    return {**state, "hosts": new, "added": sorted(set(new) - base), "denied": sorted(base - set(new))}
+
+
+def wait_reload(sidecar: str, config_hash: str, since: str, timeout: float = RELOAD_TIMEOUT) -> ReloadWait:
+    """Follow the sidecar's log from `since` until pipelock applies or refuses the config whose sha256 is
+    `config_hash`, or `timeout` passes (the wait's state is then still "waiting")."""
+    import select
+    import subprocess
+    wait = ReloadWait(config_hash)
+    proc = docker_popen("logs", "--follow", "--since", since, sidecar,
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while wait.state == "waiting" and time.monotonic() < deadline:
+            check_signal()
+            if not select.select([proc.stdout], [], [], 0.05)[0]:
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            wait.feed(chunk.decode(errors="replace"))
+    finally:
+        proc.kill()
+        proc.wait()
+    return wait
+
+
+def live_dir(session: dict) -> str:
+    """The private dir of a session this user's claude-bottle runs, or a BottleError saying why not."""
+    name = session["session"]
+    d = session.get("owner-dir") or ""
+    if not d:
+        raise BottleError(f"session {name} was started by a claude-bottle without live changes (it records no "
+                          f"private dir); stop it and start it again to change what it may reach")
+    if Path(d).parent != runtime_base() or session["owner_state"] != "alive":
+        host = split_owner(session["owner"])[0]
+        if host and host != hostname():
+            raise BottleError(f"session {name} is owned by {session['owner']} on another host; change it there")
+        if session["owner_state"] == "gone":
+            raise BottleError(f"session {name}: the claude-bottle that ran it is gone; `claude-bottle gc` "
+                              f"removes it")
+        raise BottleError(f"session {name} is not yours (its owner {session['owner'] or '?'} is not a "
+                          f"claude-bottle of this user that still runs); only its owner may change it")
+    if not os.path.isfile(os.path.join(d, LIVE_STATE)):
+        raise BottleError(f"session {name} was started by a claude-bottle without live changes; stop it and "
+                          f"start it again to change what it may reach")
+    return d
+
+
+def restart_hint(session: dict, state: dict) -> str:
+    where = f"{state.get('config_path') or CONFIG_NAME}, under [bottles.{state['bottle']}]"
+    return (f"add it to trusted in {where}, then restart the session: claude-bottle stop {session['session']} && "
+            f"claude-bottle start {session['agent']}")
+
+
+def save_allow(state: dict, add=(), remove=()) -> str:
+    """Write the change into the bottle's allow in its config file; returns the file. Keeps every other byte."""
+    path = state.get("config_path")
+    bottle = state["bottle"]
+    if not path:
+        raise ConfigError(f"--save: the session used the built-in defaults, so there is no file to save into; "
+                          f"create {CONFIG_NAME} with [bottles.{bottle}] and allow = {_toml_list(sorted(add))}")
+    _owned(Path(path))
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--save: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        current = list(tomllib.loads(text).get("bottles", {}).get(bottle, {}).get("allow", []))
+    except (tomllib.TOMLDecodeError, AttributeError):
+        current = []
+    # The file as it is now (it may have changed since the start): drop what is denied, append what is added.
+    entries = [e for e in current if e not in remove]
+    entries += [h for h in add if h not in entries]
+    if entries != current:
+        new = edit_bottle_allow(text, bottle, entries, path)
+        atomic_write(path, new, mode=os.stat(path).st_mode & 0o7777)
+    return path
+
+
+def change_session(args, add: bool) -> int:
+    """`allow` (add=True) and `deny`: change a running session's allowlist and wait until pipelock applies it."""
+    # Bad input is refused before docker is asked anything.
+    hosts = tuple(dict.fromkeys(check_host(h, "HOST", wildcard=True)
+                                for h in expand_allow(args.hosts or (), PRESETS, "HOST")))
+    # As written in a config: presets stay presets.
+    entries = [h if h.startswith("@") else check_host(h, "HOST", wildcard=True) for h in args.hosts or ()]
+    session = select_sessions(find_sessions(), args.session, False)[0]
+    private = live_dir(session)
+    sidecar = next((c["name"] for c in session["containers"] if c["role"] == "pipelock"), None)
+    if sidecar is None:
+        raise BottleError(f"session {session['session']} has no pipelock sidecar (any more)")
+    import fcntl
+    with open(os.path.join(private, "live.lock"), "w") as lock:
+        # One change at a time: each waits for its own reload before the next one writes.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = read_live(private)
+        if state is None:
+            raise BottleError(f"session {session['session']}: cannot read {LIVE_STATE} in its private dir")
+        if not hosts:
+            print(f"session {session['session']} allows: {', '.join(state['hosts'])}")
+            return 0
+        if add and getattr(args, "trusted", False):
+            raise ConfigError(f"allow --trusted: pipelock (strict mode) refuses new trusted_domains on a live "
+                              f"reload, since they turn off its private-address check; nothing was changed. To "
+                              f"trust {', '.join(hosts)}, {restart_hint(session, state)}")
+        new = change_hosts(state, add=hosts if add else (), remove=() if add else hosts, force=args.force)
+        if new["hosts"] == state["hosts"]:
+            print(f"nothing to change: {', '.join(hosts)} {'already allowed' if add else 'not allowed'}")
+        else:
+            new["change"] = int(state.get("change", 0)) + 1
+            config = os.path.join(private, "pipelock", "pipelock.yaml")
+            text = pipelock_yaml(new["session"], new["hosts"], new["trusted"], new["max_tunnel_seconds"],
+                                 new["idle_timeout_seconds"], enforce=not new.get("learn"), change=new["change"])
+            old_text = Path(config).read_text(encoding="utf-8")
+            sidecar_uid = int(SIDECAR_USER.split(":")[0])
+            ns = time.time_ns()
+            since = f"{ns // 10**9}.{ns % 10**9:09d}"
+            atomic_write(config, text, share_uid=sidecar_uid)
+            try:
+                wait = wait_reload(sidecar, _sha256(text), since)
+            except BaseException:
+                # Interrupted (or docker failed) while waiting: whether pipelock took it is unknown; put the old
+                # config back, so pipelock reloads it and the file and live.json agree again.
+                atomic_write(config, old_text, share_uid=sidecar_uid)
+                raise
+            if wait.state != "applied":
+                # pipelock keeps the config it had; the file goes back to it, so the two never disagree.
+                atomic_write(config, old_text, share_uid=sidecar_uid)
+                if wait.state == "refused":
+                    raise BottleError(f"pipelock refused the change ({_visible(wait.reason)}); session "
+                                      f"{session['session']} allows what it did before")
+                raise BottleError(f"pipelock did not confirm the change within {RELOAD_TIMEOUT:g} s; the previous "
+                                  f"config is back in place and session {session['session']} allows what it did "
+                                  f"before")
+            atomic_write(os.path.join(private, LIVE_STATE), json.dumps(new, indent=1) + "\n")
+            state = new
+            print(f"{'allowed' if add else 'denied'} {', '.join(hosts)} in session {session['session']} (pipelock "
+                  f"reloaded its config)")
+        print(f"now allowed: {', '.join(state['hosts'])}")
+    if args.save:
+        path = save_allow(state, add=entries if add else (), remove=() if add else entries)
+        print(f"saved in {path}, [bottles.{state['bottle']}] allow")
+    return 0
+
+
+def cmd_allow(args, command) -> int:
+    return change_session(args, add=True)
+
+
+def cmd_deny(args, command) -> int:
+    return change_session(args, add=False)
+
+
+def cmd_presets(args, command) -> int:
+    if args.json:
+        print(json.dumps({name: list(hosts) for name, hosts in PRESETS.items()}, indent=2))
+        return 0
+    width = max(len(name) for name in PRESETS) + 1
+    for name, hosts in PRESETS.items():
+        print(f"@{name:<{width}} {', '.join(hosts)}")
+    return 0
 
 
 # ---- Commands ----
@@ -3881,6 +4253,7 @@ def _plan(args, config: Config, agent: str | None, command=None, secret: str = "
         workspace=getattr(args, "workspace", None), extra_allow=getattr(args, "allow", None) or (),
         owner=f"{hostname()}:{os.getpid()}", owner_start=process_start(os.getpid()) or "",
         owner_proof=proof_of(secret) if secret else "", self_test=not getattr(args, "no_self_test", False),
+        learn=getattr(args, "learn", False),
     )
     return plan._replace(private_dir=str(Path(tempfile.gettempdir(), f"{LABEL}-{os.getuid()}", plan.session)))
 
@@ -3923,14 +4296,25 @@ def cmd_start(args, command) -> int:
         return dry_run(plan, args.json)
     if args.json:
         raise ConfigError("--json: only with --dry-run; add --dry-run to print the plan as JSON")
+    for flag, given in (("--yes-learn", args.yes_learn), ("--save", args.save)):
+        if given and not args.learn:
+            raise ConfigError(f"{flag}: only with --learn; add --learn, or drop {flag}")
     plan = identify(plan, os.environ)
-    if not args.quiet:
+    if not args.quiet or plan.learn:
         print("\n".join(render_summary(plan)), flush=True)
-    if not args.yes and not confirm():
+    if plan.learn and not args.yes_learn:
+        # Its own question, --yes or not: a learn session is an open door.
+        if not sys.stdin.isatty():
+            raise ConfigError("--learn: stdin is not a terminal, so claude-bottle cannot ask whether to start a "
+                              "bottle that blocks nothing; pass --yes-learn as well to start it anyway")
+        if not confirm("Learn mode blocks NOTHING. Start it anyway? [y/N] "):
+            print("Not started.", file=sys.stderr)
+            return 1
+    elif not args.yes and not confirm():
         print("Not started.", file=sys.stderr)
         return 1
     runtime_base()
-    return run_session(plan, secret, args.report_json, args.quiet)
+    return run_session(plan, secret, args.report_json, args.quiet, args.save)
 
 
 def every_plan(args, config: Config) -> list:
@@ -4021,6 +4405,24 @@ def cmd_gc(args, command) -> int:
     return 0
 
 
+def block_fix(event: dict, session: dict) -> str | None:
+    """For a request pipelock blocked, the exact command (while the session runs) or config line that fixes it."""
+    host = event_host(event) if event.get("event") == "blocked" else None
+    try:
+        host = check_host(host, "host", wildcard=False) if host else None
+    except ConfigError:
+        return None
+    scanner = event.get("scanner")
+    if host is None or scanner not in ("allowlist", "ssrf"):
+        return None
+    where = f"under [bottles.{session['bottle']}] in {CONFIG_NAME}"
+    if scanner == "ssrf":
+        return f"it resolves to a private address: add {json.dumps(host)} to trusted {where} and start again"
+    if session.get("state") == "running":
+        return f"claude-bottle allow {session['session']} {host}"
+    return f"add {json.dumps(host)} to allow {where}"
+
+
 def cmd_logs(args, command) -> int:
     session = select_sessions(find_sessions(), args.session, False)[0]
     sidecar = next((c["name"] for c in session["containers"] if c["role"] == "pipelock"), None)
@@ -4042,6 +4444,9 @@ def cmd_logs(args, command) -> int:
             *lines, buffered = (buffered + chunk).split(b"\n")
             for event in parse_events(b"\n".join(lines).decode(errors="replace")):
                 print(json.dumps(event) if args.json else render_event(event), flush=True)
+                fix = None if args.json else block_fix(event, session)
+                if fix:
+                    print(f"         fix: {fix}", flush=True)
     finally:
         proc.kill()
         proc.wait()
@@ -4184,7 +4589,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "egress report without blocks")
     start.add_argument("--workspace", metavar="DIR", help="directory mounted at /workspace "
                        "(default: the repository root)")
-    start.add_argument("--allow", action="append", metavar="HOST", help="also allow HOST for this session")
+    start.add_argument("--allow", action="append", metavar="HOST", help="also allow HOST (or @preset, see "
+                       "`claude-bottle presets`) for this session")
+    start.add_argument("--learn", action="store_true", help="learn mode: block nothing, log everything, and "
+                       "propose an allow list at the end; asks its own y/N, even with --yes")
+    start.add_argument("--save", action="store_true", help="with --learn: add the proposed allow list to the "
+                       "bottle's allow in its config file at the end")
+    start.add_argument("--yes-learn", action="store_true", help="with --learn: start without that question "
+                       "(needed when stdin is not a terminal)")
     start.add_argument("--no-self-test", action="store_true", help="skip the isolation check inside the "
                        "agent container before its command runs")
     start.add_argument("--report-json", metavar="PATH", help="write the egress report as JSON to PATH")
@@ -4217,6 +4629,27 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Check docker, the engine, the images, SSH prerequisites and the "
                             "config; exit 0 only when every check passes.")
     doctor.set_defaults(func=cmd_doctor)
+
+    for verb, what in (("allow", "let a running session reach more hosts"),
+                       ("deny", "take hosts back from a running session")):
+        live = sub.add_parser(verb, parents=[common], help=what, description=f"{what[0].upper()}{what[1:]}, at once "
+                              "and without a restart: claude-bottle rewrites the session's pipelock config and "
+                              "waits until pipelock has reloaded it. With no HOST, print what the session allows.")
+        live.add_argument("session", metavar="SESSION", help="a session id (or a unique prefix)")
+        live.add_argument("hosts", nargs="*", metavar="HOST", help="a hostname, *.domain, or @preset")
+        live.add_argument("--save", action="store_true", help="also write the change into the bottle's allow in "
+                          "its config file (comments and layout kept)")
+        if verb == "allow":
+            live.add_argument("--trusted", action="store_true", help="also trust HOST (refused: pipelock takes "
+                              "new trusted hosts only at start)")
+            live.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
+        else:
+            live.add_argument("--force", action="store_true", help="deny a built-in default host too")
+        live.set_defaults(func=cmd_allow if verb == "allow" else cmd_deny)
+
+    presets = sub.add_parser("presets", parents=[common], help="list the @presets and their hosts")
+    presets.add_argument("--json", action="store_true", help="print the presets as JSON")
+    presets.set_defaults(func=cmd_presets)
 
     logs = sub.add_parser("logs", parents=[common], help="show pipelock's decisions for a session")
     logs.add_argument("session", metavar="SESSION", help="a session id (or a unique prefix)")

@@ -458,11 +458,18 @@ class ResolvePlanTest(Base):
             with self.subTest(bad=bad):
                 self.assertConfigError(lambda: self.plan(extra_allow=[bad]), "--allow")
 
-    def test_trusted_must_be_covered_by_the_allowlist(self):
-        config = self.load('[bottles.b]\nallow = ["github.com"]\ntrusted = ["git.corp.example"]\n'
+    def test_trusted_ahead_of_time_need_not_be_allowed(self):
+        # pipelock refuses new trusted_domains on a live reload: a bottle trusts a private host ahead of time,
+        # and it stays blocked (not in api_allowlist) until `claude-bottle allow` adds it.
+        config = self.load('[bottles.b]\nallow = ["github.com"]\ntrusted = ["git.corp.example", "*.corp.example"]\n'
                            '[agents.a]\nbottle = "b"\n')
-        self.assertConfigError(lambda: self.plan(config, "a"), "[bottles.b] trusted", "'git.corp.example'",
-                               "add it to allow")
+        plan = self.plan(config, "a")
+        self.assertEqual(plan.trusted, ("*.corp.example", "git.corp.example"))
+        self.assertNotIn("git.corp.example", plan.hosts)
+        yaml = cb.render_pipelock_yaml(plan)
+        self.assertIn('trusted_domains:\n  - "*.corp.example"\n  - "git.corp.example"\n', yaml)
+        self.assertNotIn('  - "git.corp.example"\nfetch_proxy', yaml.split("trusted_domains")[0])
+        self.assertIn("not allowed yet: *.corp.example, git.corp.example", "\n".join(cb.render_summary(plan)))
 
     def test_trusted_covered_by_a_wildcard_an_ssh_host_or_extra_allow(self):
         cases = [
@@ -476,11 +483,6 @@ class ResolvePlanTest(Base):
                 config = self.load(f"[agents.a]\nbottle = \"b\"\n[bottles.b]\n{body}")
                 plan = self.plan(config, "a", extra_allow=extra)
                 self.assertTrue(plan.trusted)
-
-    def test_wildcard_trust_needs_a_wildcard_allow(self):
-        config = self.load('[bottles.b]\nallow = ["corp.example"]\ntrusted = ["*.corp.example"]\n'
-                           '[agents.a]\nbottle = "b"\n')
-        self.assertConfigError(lambda: self.plan(config, "a"), "trusted", "'*.corp.example'")
 
     def test_trusted_sorted_and_deduplicated(self):
         config = self.load('[bottles.b]\nallow = ["*.example.org"]\n'

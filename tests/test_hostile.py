@@ -284,11 +284,6 @@ def build_cases() -> list:
     for value in ("https://pypi.org", "pypi.org:443", "*", "a.*.org", "pypi.org\n", "*.org", "ｐypi.org"):
         add(Case("command line --allow", repr(value), "--allow:",
                  call=lambda t, v=value: resolve(t, extra_allow=[v])))
-    for allow, trusted in ((["github.com"], "git.corp.example"), (["corp.example"], "*.corp.example"),
-                           (["*.example.org"], "*.org.example"), ([], "github.com")):
-        add(Case("trust coverage", f"trusted {trusted!r} with allow {allow}", "trusted:",
-                 call=lambda t, a=allow, tr=trusted: resolve(
-                     t, config=cb.parse_config(tomllib.loads(bottle_doc(allow=a, trusted=[tr])), ORIGIN), agent="a")))
     return cases
 
 

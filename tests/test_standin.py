@@ -734,6 +734,33 @@ class NameAndRateTests(unittest.TestCase):
         self.assertEqual(event["reason"], "rate limit exceeded for 127.0.0.1")
 
 
+class DetectOnlyTests(unittest.TestCase):
+    """`enforce: false` (claude-bottle's learn mode): what would be blocked is logged as an `anomaly` and passed."""
+
+    def test_findings_are_logged_and_passed(self):
+        pl = StandIn(config_text(["example.test"]).replace("mode: strict\n", "mode: strict\nenforce: false\n"))
+        try:
+            status, body = http_via(pl.port, f"http://127.0.0.1:{WEB}/learn")
+            self.assertEqual(status, 200, body)
+            event = pl.wait_event("anomaly", url=f"http://127.0.0.1:{WEB}/learn", scanner="allowlist")
+            self.assertEqual(event["reason"], "domain not in allowlist: 127.0.0.1")
+            self.assertEqual(list(event)[:4], ["level", "component", "event", "method"])
+            self.assertEqual(list(event)[-5:], ["mitre_technique", "reason", "score", "time", "message"])
+            self.assertEqual(event["message"], "anomaly detected")
+            pl.wait_event("anomaly", url=f"http://127.0.0.1:{WEB}/learn", scanner="ssrf")
+            pl.wait_event("forward_http", url=f"http://127.0.0.1:{WEB}/learn")
+        finally:
+            pl.stop()
+
+    def test_enforced_by_default(self):
+        self.assertIn("mode: strict", config_text(["example.test"]))
+        pl = StandIn(config_text(["example.test"]))
+        try:
+            self.assertEqual(http_via(pl.port, f"http://127.0.0.1:{WEB}/")[0], 403)
+        finally:
+            pl.stop()
+
+
 class DisabledForwardProxyTests(unittest.TestCase):
     def test_forward_proxy_off_by_default(self):
         pl = StandIn(config_text(["127.0.0.1"], ["127.0.0.1"], forward=False))
