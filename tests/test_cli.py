@@ -200,10 +200,17 @@ class Start(CliTest):
 
     @staticmethod
     def without_reaper(calls):
-        """The calls bar the background search for orphaned sessions (which must have happened)."""
-        rest = [c for c in calls if c[:2] not in (["ps", "--all"], ["network", "ls"])]
-        assert len(calls) - len(rest) == 2, f"expected one search for orphans in {calls}"
-        return rest
+        """The calls bar the background search for orphaned sessions (which must have happened) and the state
+        volume's two checks beside the networks (whether a session holds it, whether it exists: it does), which
+        must have come in that order, before the agent's container was created."""
+        state = [c for c in calls if c[:3] == ["ps", "--all", "--filter"] or c[:2] == ["volume", "inspect"]]
+        assert [c[0] for c in state] == ["ps", "volume"], f"expected the state volume's checks in {calls}"
+        create = next((i for i, c in enumerate(calls) if c[0] == "create"), len(calls))
+        assert calls.index(state[1]) < create, f"the state volume is checked before the agent is created: {calls}"
+        rest = [c for c in calls if c not in state]
+        reaper = [c for c in rest if c[:2] in (["ps", "--all"], ["network", "ls"])]
+        assert len(reaper) == 2, f"expected one search for orphans in {calls}"
+        return [c for c in rest if c not in reaper]
 
     def assertPhases(self, calls, phases):
         """`calls` are `phases` in order; within a phase, in any order (each matched by its prefix).
@@ -294,7 +301,9 @@ class Start(CliTest):
         proc = self.cli("start", "--dry-run", "--json", "--", "true")
         self.assertEqual(proc.returncode, 0, proc.stderr)
         plan = json.loads(proc.stdout)
-        promised = [c["argv"][1:] for c in plan["docker_commands"] if c["argv"][1] != "build"]
+        # The build, and the state volume's create and init, run only when the image or the volume is missing.
+        promised = [c["argv"][1:] for c in plan["docker_commands"]
+                    if c["argv"][1] != "build" and c["argv"][1:3] not in (["volume", "create"], ["run", "--rm"])]
         proc = self.cli("start", "--yes", "--", "true", env=self.env(start_rc=0))
         self.assertEqual(proc.returncode, 0, proc.stderr)
 
