@@ -373,10 +373,13 @@ class Start(CliTest):
         # The agent's container is created beside the sidecar; its start (its command behind the gate, never
         # run) is launched only if the create won the race against the failing run.
         calls = [c for c in calls if c[0] != "start"]
+        # The agent's container also waits for the state volume's checks: it is created only if they won the race
+        # against the failing run, and is then removed with the sidecar.
+        created = any(c[:3] == ["create", "--name", agent] for c in calls)
         self.assertPhases(calls, [
             [["image", "inspect"]], [["network", "create"], ["network", "create"]],
-            [["run", "--detach", "--name", sidecar], ["create", "--name", agent]],
-            [["rm", "--force", agent, sidecar]],
+            [["run", "--detach", "--name", sidecar]] + ([["create", "--name", agent]] if created else []),
+            [["rm", "--force", *([agent] if created else []), sidecar]],
             [["network", "rm", f"claude-bottle-{sid}-egress", f"claude-bottle-{sid}-internal"]]])
         self.assertIn(image, next(a for a in calls if a[0] == "run"))
         self.assertNoPrivateDir()

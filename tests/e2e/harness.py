@@ -66,6 +66,8 @@ def leftovers(session: str | None = None) -> list:
     flt = ["--filter", label]
     names = docker("ps", "-a", "--format", "{{.Names}}", *flt).stdout.split()
     names += docker("network", "ls", "--format", "{{.Name}}", *flt).stdout.split()
+    # A session's own (fresh) state volume carries its label too.
+    names += docker("volume", "ls", "--format", "{{.Name}}", *flt).stdout.split()
     if session is None:
         # Also by name, labelled or not: `docker network ls | grep claude-bottle` must come out empty.
         names += [n for n in docker("network", "ls", "--format", "{{.Name}}").stdout.split() if "claude-bottle" in n]
@@ -82,6 +84,20 @@ def remove_owned_by(pid: int) -> None:
     networks = docker("network", "ls", "-q", *flt).stdout.split()
     if networks:
         docker("network", "rm", *networks, check=False)
+    volumes = docker("volume", "ls", "-q", *flt).stdout.split()
+    if volumes:
+        docker("volume", "rm", *volumes, check=False)
+
+
+def remove_state_volumes(under: Path) -> list:
+    """Remove the kept Claude Code state of every project under `under` (each start makes one); their names."""
+    fmt = '{{.Name}} {{.Label "claude-bottle.project"}}'
+    listing = docker("volume", "ls", "--filter", "label=claude-bottle.state=1", "--format", fmt).stdout
+    names = [name for name, _, project in (ln.partition(" ") for ln in listing.splitlines())
+             if project and Path(project).is_relative_to(under.resolve())]
+    if names:
+        docker("volume", "rm", "--force", *names, check=False)
+    return names
 
 
 def cli_env(pipelock_image: str, **extra) -> dict:
@@ -173,6 +189,7 @@ class World:
         if self.containers:
             docker("rm", "--force", *self.containers, check=False)
         docker("network", "rm", self.network, check=False)
+        remove_state_volumes(self.tmp)
         if self.ssh_agent_pid:
             try:
                 os.kill(self.ssh_agent_pid, 15)

@@ -159,9 +159,21 @@ class Hardening(E2ETest):
             self.assertFalse(host["Devices"])
             self.assertEqual(host["Dns"], ["127.0.0.1"])
             self.assertTrue(host["Init"])
+            private = Path(tempfile.gettempdir(), f"claude-bottle-{os.getuid()}", session)
             for m in agent["Mounts"]:
                 self.assertNotIn("docker.sock", m["Source"] + m["Destination"])
-                self.assertTrue(Path(m["Source"]).is_relative_to(project), f"a host path beyond the project: {m}")
+                self.assertIn(m["Type"], ("bind", "volume"), m)
+                if m["Type"] == "bind":
+                    self.assertTrue(Path(m["Source"]).is_relative_to(project) or
+                                    Path(m["Source"]).is_relative_to(private), f"a host path beyond the project: {m}")
+            # Exactly one volume: Claude Code's state kept for this agent and project, and nothing else.
+            volumes = [(m["Name"], m["Destination"], m["RW"]) for m in agent["Mounts"] if m["Type"] == "volume"]
+            state = docker("volume", "inspect", "--format", '{{index .Labels "claude-bottle.state"}} '
+                           '{{index .Labels "claude-bottle.project"}} {{index .Labels "claude-bottle.agent"}}',
+                           volumes[0][0] if volumes else "none", check=False).stdout.split()
+            self.assertEqual(len(volumes), 1, agent["Mounts"])
+            self.assertEqual(state, ["1", str(project.resolve()), "e2e"], "the agent's own state volume")
+            self.assertEqual(env_of(agent).get("CLAUDE_CONFIG_DIR"), volumes[0][1])
         with self.subTest("agent env"):
             env = env_of(agent)
             for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
