@@ -1374,13 +1374,18 @@ def volume_create_argv(plan: Plan, volume: str) -> list:
 
 def state_init_argv(plan: Plan, volume: str) -> list:
     """Make a new state volume the agent's own, with the image's own sh (a busybox one will do), as root with
-    only the capabilities that takes, and seed Claude Code's onboarding flag as the built-in image does."""
+    only the capabilities that takes, and seed Claude Code's onboarding flag as the built-in image does.
+
+    Idempotent: two first starts at once both run it, the second on a volume that is the agent's already (0700,
+    hence DAC_OVERRIDE to enter it).
+    """
     uid, gid = agent_ids(plan)
     script = (f"set -e; cd {AGENT_STATE_DIR}; "
               f"[ -e .claude.json ] || printf '{{\"hasCompletedOnboarding\": true}}\\n' > .claude.json; "
               f"chown {uid}:{gid} . .claude.json; chmod 0700 .")
     return ["run", "--rm", "--name", plan.state_init, *_labels(plan, "state-init"), "--network", "none",
-            "--user", "0:0", "--cap-drop", "ALL", "--cap-add", "CHOWN", "--cap-add", "FOWNER",
+            "--user", "0:0", "--cap-drop", "ALL",
+            "--cap-add", "CHOWN", "--cap-add", "DAC_OVERRIDE", "--cap-add", "FOWNER",
             "--security-opt", "no-new-privileges", "--pids-limit", "64",
             "--mount", volume_mount_arg(volume), "--entrypoint", "/bin/sh", plan.image, "-c", script]
 

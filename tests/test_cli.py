@@ -273,10 +273,14 @@ class Start(CliTest):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         sid = self.sid()
         phases = self.phases(sid)
-        # The sidecar and the agent's container; health; only then the start. No inspect, no self-test, no gate.
+        # The sidecar and the agent's container, and health once the sidecar is connected (the agent's create also
+        # waits for the state volume, so the two may come in either order); only then the start. No inspect, no
+        # self-test, no gate.
         sidecar_and_agent = [p for p in phases[2] if p[0] != "start"]
-        self.assertPhases(self.fake.argvs(), phases[:2] + [sidecar_and_agent, [["exec", f"claude-bottle-{sid}-pipelock",
-                          "/pipelock", "healthcheck"]], [phases[2][-1]]] + phases[4:])
+        health = ["exec", f"claude-bottle-{sid}-pipelock", "/pipelock", "healthcheck"]
+        self.assertPhases(self.fake.argvs(), phases[:2] + [sidecar_and_agent + [health], [phases[2][-1]]] + phases[4:])
+        calls = self.fake.argvs()
+        self.assertLess(calls.index(next(a for a in calls if a[:2] == ["network", "connect"])), calls.index(health))
         create = next(a for a in self.fake.argvs() if a[0] == "create")
         self.assertNotIn("claude-bottle-gate", create)
         self.assertEqual(create[create.index("--entrypoint") + 1], "true")

@@ -66,12 +66,12 @@ class StatePlan(unittest.TestCase):
         self.assertIn(f"claude-bottle.session={p.session}", fresh)
         self.assertNotIn("claude-bottle.state=1", fresh, "`state ls` lists only kept state")
 
-    def test_init_runs_without_network_as_root_with_two_capabilities(self):
+    def test_init_runs_without_network_as_root_with_three_capabilities(self):
         p = plan()
         argv = cb.state_init_argv(p, p.state_volume)
         self.assertEqual(values_after(argv, "--network"), ["none"])
         self.assertEqual(values_after(argv, "--cap-drop"), ["ALL"])
-        self.assertEqual(sorted(values_after(argv, "--cap-add")), ["CHOWN", "FOWNER"])
+        self.assertEqual(sorted(values_after(argv, "--cap-add")), ["CHOWN", "DAC_OVERRIDE", "FOWNER"])
         self.assertIn("no-new-privileges", values_after(argv, "--security-opt"))
         self.assertEqual(values_after(argv, "--entrypoint"), ["/bin/sh"], "any image with a POSIX sh")
         uid, gid = cb.agent_ids(p)

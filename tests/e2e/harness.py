@@ -66,8 +66,6 @@ def leftovers(session: str | None = None) -> list:
     flt = ["--filter", label]
     names = docker("ps", "-a", "--format", "{{.Names}}", *flt).stdout.split()
     names += docker("network", "ls", "--format", "{{.Name}}", *flt).stdout.split()
-    # A session's own (fresh) state volume carries its label too.
-    names += docker("volume", "ls", "--format", "{{.Name}}", *flt).stdout.split()
     if session is None:
         # Also by name, labelled or not: `docker network ls | grep claude-bottle` must come out empty.
         names += [n for n in docker("network", "ls", "--format", "{{.Name}}").stdout.split() if "claude-bottle" in n]
@@ -293,6 +291,8 @@ class E2ETest(unittest.TestCase):
     def tearDown(self):
         left = leftovers()
         self.assertEqual(left, [], "claude-bottle left containers or networks behind")
+        fresh = docker("volume", "ls", "--format", "{{.Name}}", "--filter", "label=claude-bottle.session").stdout
+        self.assertEqual(fresh.split(), [], "claude-bottle left a session's own state volume behind")
 
     def assertNoLeftovers(self, session: str):
         self.assertEqual(leftovers(session), [])

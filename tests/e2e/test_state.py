@@ -17,6 +17,11 @@ PROBE = ('d="$CLAUDE_CONFIG_DIR"; echo "dir=$d owner=$(stat -c %u:%g "$d") mode=
          'grep -q hasCompletedOnboarding "$d/.claude.json" && echo onboarded; ')
 
 
+def own_volumes(session: str) -> list:
+    flt = f"label=claude-bottle.session={session}"
+    return docker("volume", "ls", "--format", "{{.Name}}", "--filter", flt).stdout.split()
+
+
 class State(E2ETest):
     def setUp(self):
         super().setUp()
@@ -49,7 +54,8 @@ class State(E2ETest):
         self.assertIn("marker=none", fresh.stdout, "--fresh starts from nothing")
         self.assertIn("owner=1000:1000", fresh.stdout)
         self.assertIn("writable", fresh.stdout)
-        self.assertNoLeftovers(session_of(fresh.stdout))  # its own volume included
+        self.assertNoLeftovers(session_of(fresh.stdout))
+        self.assertEqual(own_volumes(session_of(fresh.stdout)), [], "its own state is thrown away")
 
         # gc never removes kept state.
         gc = self.cli("gc")
@@ -79,6 +85,7 @@ class State(E2ETest):
             self.assertIn(f"the state {self.volume} is in use by", second.stderr)
             self.assertIn("marker=none", second.stdout, "its own state, not the one in use")
             self.assertNoLeftovers(session_of(second.stdout))
+            self.assertEqual(own_volumes(session_of(second.stdout)), [], "its own state is thrown away")
             rm = self.cli("state", "rm", "e2e")
             self.assertEqual(rm.returncode, 1, rm.stderr)
             self.assertIn("in use by", rm.stderr)
