@@ -87,12 +87,20 @@ def remove_owned_by(pid: int) -> None:
         docker("volume", "rm", *volumes, check=False)
 
 
+def made_by_tests(path: str, under: Path) -> bool:
+    """A project a test made: under `under`, or in a temporary directory named cbtest-* (tests' own prefix)."""
+    tmp = Path(tempfile.gettempdir()).resolve()
+    p = Path(path)
+    return p.is_relative_to(under.resolve()) or (p.is_relative_to(tmp) and p != tmp and
+                                                   p.relative_to(tmp).parts[0].startswith("cbtest-"))
+
+
 def remove_state_volumes(under: Path) -> list:
-    """Remove the kept Claude Code state of every project under `under` (each start makes one); their names."""
+    """Remove the kept Claude Code state of every project the tests made (each start makes one); their names."""
     fmt = '{{.Name}} {{.Label "claude-bottle.project"}}'
     listing = docker("volume", "ls", "--filter", "label=claude-bottle.state=1", "--format", fmt).stdout
     names = [name for name, _, project in (ln.partition(" ") for ln in listing.splitlines())
-             if project and Path(project).is_relative_to(under.resolve())]
+             if project and made_by_tests(project, under)]
     if names:
         docker("volume", "rm", "--force", *names, check=False)
     return names
