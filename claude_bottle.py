@@ -1776,16 +1776,33 @@ def docker(*args, check: bool = True, input: bytes | None = None, capture: bool 
     argv = ["docker", *args]
     log(f"+ {shlex.join(argv)}")
     try:
-        # Not captured: its output goes to the terminal as it comes; its stderr is kept too, for the error.
+        # Not captured: its output goes to the terminal as it comes, stderr too (BuildKit's progress), and stderr is
+        # also kept for the error.
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE if capture else sys.stderr,
                                 stderr=subprocess.PIPE, start_new_session=True)
     except FileNotFoundError:
         raise DockerUnavailable(DOCKER_MISSING) from None
+    kept = None
+    if not capture:
+        kept = []
+        reader = threading.Thread(target=_tee, args=(proc.stderr, kept), daemon=True)
+        reader.start()
+        if input is not None:
+            try:
+                proc.stdin.write(input)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            input = None
     started = time.monotonic()
     while True:
         try:
-            out, err = proc.communicate(input, timeout=0.1)
+            if kept is None:
+                out, err = proc.communicate(input, timeout=0.1)
+            else:
+                proc.wait(timeout=0.1)
+                out, err = b"", None
             break
         except subprocess.TimeoutExpired:
             input = None  # sent already; communicate() goes on from where it stopped
@@ -1793,12 +1810,16 @@ def docker(*args, check: bool = True, input: bytes | None = None, capture: bool 
             late = timeout is None and SIGNALLED and now - SIGNALLED_AT > SIGNAL_GRACE
             if late or (timeout is not None and now - started > timeout):
                 proc.kill()
-                proc.communicate()
+                if kept is None:
+                    proc.communicate()
+                else:
+                    proc.wait()
                 raise DockerTimeout(argv, now - started) from None
+    if kept is not None:
+        reader.join(timeout=5)
+        err = b"".join(kept)
     out = (out or b"").decode(errors="replace")
     err = (err or b"").decode(errors="replace")
-    if not capture and err:
-        say(err.rstrip("\n"))
     if "Cannot connect to the Docker daemon" in err:
         raise DockerUnavailable(f"docker: the daemon does not answer ({err.strip().splitlines()[-1]}); start Docker "
                                 f"and try again")
@@ -1807,6 +1828,18 @@ def docker(*args, check: bool = True, input: bytes | None = None, capture: bool 
     if check and proc.returncode != 0:
         raise DockerError(argv, proc.returncode, err)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _tee(stream, kept: list) -> None:
+    """Copy `stream` to our stderr line by line as it comes, keeping what passed."""
+    for line in iter(stream.readline, b""):
+        kept.append(line)
+        try:
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    stream.close()
 
 
 def docker_popen(*args, **kwargs) -> subprocess.Popen:

@@ -7,6 +7,8 @@ start would take for the real one; the tests remove every tag they make.
 """
 
 
+import os
+
 from tests.e2e import servers
 from tests.e2e.harness import E2ETest, docker, leftovers, module_fixtures, session_of
 
@@ -36,13 +38,16 @@ class BuiltInImage(E2ETest):
     def test_final_stage_builds_against_the_stand_in_and_claude_is_on_path(self):
         installer = servers.claude_installer()
         self.addCleanup(installer.close)
-        tag = self.expected_tag(installer.url)
+        # A URL of this run's own (the stand-in ignores the query): a build argument that differs, so docker's layer
+        # cache of an earlier run cannot stand in for the fetch.
+        url = f"{installer.url}?cbtest={os.urandom(4).hex()}"
+        tag = self.expected_tag(url)
         self.assertNotEqual(tag, cb.AGENT_IMAGE)
         project = world.project(self.config())
         self.addCleanup(docker, "volume", "rm", "--force",
                         cb.state_volume_name(str(project.resolve()), "builtin"), check=False)
         proc = world.start(project, 'command -v claude; claude --version; echo "config=$CLAUDE_CONFIG_DIR"',
-                           agent="builtin", env=self.env(installer.url), timeout=600)
+                           agent="builtin", env=self.env(url), timeout=600)
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         self.assertIn(f"image:      {tag} (built-in; built if missing)", proc.stdout)
         self.assertIn("/home/claude/.local/bin/claude\n", proc.stdout)
@@ -50,10 +55,10 @@ class BuiltInImage(E2ETest):
         self.assertIn(f"config={cb.AGENT_STATE_DIR}", proc.stdout)
         self.assertIn(tag, agent_tags())
         paths = [r["path"] for r in installer.requests()]
-        self.assertIn("/install.sh", paths)
+        self.assertIn(url.split(":8080", 1)[1], paths, "the build fetched the installer from the URL given")
         self.assertNoLeftovers(session_of(proc.stdout))
         # Built once: the next start reuses the tag and fetches nothing.
-        again = world.start(project, "claude --version", agent="builtin", env=self.env(installer.url))
+        again = world.start(project, "claude --version", agent="builtin", env=self.env(url))
         self.assertEqual(again.returncode, 0, again.stderr[-2000:])
         self.assertNotIn("building the agent image", again.stderr)
         self.assertEqual(len(installer.requests()), len(paths))
