@@ -118,6 +118,9 @@ AGENT_UID = 1000
 AGENT_HOME = "/home/claude"
 AGENT_WORKDIR = "/workspace"
 AGENT_SSH_AUTH_SOCK = "/run/claude-bottle/ssh-agent.sock"
+# Claude Code's state (CLAUDE_CONFIG_DIR): a fixed path outside any home, so that it does not depend on the image's
+# users, and a mount of its own, so that nothing else the agent writes lands in the volume.
+AGENT_STATE_DIR = "/var/lib/claude-bottle/state"
 AGENT_PIDS_LIMIT = 4096
 SIDECAR_PIDS_LIMIT = 512
 # Variables passed raw into the agent when an agent names none. Claude Code's own credentials are brokered instead
@@ -129,14 +132,23 @@ BROKER_FIRST_PORT = 41800
 
 LABEL = "claude-bottle"
 SESSION_LABEL = f"{LABEL}.session"
+STATE_LABEL = f"{LABEL}.state"
 CONFIG_NAME = "claude-bottle.toml"
 DEFAULT_BOTTLE = "default"
 DEFAULT_AGENT = "claude"
 
 CLAUDE_CODE_VERSION = "2.1.114"
+# The built-in image's build arguments, each overridable from claude-bottle's own environment (a mirror of the
+# installer, a base image from a registry of your own). A non-default value is part of the image's tag.
+INSTALLER_URL = "https://claude.ai/install.sh"
+INSTALLER_URL_ENV = "CLAUDE_BOTTLE_INSTALLER_URL"
+BASE_IMAGE = "debian:bookworm-slim"
+BASE_IMAGE_ENV = "CLAUDE_BOTTLE_BASE_IMAGE"
+# The installer's file name in the build: a failed build names it, which is how a start tells that failure apart.
+INSTALLER_FILE = "claude-bottle-install.sh"
 AGENT_DOCKERFILE = f"""\
 # claude-bottle built-in agent image. Its tag is a hash of this text: an unchanged image is never rebuilt.
-ARG BASE_IMAGE=debian:bookworm-slim
+ARG BASE_IMAGE={BASE_IMAGE}
 FROM ${{BASE_IMAGE}} AS base
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \\
@@ -158,10 +170,17 @@ RUN (id -u claude >/dev/null 2>&1 || useradd --create-home --uid {AGENT_UID} --u
 
 FROM base AS claude
 ARG CLAUDE_CODE_VERSION={CLAUDE_CODE_VERSION}
+ARG CLAUDE_INSTALLER_URL={INSTALLER_URL}
+# A failing command anywhere in a pipe fails the build: no image without Claude Code in it.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 USER claude
 # The native installer scans the working directory; never run it from /.
 WORKDIR {AGENT_HOME}
-RUN curl -fsSL https://claude.ai/install.sh | bash -s "${{CLAUDE_CODE_VERSION}}" \\
+# Downloaded to a file first: `curl | bash` would run half a script, and succeed on none at all.
+RUN curl -fsSL --retry 2 --connect-timeout 30 -o /tmp/{INSTALLER_FILE} "${{CLAUDE_INSTALLER_URL}}" \\
+ && bash /tmp/{INSTALLER_FILE} "${{CLAUDE_CODE_VERSION}}" \\
+ && rm -f /tmp/{INSTALLER_FILE} \\
+ && {AGENT_HOME}/.local/bin/claude --version \\
  && printf '{{"hasCompletedOnboarding": true}}\\n' > {AGENT_HOME}/.claude.json
 ENV PATH={AGENT_HOME}/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
     DISABLE_AUTOUPDATER=1 \\
@@ -184,7 +203,14 @@ def _sha256(text: str) -> str:
     return sha256(text.encode()).hexdigest()
 
 
-AGENT_IMAGE = "claude-bottle/agent:" + _sha256(AGENT_DOCKERFILE)[:12]
+def agent_image_tag(build_args=()) -> str:
+    """The built-in image's tag: a hash of the Dockerfile and of any build argument that is not its default, so
+    an image built from another installer or base never poses as the one built from the defaults."""
+    text = AGENT_DOCKERFILE + "".join(f"--build-arg {k}={v}\n" for k, v in build_args)
+    return "claude-bottle/agent:" + _sha256(text)[:12]
+
+
+AGENT_IMAGE = agent_image_tag()
 
 
 # ---- Errors ----
@@ -337,6 +363,16 @@ def check_image(value, field: str) -> str:
     if not isinstance(value, str) or not _IMAGE_RE.fullmatch(value):
         raise ConfigError(f"{field}: {_printable(value)} is not an image reference; "
                           f"write one like 'registry.example/team/agent:1.2'")
+    return value
+
+
+_URL_RE = re.compile(r"https?://[A-Za-z0-9._~:/?#@!$&()*+,;=%-]{1,2000}")
+
+
+def check_url(value, field: str) -> str:
+    if not isinstance(value, str) or not _URL_RE.fullmatch(value):
+        raise ConfigError(f"{field}: {_printable(str(value))!r} is not an http(s) URL; write e.g. "
+                          f"https://mirror.example.com/install.sh")
     return value
 
 
@@ -1171,7 +1207,7 @@ PLAN_FIELDS = (
     "session agent agent_source bottle image build_image pipelock_image workspace git_dir read_only env "
     "env_unset hosts bottle_allow trusted ssh ssh_agent egress_network command tty self_test "
     "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir subnet_pool "
-    "brokered identity extra_allow learn"
+    "brokered identity extra_allow learn build_args state_volume fresh"
 )
 
 
@@ -1210,6 +1246,37 @@ class Plan(namedtuple("Plan", PLAN_FIELDS, defaults=((), False))):
     @property
     def proxy_url(self) -> str:
         return f"http://{self.sidecar}:{PROXY_PORT}"
+
+    @property
+    def fresh_volume(self) -> str:
+        """The session's own empty state volume (`start --fresh`, or when another session holds the state)."""
+        return f"{LABEL}-{self.session}-state"
+
+    @property
+    def state_init(self) -> str:
+        return f"{LABEL}-{self.session}-state-init"
+
+
+def agent_ids(plan: Plan) -> tuple:
+    """(uid, gid) the agent runs as: the user's who runs claude-bottle."""
+    return plan.identity.uid, plan.identity.gid
+
+
+def state_volume_name(workspace: str, agent: str) -> str:
+    """The persistent state volume of `agent` in the project at `workspace`: the same name at every start."""
+    return f"{LABEL}-state-{agent}-{_sha256(workspace)[:12]}"
+
+
+def image_build_args(environ) -> tuple:
+    """(name, value) of each build argument of the built-in image set in claude-bottle's environment."""
+    args = []
+    base = environ.get(BASE_IMAGE_ENV)
+    if base and base != BASE_IMAGE:
+        args.append(("BASE_IMAGE", check_image(base, BASE_IMAGE_ENV)))
+    url = environ.get(INSTALLER_URL_ENV)
+    if url and url != INSTALLER_URL:
+        args.append(("CLAUDE_INSTALLER_URL", check_url(url, INSTALLER_URL_ENV)))
+    return tuple(args)
 
 
 def session_id(agent: str, suffix: str) -> str:
@@ -1273,7 +1340,8 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
                  tty: bool = False, command=None, workspace: str | None = None,
                  extra_allow=(), owner: str = "", owner_start: str = "", owner_proof: str = "",
                  private_dir: str = "", self_test: bool = True, uid: int | None = None,
-                 gid: int | None = None, learn: bool = False) -> Plan:
+                 gid: int | None = None, learn: bool = False,
+                 fresh: bool = False) -> Plan:
     """Resolve agent -> bottle -> image, hosts, SSH hosts, mounts and env names. Reads no docker state.
 
     The agent runs as `uid`:`gid`, the user running claude-bottle unless given; its name and home in an
@@ -1307,6 +1375,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
             raise ConfigError(f"{config.path}: [[bottles.{bottle.name}.credentials]] #{i} {field}: "
                               f"{c.upstream[0]!r} is not allowed by the bottle; add it to allow as well")
     subnet_pool = check_subnet_pool(environ.get(SUBNETS_ENV) or DEFAULT_SUBNETS, SUBNETS_ENV)
+    build_args = image_build_args(environ) if spec.image is None else ()
     image_override = environ.get(PIPELOCK_IMAGE_ENV)
     pipelock_image = check_image(image_override, PIPELOCK_IMAGE_ENV) if image_override else PIPELOCK_IMAGE
     # Read-only inside the read-write workspace: what would run on the host later, or change the bottle.
@@ -1329,7 +1398,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         agent=spec.name,
         agent_source=spec.source,
         bottle=bottle.name,
-        image=spec.image or AGENT_IMAGE,
+        image=spec.image or agent_image_tag(build_args),
         build_image=spec.image is None,
         pipelock_image=pipelock_image,
         workspace=str(ws),
@@ -1358,6 +1427,9 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         identity=host_identity(uid, gid) if spec.image else agent_identity(BUILTIN_PROBE, uid, gid),
         extra_allow=tuple(extra_allow),
         learn=learn,
+        build_args=build_args,
+        state_volume=state_volume_name(str(ws), spec.name),
+        fresh=fresh,
     )
 
 
@@ -1477,6 +1549,7 @@ def render_summary(plan: Plan) -> list:
         f"  command:    {_visible(shlex.join(plan.command))}",
         f"  user:       {user_line(plan.identity)}",
         f"  workspace:  {_visible(plan.workspace)} -> {AGENT_WORKDIR} (read-write{git})",
+        f"  state:      {state_line(plan)}",
         f"  env:        {env}",
         f"  brokered:   {brokered_line(plan.brokered)}",
         f"  egress:     {egress_line(plan.hosts)}",
@@ -1504,6 +1577,12 @@ LEARN_WARNING = ("  LEARN MODE: NOTHING IS BLOCKED. The agent can reach ANY host
 def presets_used(plan: Plan) -> list:
     """The `@preset` entries of the bottle and of --allow, in order, each once."""
     return list(dict.fromkeys(e for e in (*plan.bottle_allow, *plan.extra_allow) if e.startswith("@")))
+
+
+def state_line(plan: Plan) -> str:
+    if plan.fresh:
+        return f"fresh (an empty {AGENT_STATE_DIR}, thrown away at the end)"
+    return f"{plan.state_volume} -> {AGENT_STATE_DIR} (kept for this agent and project)"
 
 
 def _labels(plan: Plan, role: str) -> list:
@@ -1546,8 +1625,55 @@ def probe_argv(image: str) -> list:
             "no-new-privileges", "--entrypoint", "/bin/sh", image, "-c", PROBE_SCRIPT]
 
 
-def build_argv(image: str) -> list:
-    return ["build", "--tag", image, "--label", f"{LABEL}.image=agent", "-"]
+def build_argv(image: str, build_args=()) -> list:
+    args = [a for k, v in build_args for a in ("--build-arg", f"{k}={v}")]
+    return ["build", *args, "--tag", image, "--label", f"{LABEL}.image=agent", "-"]
+
+
+def state_labels(plan: Plan) -> list:
+    """The persistent volume's labels: what `state ls` shows. No session label: no session's teardown or gc owns it."""
+    pairs = [(STATE_LABEL, "1"), (f"{LABEL}.project", plan.workspace), (f"{LABEL}.agent", plan.agent)]
+    return [arg for k, v in pairs for arg in ("--label", f"{k}={v}")]
+
+
+def state_in_use_argv(volume: str) -> list:
+    # Same-key filters are alternatives: any container of a session that is starting or running.
+    states = [a for st in ("created", "running", "paused", "restarting") for a in ("--filter", f"status={st}")]
+    return ["ps", "--all", "--filter", f"volume={volume}", *states, "--format", "{{.Names}}"]
+
+
+def volume_inspect_argv(volume: str) -> list:
+    return ["volume", "inspect", "--format", "{{.Name}}", volume]
+
+
+def volume_create_argv(plan: Plan, volume: str) -> list:
+    if volume == plan.fresh_volume:
+        labels = [*_labels(plan, "state"), "--label", f"{STATE_LABEL}=fresh"]
+    else:
+        labels = state_labels(plan)
+    return ["volume", "create", *labels, volume]
+
+
+def state_init_argv(plan: Plan, volume: str) -> list:
+    """Make a new state volume the agent's own, with the image's own sh (a busybox one will do), as root with
+    only the capabilities that takes, and seed Claude Code's onboarding flag as the built-in image does.
+
+    Idempotent: two first starts at once both run it, the second on a volume that is the agent's already (0700,
+    hence DAC_OVERRIDE to enter it).
+    """
+    uid, gid = agent_ids(plan)
+    script = (f"set -e; cd {AGENT_STATE_DIR}; "
+              f"[ -e .claude.json ] || printf '{{\"hasCompletedOnboarding\": true}}\\n' > .claude.json; "
+              f"chown {uid}:{gid} . .claude.json; chmod 0700 .")
+    return ["run", "--rm", "--name", plan.state_init, *_labels(plan, "state-init"), "--network", "none",
+            "--user", "0:0", "--cap-drop", "ALL",
+            "--cap-add", "CHOWN", "--cap-add", "DAC_OVERRIDE", "--cap-add", "FOWNER",
+            "--security-opt", "no-new-privileges", "--pids-limit", "64",
+            "--mount", volume_mount_arg(volume), "--entrypoint", "/bin/sh", plan.image, "-c", script]
+
+
+def volume_mount_arg(volume: str) -> str:
+    return f"type=volume,source={volume},target={AGENT_STATE_DIR}"
 
 
 def network_inspect_argv(name: str) -> list:
@@ -1609,7 +1735,7 @@ def identity_args(plan: Plan, ident: Identity) -> list:
     return argv
 
 
-def agent_create_argv(plan: Plan, ip: str | None = None) -> list:
+def agent_create_argv(plan: Plan, ip: str | None = None, state: str | None = None) -> list:
     ident = planned_identity(plan)
     argv = [
         "create", "--name", plan.agent_container, *_labels(plan, "agent"),
@@ -1633,6 +1759,8 @@ def agent_create_argv(plan: Plan, ip: str | None = None) -> list:
                  "--env", f"SSH_AUTH_SOCK={AGENT_SSH_AUTH_SOCK}"]
     for ep in plan.brokered:
         argv += ["--mount", mount_arg(os.path.join(plan.private_dir, broker_socket_name(ep)), agent_broker_socket(ep))]
+    argv += ["--mount", volume_mount_arg(state or (plan.fresh_volume if plan.fresh else plan.state_volume)),
+             "--env", f"CLAUDE_CONFIG_DIR={AGENT_STATE_DIR}"]
     # The brokered credentials' placeholders and the broker's addresses: no secret, so by value.
     for name, value in (*proxy_env(plan), *agent_env_for(plan.brokered, broker_ports(plan))):
         argv += ["--env", f"{name}={value}"]
@@ -1828,6 +1956,19 @@ def rm_containers_argv(names) -> list:
 
 def rm_networks_argv(names) -> list:
     return ["network", "rm", *names]
+
+
+def rm_volumes_argv(names) -> list:
+    return ["volume", "rm", *names]
+
+
+def session_volumes_argv(session: str) -> list:
+    return ["volume", "ls", "--quiet", "--filter", f"label={SESSION_LABEL}={session}"]
+
+
+def state_volumes_argv() -> list:
+    labels = ",".join(f'"{k}":{{{{json (.Label "{LABEL}.{k}")}}}}' for k in ("project", "agent"))
+    return ["volume", "ls", "--filter", f"label={STATE_LABEL}=1", "--format", f'{{"name":{{{{json .Name}}}},{labels}}}']
 
 
 def planned_commands(plan: Plan) -> list:
@@ -2096,15 +2237,33 @@ def docker(*args, check: bool = True, input: bytes | None = None, capture: bool 
     argv = ["docker", *args]
     log(f"+ {shlex.join(argv)}")
     try:
+        # Not captured: its output goes to the terminal as it comes, stderr too (BuildKit's progress), and stderr is
+        # also kept for the error.
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE if capture else sys.stderr,
-                                stderr=subprocess.PIPE if capture else None, start_new_session=True)
+                                stderr=subprocess.PIPE, start_new_session=True)
     except FileNotFoundError:
         raise DockerUnavailable(DOCKER_MISSING) from None
+    kept = None
+    if not capture:
+        kept = []
+        reader = threading.Thread(target=_tee, args=(proc.stderr, kept), daemon=True)
+        reader.start()
+        if input is not None:
+            try:
+                proc.stdin.write(input)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            input = None
     started = time.monotonic()
     while True:
         try:
-            out, err = proc.communicate(input, timeout=0.1)
+            if kept is None:
+                out, err = proc.communicate(input, timeout=0.1)
+            else:
+                proc.wait(timeout=0.1)
+                out, err = b"", None
             break
         except subprocess.TimeoutExpired:
             input = None  # sent already; communicate() goes on from where it stopped
@@ -2112,8 +2271,14 @@ def docker(*args, check: bool = True, input: bytes | None = None, capture: bool 
             late = timeout is None and SIGNALLED and now - SIGNALLED_AT > SIGNAL_GRACE
             if late or (timeout is not None and now - started > timeout):
                 proc.kill()
-                proc.communicate()
+                if kept is None:
+                    proc.communicate()
+                else:
+                    proc.wait()
                 raise DockerTimeout(argv, now - started) from None
+    if kept is not None:
+        reader.join(timeout=5)
+        err = b"".join(kept)
     out = (out or b"").decode(errors="replace")
     err = (err or b"").decode(errors="replace")
     if "Cannot connect to the Docker daemon" in err:
@@ -2124,6 +2289,18 @@ def docker(*args, check: bool = True, input: bytes | None = None, capture: bool 
     if check and proc.returncode != 0:
         raise DockerError(argv, proc.returncode, err)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _tee(stream, kept: list) -> None:
+    """Copy `stream` to our stderr line by line as it comes, keeping what passed."""
+    for line in iter(stream.readline, b""):
+        kept.append(line)
+        try:
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    stream.close()
 
 
 def docker_popen(*args, **kwargs) -> subprocess.Popen:
@@ -2190,6 +2367,9 @@ class Teardown:
     def network(self, name: str) -> None:
         self.push(("network", name))
 
+    def volume(self, name: str) -> None:
+        self.push(("volume", name))
+
     def callback(self, fn, *args) -> None:
         self.push(("call", fn, args))
 
@@ -2210,7 +2390,7 @@ class Teardown:
         if self.left:
             self.left += names
             return
-        argv = rm_containers_argv(names) if kind == "container" else rm_networks_argv(names)
+        argv = {"container": rm_containers_argv, "network": rm_networks_argv, "volume": rm_volumes_argv}[kind](names)
         try:
             r = docker(*argv, check=False, timeout=TEARDOWN_TIMEOUT)
         except DockerTimeout:
@@ -2658,11 +2838,31 @@ def settle_identity(run: Run) -> Identity:
 
 
 def build_image(run: Run) -> None:
-    """Build the built-in image unless its tag (a hash of the Dockerfile) already exists."""
+    """Build the built-in image unless its tag (a hash of the Dockerfile and build arguments) already exists.
+
+    docker tags an image only once every step succeeded, so a failed build leaves no tag to be reused.
+    """
     if run.results["image"]:
         return
-    say(f"claude-bottle: building the agent image {run.plan.image} (once; later starts reuse it)")
-    docker(*build_argv(run.plan.image), input=AGENT_DOCKERFILE.encode(), capture=False)
+    plan = run.plan
+    say(f"claude-bottle: building the agent image {plan.image} (once; later starts reuse it)")
+    try:
+        docker(*build_argv(plan.image, plan.build_args), input=AGENT_DOCKERFILE.encode(), capture=False)
+    except DockerError as e:
+        raise BottleError(build_failure(plan, e.stderr)) from None
+
+
+def build_failure(plan: Plan, stderr: str) -> str:
+    """One line: why the built-in image could not be built, and what to do."""
+    url = dict(plan.build_args).get("CLAUDE_INSTALLER_URL", INSTALLER_URL)
+    if INSTALLER_FILE in stderr:
+        return (f"the built-in agent image was not built: Claude Code's installer {url} could not be fetched or did "
+                f"not install a working `claude` (see the build output above); let `docker build` reach it (docker's "
+                f"proxy settings, or {INSTALLER_URL_ENV} for a mirror), or set `image =` for the agent in "
+                f"{CONFIG_NAME} to an image that has Claude Code")
+    last = next((ln.strip() for ln in reversed(stderr.splitlines()) if ln.strip()), "no output")
+    return (f"the built-in agent image was not built ({last[-300:]}); fix what the build output above names, or "
+            f"set `image =` for the agent in {CONFIG_NAME} to an image that has Claude Code")
 
 
 def reap_in_background(run: Run) -> list:
@@ -2743,7 +2943,38 @@ def run_sidecar(run: Run) -> None:
 
 def create_agent(run: Run) -> None:
     # Its own fixed address: left to docker, it could take the one the sidecar is about to be given.
-    docker(*agent_create_argv(run.plan, subnet_address(run.results["network-internal"], 3)))
+    docker(*agent_create_argv(run.plan, subnet_address(run.results["network-internal"], 3), run.results["state"]))
+
+
+def prepare_state(run: Run) -> str:
+    """The state volume the agent gets: its persistent one, made the agent's own when new; or, with --fresh or when
+    another session of the agent holds it, one of the session's own, removed at teardown. Returns its name.
+
+    With --fresh the step's own undo entries cover the volume and the init container; otherwise they are pushed
+    here, before what they undo, since only here is it known whether there is anything to undo.
+    """
+    plan = run.plan
+    volume = plan.fresh_volume if plan.fresh else plan.state_volume
+    if not plan.fresh:
+        holders = docker(*state_in_use_argv(volume)).stdout.split()
+        if holders:
+            # WARNING: two Claude Codes writing one .claude.json lose each other's writes; the second gets its own.
+            say(f"claude-bottle: the state {volume} is in use by {', '.join(holders)}; this session starts with a "
+                f"fresh state, thrown away at the end")
+            volume = plan.fresh_volume
+            run.td.volume(volume)
+        elif docker(*volume_inspect_argv(volume), check=False).returncode == 0:
+            return volume
+        run.td.container(plan.state_init)
+    docker(*volume_create_argv(plan, volume))
+    try:
+        docker(*state_init_argv(plan, volume))
+    except BottleError:
+        if volume == plan.state_volume:
+            # Not left half made: the next start would take a volume the agent cannot write for a ready one.
+            docker(*rm_volumes_argv([volume]), check=False, timeout=TEARDOWN_TIMEOUT)
+        raise
+    return volume
 
 
 def connect_sidecar(run: Run) -> None:
@@ -2856,8 +3087,8 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False,
     if plan.build_image:
         steps += [Step("image", (image_inspect_argv(plan.image),), "reuse the agent image when it exists",
                        after=ready, action=image_present),
-                  Step("build", (build_argv(plan.image),), "only when it is missing; the embedded Dockerfile "
-                       "on stdin", after=("image",), action=build_image)]
+                  Step("build", (build_argv(plan.image, plan.build_args),), "only when it is missing; the embedded "
+                       "Dockerfile on stdin", after=("image",), action=build_image)]
         ready = ("build",)
     steps.append(Step("orphans", tuple(find_sessions_argvs()), "in the background: find orphaned sessions (their "
                       "CLI is gone) and tear them down", after=ready, action=reap_in_background, background=True))
@@ -2868,6 +3099,17 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False,
                           after=ready, undo=(("network", name),),
                           action=lambda run, name=name, internal=internal: create_network(run, name, internal)))
     nets = tuple(s.name for s in steps if s.name.startswith("network-"))
+    if plan.fresh:
+        steps.append(Step("state", (volume_create_argv(plan, plan.fresh_volume),
+                                    state_init_argv(plan, plan.fresh_volume)),
+                          "an empty state of the session's own, made the agent's", after=ready,
+                          undo=(("volume", plan.fresh_volume), ("container", plan.state_init)), action=prepare_state))
+    else:
+        steps.append(Step("state", (state_in_use_argv(plan.state_volume), volume_inspect_argv(plan.state_volume),
+                                    volume_create_argv(plan, plan.state_volume),
+                                    state_init_argv(plan, plan.state_volume)),
+                          "kept across sessions; created and made the agent's only when missing (a fresh one, "
+                          "removed at teardown, when another session holds it)", after=ready, action=prepare_state))
     report = (("call", report_egress, (plan, report_json, quiet, broker, save_learned)),)
     own_egress = None if plan.egress_network else subnet_address(plan.subnet(plan.egress), 2)
     steps += [
@@ -2876,7 +3118,8 @@ def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False,
         Step("connect", (network_connect_argv(plan, subnet_address(plan.subnet(plan.internal_network), 2)),),
              after=("sidecar",), action=connect_sidecar),
         Step("agent", (agent_create_argv(plan, subnet_address(plan.subnet(plan.internal_network), 3)),),
-             "at the same time as the sidecar", after=ready + nets, undo=(("container", agent),), action=create_agent),
+             "at the same time as the sidecar", after=ready + nets + ("state",), undo=(("container", agent),),
+             action=create_agent),
     ]
     before_start = ("agent",)
     if plan.egress_network and (plan.self_test or plan.brokered):
@@ -2917,6 +3160,8 @@ def teardown_preview(plan: Plan, steps) -> list:
             out.append((rm_containers_argv(arg[0]), "teardown"))
         elif kind == "network":
             out.append((rm_networks_argv(arg[0]), "teardown"))
+        elif kind == "volume":
+            out.append((rm_volumes_argv(arg[0]), "teardown: the session's own state"))
         elif arg[0] is report_egress:
             out.append((logs_argv(plan), "teardown: pipelock's decisions, for the egress report"))
     return out
@@ -3945,8 +4190,14 @@ def is_orphan(session: dict) -> bool:
 
 
 def teardown_session(session: dict) -> None:
-    """The same ordered teardown as a session's own exit: agent and sidecar, then its networks."""
+    """The same ordered teardown as a session's own exit: agent and sidecar, then its networks and own state."""
     with Teardown() as td:
+        try:
+            # Only a session's own (fresh) state carries its label; a persistent state volume never does.
+            for v in docker(*session_volumes_argv(session["session"])).stdout.split():
+                td.volume(v)
+        except BottleError as e:
+            warn(f"could not look for the state volume of session {session['session']}: {e}")
         for n in session["networks"]:
             td.network(n["name"])
         for c in session["containers"]:
@@ -4254,6 +4505,7 @@ def _plan(args, config: Config, agent: str | None, command=None, secret: str = "
         owner=f"{hostname()}:{os.getpid()}", owner_start=process_start(os.getpid()) or "",
         owner_proof=proof_of(secret) if secret else "", self_test=not getattr(args, "no_self_test", False),
         learn=getattr(args, "learn", False),
+        fresh=getattr(args, "fresh", False),
     )
     return plan._replace(private_dir=str(Path(tempfile.gettempdir(), f"{LABEL}-{os.getuid()}", plan.session)))
 
@@ -4423,6 +4675,51 @@ def block_fix(event: dict, session: dict) -> str | None:
     return f"add {json.dumps(host)} to allow {where}"
 
 
+def project_states(project: Path) -> list:
+    """The persistent state volumes of the project at `project` (of workspaces in it), by agent then name."""
+    found = []
+    for line in docker(*state_volumes_argv()).stdout.splitlines():
+        item = json.loads(line)
+        path = item.get("project") or ""
+        if path and Path(path).is_relative_to(project):
+            found.append(item)
+    return sorted(found, key=lambda v: (v["agent"] or "", v["name"]))
+
+
+def cmd_state(args, command) -> int:
+    project = find_project(Path.cwd())
+    volumes = project_states(project)
+    if args.state_cmd == "ls":
+        if args.json:
+            print(json.dumps(volumes, indent=2))
+        elif not volumes:
+            print(f"no Claude Code state kept for {project}")
+        else:
+            rows = [("AGENT", "VOLUME", "WORKSPACE")] + [(v["agent"] or "?", v["name"], v["project"]) for v in volumes]
+            widths = [max(len(r[i]) for r in rows) for i in range(3)]
+            for r in rows:
+                print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        return 0
+    if bool(args.agent) == args.all:
+        raise ConfigError("state rm: name an AGENT (see `claude-bottle state ls`) or pass --all, not both")
+    chosen = volumes if args.all else [v for v in volumes if v["agent"] == args.agent]
+    if not chosen:
+        raise ConfigError(f"state rm: no state kept for agent {args.agent!r} in {project} "
+                          f"(see `claude-bottle state ls`)")
+    for v in chosen:
+        holders = docker(*state_in_use_argv(v["name"])).stdout.split()
+        if holders:
+            raise BottleError(f"state rm: {v['name']} is in use by {', '.join(holders)}; stop that session "
+                              f"first (`claude-bottle stop`)")
+    for v in chosen:
+        r = docker(*rm_volumes_argv([v["name"]]), check=False)
+        if r.returncode != 0 and not _only_missing(r.stderr):
+            raise BottleError(f"state rm: could not remove {v['name']}: {r.stderr.strip()}; a stopped container "
+                              f"of a crashed session may hold it (`claude-bottle gc`)")
+        print(f"removed {v['name']} ({v['agent']})")
+    return 0
+
+
 def cmd_logs(args, command) -> int:
     session = select_sessions(find_sessions(), args.session, False)[0]
     sidecar = next((c["name"] for c in session["containers"] if c["role"] == "pipelock"), None)
@@ -4560,6 +4857,7 @@ examples:
   claude_bottle.py ls                            running sessions; `stop SESSION`, `logs SESSION -f`
   claude_bottle.py gc                            remove what a killed session left behind
   claude_bottle.py install SESSION jq            apt-get install jq in a running session, as root
+  claude_bottle.py state ls                      Claude Code state kept per agent; `state rm AGENT`
   claude_bottle.py doctor                        check docker, images and config
 """
 
@@ -4600,6 +4898,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--no-self-test", action="store_true", help="skip the isolation check inside the "
                        "agent container before its command runs")
     start.add_argument("--report-json", metavar="PATH", help="write the egress report as JSON to PATH")
+    start.add_argument("--fresh", action="store_true", help="run with an empty Claude Code state, thrown away at "
+                       "the end, instead of the one kept for this agent and project")
     start.set_defaults(func=cmd_start)
 
     check = sub.add_parser("check", parents=[common], help="validate the config and every agent's plan",
@@ -4650,6 +4950,18 @@ def build_parser() -> argparse.ArgumentParser:
     presets = sub.add_parser("presets", parents=[common], help="list the @presets and their hosts")
     presets.add_argument("--json", action="store_true", help="print the presets as JSON")
     presets.set_defaults(func=cmd_presets)
+
+    state = sub.add_parser("state", parents=[common], help="list or remove the Claude Code state kept per agent",
+                           description="Each agent keeps Claude Code's state (login, sessions, settings) in a "
+                           "docker volume per project; `gc` never removes one.")
+    state_sub = state.add_subparsers(dest="state_cmd", metavar="ACTION", parser_class=_Parser)
+    state_sub.required = True
+    state_ls = state_sub.add_parser("ls", parents=[common], help="this project's state volumes")
+    state_ls.add_argument("--json", action="store_true", help="print them as JSON")
+    state_rm = state_sub.add_parser("rm", parents=[common], help="remove an agent's state (or every one's)")
+    state_rm.add_argument("agent", nargs="?", metavar="AGENT")
+    state_rm.add_argument("--all", action="store_true", help="every agent's state in this project")
+    state.set_defaults(func=cmd_state)
 
     logs = sub.add_parser("logs", parents=[common], help="show pipelock's decisions for a session")
     logs.add_argument("session", metavar="SESSION", help="a session id (or a unique prefix)")

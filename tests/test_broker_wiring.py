@@ -276,7 +276,7 @@ class PlanTest(unittest.TestCase):
                       say.call_args[0][0].splitlines())
         steps = cb.start_steps(plan, str(out), False, broker)
         self.assertEqual([e for s in steps for e in s.then], [("call", cb.report_egress, (plan, str(out), False,
-                                                                                          broker))])
+                                                                                          broker, False))])
 
 
 class Cli(test_cli.CliTest):

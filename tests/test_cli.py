@@ -201,10 +201,17 @@ class Start(CliTest):
 
     @staticmethod
     def without_reaper(calls):
-        """The calls bar the background search for orphaned sessions (which must have happened)."""
-        rest = [c for c in calls if c[:2] not in (["ps", "--all"], ["network", "ls"])]
-        assert len(calls) - len(rest) == 2, f"expected one search for orphans in {calls}"
-        return rest
+        """The calls bar the background search for orphaned sessions (which must have happened) and the state
+        volume's two checks beside the networks (whether a session holds it, whether it exists: it does), which
+        must have come in that order, before the agent's container was created."""
+        state = [c for c in calls if c[:3] == ["ps", "--all", "--filter"] or c[:2] == ["volume", "inspect"]]
+        assert [c[0] for c in state] == ["ps", "volume"], f"expected the state volume's checks in {calls}"
+        create = next((i for i, c in enumerate(calls) if c[0] == "create"), len(calls))
+        assert calls.index(state[1]) < create, f"the state volume is checked before the agent is created: {calls}"
+        rest = [c for c in calls if c not in state]
+        reaper = [c for c in rest if c[:2] in (["ps", "--all"], ["network", "ls"])]
+        assert len(reaper) == 2, f"expected one search for orphans in {calls}"
+        return [c for c in rest if c not in reaper]
 
     def assertPhases(self, calls, phases):
         """`calls` are `phases` in order; within a phase, in any order (each matched by its prefix).
@@ -267,10 +274,14 @@ class Start(CliTest):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         sid = self.sid()
         phases = self.phases(sid)
-        # The sidecar and the agent's container; health; only then the start. No inspect, no self-test, no gate.
+        # The sidecar and the agent's container, and health once the sidecar is connected (the agent's create also
+        # waits for the state volume, so the two may come in either order); only then the start. No inspect, no
+        # self-test, no gate.
         sidecar_and_agent = [p for p in phases[2] if p[0] != "start"]
-        self.assertPhases(self.fake.argvs(), phases[:2] + [sidecar_and_agent, [["exec", f"claude-bottle-{sid}-pipelock",
-                          "/pipelock", "healthcheck"]], [phases[2][-1]]] + phases[4:])
+        health = ["exec", f"claude-bottle-{sid}-pipelock", "/pipelock", "healthcheck"]
+        self.assertPhases(self.fake.argvs(), phases[:2] + [sidecar_and_agent + [health], [phases[2][-1]]] + phases[4:])
+        calls = self.fake.argvs()
+        self.assertLess(calls.index(next(a for a in calls if a[:2] == ["network", "connect"])), calls.index(health))
         create = next(a for a in self.fake.argvs() if a[0] == "create")
         self.assertNotIn("claude-bottle-gate", create)
         self.assertEqual(create[create.index("--entrypoint") + 1], "true")
@@ -295,7 +306,9 @@ class Start(CliTest):
         proc = self.cli("start", "--dry-run", "--json", "--", "true")
         self.assertEqual(proc.returncode, 0, proc.stderr)
         plan = json.loads(proc.stdout)
-        promised = [c["argv"][1:] for c in plan["docker_commands"] if c["argv"][1] != "build"]
+        # The build, and the state volume's create and init, run only when the image or the volume is missing.
+        promised = [c["argv"][1:] for c in plan["docker_commands"]
+                    if c["argv"][1] != "build" and c["argv"][1:3] not in (["volume", "create"], ["run", "--rm"])]
         proc = self.cli("start", "--yes", "--", "true", env=self.env(start_rc=0))
         self.assertEqual(proc.returncode, 0, proc.stderr)
 
@@ -358,10 +371,13 @@ class Start(CliTest):
         # The agent's container is created beside the sidecar; its start (its command behind the gate, never
         # run) is launched only if the create won the race against the failing run.
         calls = [c for c in calls if c[0] != "start"]
+        # The agent's container also waits for the state volume's checks: it is created only if they won the race
+        # against the failing run, and is then removed with the sidecar.
+        created = any(c[:3] == ["create", "--name", agent] for c in calls)
         self.assertPhases(calls, [
             [["image", "inspect"]], [["network", "create"], ["network", "create"]],
-            [["run", "--detach", "--name", sidecar], ["create", "--name", agent]],
-            [["rm", "--force", agent, sidecar]],
+            [["run", "--detach", "--name", sidecar]] + ([["create", "--name", agent]] if created else []),
+            [["rm", "--force", *([agent] if created else []), sidecar]],
             [["network", "rm", f"claude-bottle-{sid}-egress", f"claude-bottle-{sid}-internal"]]])
         self.assertIn(image, next(a for a in calls if a[0] == "run"))
         self.assertNoPrivateDir()

@@ -404,7 +404,7 @@ class RealPipelockLinesTest(unittest.TestCase):
         report = cb.egress_report(cb.parse_events("\n".join(FIXTURE)))
         self.assertEqual(report["reached"], [{"host": "web", "count": 2}])
         self.assertEqual({(b["host"], b["scanner"]) for b in report["blocked"]},
-                         {("other", "allowlist"), ("notrusted", "ssrf"), ("web", "ratelimit")})
+                         {("other", "allowlist"), ("notrusted", "ssrf"), ("web", "ratelimit"), ("web", "dlp")})
         self.assertNotIn("would_block", report, "the start-up anomaly names no request")
 
     def test_live_allow_wait(self):

@@ -80,6 +80,7 @@ class Base(unittest.TestCase):
         plan = cb.resolve_plan(cb.load_config(path), GOLDEN_AGENTS.get(name), cwd=self.project, suffix=SUFFIX,
                                tty=False, owner=OWNER, private_dir=PRIVATE_DIR, **kw)
         return plan._replace(workspace=WORKSPACE, config_path=shown,
+                             state_volume=cb.state_volume_name(WORKSPACE, plan.agent),
                                    agent_source=plan.agent_source.replace(str(path), shown))
 
     def plan_with(self, toml: str, agent=None, where=None, **kw) -> cb.Plan:
@@ -494,7 +495,7 @@ def kind(argv) -> str:
         if a.startswith("-") or len(words) == 2:
             break
         words.append(a)
-    if words[0] not in ("network", "image"):
+    if words[0] not in ("network", "image", "volume"):
         words = words[:1]
     return " ".join(words)
 
@@ -510,6 +511,7 @@ class PlannedCommandsTest(Base):
             "image inspect", "build",
             "ps", "network ls",  # orphans looked for in the background
             "network create", "network create",
+            "ps", "volume inspect", "volume create", "run",  # the state volume: made only when missing
             "run", "network connect", "create",
             "start", "exec",  # the agent starts gated; the self-test (also the health wait) opens the gate
             "logs", "rm", "network rm"])
@@ -518,14 +520,14 @@ class PlannedCommandsTest(Base):
         self.assertEqual(cmds[5][0][-1], plan.egress)
         self.assertNotIn("--internal", cmds[5][0])
         self.assertIn("label=claude-bottle.session", cmds[2][0])
-        self.assertEqual(cmds[10][0][:4], ["exec", plan.agent_container, "sh", "-c"])
-        self.assertIn("/health", cmds[10][0][-1], "the self-test waits for pipelock's health from the agent")
+        self.assertEqual(cmds[14][0][:4], ["exec", plan.agent_container, "sh", "-c"])
+        self.assertIn("/health", cmds[14][0][-1], "the self-test waits for pipelock's health from the agent")
         # The self-test probes the sidecar's egress-side address and the internal gateway, both of the session's
         # own subnets, so no inspect is needed to learn them.
         egress, internal = plan.subnet(plan.egress), plan.subnet(plan.internal_network)
-        self.assertTrue(has_pair(cmds[6][0], "--ip", cb.subnet_address(egress, 2)))
-        self.assertIn(f"http://{cb.subnet_address(egress, 2)}:8888/health", cmds[10][0][-1])
-        self.assertIn(f"http://{cb.subnet_address(internal, 1)}:8888/", cmds[10][0][-1])
+        self.assertTrue(has_pair(cmds[10][0], "--ip", cb.subnet_address(egress, 2)))
+        self.assertIn(f"http://{cb.subnet_address(egress, 2)}:8888/health", cmds[14][0][-1])
+        self.assertIn(f"http://{cb.subnet_address(internal, 1)}:8888/", cmds[14][0][-1])
         self.assertEqual(cmds[-2][0], ["rm", "--force", plan.agent_container, plan.sidecar])
         # Networks go in reverse: the egress bridge, then the internal one.
         self.assertEqual(cmds[-1][0], ["network", "rm", plan.egress, plan.internal_network])
@@ -534,22 +536,23 @@ class PlannedCommandsTest(Base):
         plan = self.plan_from("ssh")
         self.assertEqual(self.kinds(plan), [
             "image inspect", "run",  # the image probe, before anything is created
-            "ps", "network ls", "network create", "network create", "run", "network connect", "create",
-            "start", "exec", "logs", "rm", "network rm"])
+            "ps", "network ls", "network create", "network create", "ps", "volume inspect", "volume create", "run",
+            "run", "network connect", "create", "start", "exec", "logs", "rm", "network rm"])
 
     def test_order_without_self_test(self):
         plan = self.plan_from("ssh")._replace(self_test=False)
         self.assertEqual(self.kinds(plan), [
-            "image inspect", "run", "ps", "network ls", "network create", "network create", "run",
-            "network connect", "create", "exec", "start", "logs", "rm", "network rm"])
+            "image inspect", "run", "ps", "network ls", "network create", "network create", "ps", "volume inspect",
+            "volume create", "run", "run", "network connect", "create", "exec", "start", "logs", "rm", "network rm"])
 
     def test_egress_network_is_inspected_not_created_or_removed(self):
         plan = self.plan_with('[bottles.b]\negress_network = "corp-egress"\n[agents.a]\nbottle = "b"\n'
                               'image = "registry.example/a:1"\n', "a")
         cmds = cb.planned_commands(plan)
         self.assertEqual([kind(a) for a, _ in cmds], [
-            "network inspect", "image inspect", "run", "ps", "network ls", "network create", "run",
-            "network connect", "create", "inspect", "start", "exec", "logs", "rm", "network rm"])
+            "network inspect", "image inspect", "run", "ps", "network ls", "network create", "ps", "volume inspect",
+            "volume create", "run", "run", "network connect", "create", "inspect", "start", "exec", "logs", "rm",
+            "network rm"])
         self.assertEqual(cmds[0][0][-1], "corp-egress")
         self.assertEqual(cmds[5][0][:3], ["network", "create", "--internal"])
         self.assertEqual(cmds[5][0][-1], plan.internal_network)

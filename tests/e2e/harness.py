@@ -82,6 +82,28 @@ def remove_owned_by(pid: int) -> None:
     networks = docker("network", "ls", "-q", *flt).stdout.split()
     if networks:
         docker("network", "rm", *networks, check=False)
+    volumes = docker("volume", "ls", "-q", *flt).stdout.split()
+    if volumes:
+        docker("volume", "rm", *volumes, check=False)
+
+
+def made_by_tests(path: str, under: Path) -> bool:
+    """A project a test made: under `under`, or in a temporary directory named cbtest-* (tests' own prefix)."""
+    tmp = Path(tempfile.gettempdir()).resolve()
+    p = Path(path)
+    return p.is_relative_to(under.resolve()) or (p.is_relative_to(tmp) and p != tmp and
+                                                   p.relative_to(tmp).parts[0].startswith("cbtest-"))
+
+
+def remove_state_volumes(under: Path) -> list:
+    """Remove the kept Claude Code state of every project the tests made (each start makes one); their names."""
+    fmt = '{{.Name}} {{.Label "claude-bottle.project"}}'
+    listing = docker("volume", "ls", "--filter", "label=claude-bottle.state=1", "--format", fmt).stdout
+    names = [name for name, _, project in (ln.partition(" ") for ln in listing.splitlines())
+             if project and made_by_tests(project, under)]
+    if names:
+        docker("volume", "rm", "--force", *names, check=False)
+    return names
 
 
 def cli_env(pipelock_image: str, **extra) -> dict:
@@ -169,6 +191,7 @@ class World:
         if self.containers:
             docker("rm", "--force", *self.containers, check=False)
         docker("network", "rm", self.network, check=False)
+        remove_state_volumes(self.tmp)
         if self.ssh_agent_pid:
             try:
                 os.kill(self.ssh_agent_pid, 15)
@@ -274,6 +297,8 @@ class E2ETest(unittest.TestCase):
     def tearDown(self):
         left = leftovers()
         self.assertEqual(left, [], "claude-bottle left containers or networks behind")
+        fresh = docker("volume", "ls", "--format", "{{.Name}}", "--filter", "label=claude-bottle.session").stdout
+        self.assertEqual(fresh.split(), [], "claude-bottle left a session's own state volume behind")
 
     def assertNoLeftovers(self, session: str):
         self.assertEqual(leftovers(session), [])

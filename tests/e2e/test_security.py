@@ -159,13 +159,24 @@ class Hardening(E2ETest):
             self.assertFalse(host["Devices"])
             self.assertEqual(host["Dns"], ["127.0.0.1"])
             self.assertTrue(host["Init"])
+            private = Path(tempfile.gettempdir(), f"claude-bottle-{os.getuid()}", session)
             for m in agent["Mounts"]:
                 self.assertNotIn("docker.sock", m["Source"] + m["Destination"])
-                # Beyond the project, only the session's own files: its ~/.ssh (config, known_hosts), passwd, group.
-                private = Path(tempfile.gettempdir(), f"claude-bottle-{os.getuid()}", session)
-                own = Path(m["Source"]).parent == private and Path(m["Source"]).name in ("ssh", "passwd", "group")
-                self.assertTrue(Path(m["Source"]).is_relative_to(project) or own, f"a host path beyond the project: "
-                                f"{m}")
+                self.assertIn(m["Type"], ("bind", "volume"), m)
+                if m["Type"] == "bind":
+                    # Beyond the project, only the session's own files: its ~/.ssh (config, known_hosts), passwd,
+                    # group.
+                    source = Path(m["Source"])
+                    own = source.parent == private and source.name in ("ssh", "passwd", "group")
+                    self.assertTrue(source.is_relative_to(project) or own, f"a host path beyond the project: {m}")
+            # Exactly one volume: Claude Code's state kept for this agent and project, and nothing else.
+            volumes = [(m["Name"], m["Destination"], m["RW"]) for m in agent["Mounts"] if m["Type"] == "volume"]
+            state = docker("volume", "inspect", "--format", '{{index .Labels "claude-bottle.state"}} '
+                           '{{index .Labels "claude-bottle.project"}} {{index .Labels "claude-bottle.agent"}}',
+                           volumes[0][0] if volumes else "none", check=False).stdout.split()
+            self.assertEqual(len(volumes), 1, agent["Mounts"])
+            self.assertEqual(state, ["1", str(project.resolve()), "e2e"], "the agent's own state volume")
+            self.assertEqual(env_of(agent).get("CLAUDE_CONFIG_DIR"), volumes[0][1])
         with self.subTest("agent env"):
             env = env_of(agent)
             for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
