@@ -548,7 +548,9 @@ class Signals(CliTest):
     def test_more_signals_during_teardown_do_not_stop_it(self):
         rules = [{"match": ["rm"], "delay": 1.0}, {"match": ["logs"], "delay": 0.5}]
         proc = self.launch(self.env(rules))
-        self.assertTrue(self.fake.wait_for_end(["exec"]), "the self-test opened the gate")
+        if not self.fake.wait_for_end(["exec"]):
+            proc.kill()
+            self.fail(f"the self-test never opened the gate; the CLI said: {proc.communicate()[1]}")
         proc.send_signal(signal.SIGINT)
         self.assertTrue(self.fake.wait_for_call(["logs"]))
         proc.send_signal(signal.SIGINT)
