@@ -1627,7 +1627,8 @@ def probe_argv(image: str) -> list:
 
 def build_argv(image: str, build_args=()) -> list:
     args = [a for k, v in build_args for a in ("--build-arg", f"{k}={v}")]
-    return ["build", *args, "--tag", image, "--label", f"{LABEL}.image=agent", "-"]
+    # --force-rm: a step that fails (an installer that cannot be fetched) leaves no stopped container behind.
+    return ["build", *args, "--force-rm", "--tag", image, "--label", f"{LABEL}.image=agent", "-"]
 
 
 def state_labels(plan: Plan) -> list:

@@ -115,7 +115,8 @@ class BuiltInImage(unittest.TestCase):
         self.assertEqual(p.build_args, ())
         self.assertEqual(p.image, cb.AGENT_IMAGE)
         self.assertEqual(cb.build_argv(p.image, p.build_args),
-                         ["build", "--tag", cb.AGENT_IMAGE, "--label", "claude-bottle.image=agent", "-"])
+                         ["build", "--force-rm", "--tag", cb.AGENT_IMAGE, "--label", "claude-bottle.image=agent",
+                          "-"])
 
     def test_installer_url_and_base_are_build_arguments_and_part_of_the_tag(self):
         url = "http://172.17.0.5:8080/install.sh"

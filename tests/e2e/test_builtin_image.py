@@ -67,6 +67,7 @@ class BuiltInImage(E2ETest):
         url = "http://127.0.0.1:1/install.sh"
         tag = self.expected_tag(url)
         before = agent_tags()
+        stopped = docker("ps", "--all", "--quiet", "--filter", "status=exited").stdout.split()
         project = world.project(self.config())
         proc = world.start(project, "true", agent="builtin", env=self.env(url), timeout=600)
         self.assertEqual(proc.returncode, 1, proc.stderr[-3000:])
@@ -77,6 +78,8 @@ class BuiltInImage(E2ETest):
         self.assertNotIn(tag, agent_tags(), "no image tagged")
         self.assertEqual(agent_tags() - before, set(), "no claude-bottle/agent:* tag left")
         self.assertEqual(leftovers(session_of(proc.stdout)), [])
+        left = set(docker("ps", "--all", "--quiet", "--filter", "status=exited").stdout.split()) - set(stopped)
+        self.assertEqual(left, set(), "the failed build step's container is removed (--force-rm)")
         state = cb.state_volume_name(str(project.resolve()), "builtin")
         self.assertNotEqual(docker("volume", "inspect", state, check=False).returncode, 0, "no state volume made")
 
