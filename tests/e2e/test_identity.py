@@ -93,6 +93,7 @@ echo gone > doomed && rm doomed && echo deleted
 mkdir -p sub/dir && echo deep > sub/dir/file
 touch "$HOME/.home-writable" && echo home-writable
 touch /tmp/.tmp-writable && echo tmp-writable
+touch "$CLAUDE_CONFIG_DIR/.state-writable" && echo state-writable
 """
 
 
@@ -109,7 +110,7 @@ class HostUsers(E2ETest):
                 self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
                 self.assertIn(f"id={uid}:{uid} ", proc.stdout)
                 self.assertRegex(proc.stdout, rf"(?m)^  user: +\S+ uid {uid} gid {uid}, home ")
-                for word in ("appended=2", "deleted", "home-writable", "tmp-writable"):
+                for word in ("appended=2", "deleted", "home-writable", "tmp-writable", "state-writable"):
                     self.assertIn(word, proc.stdout)
                 self.assertFalse((user.project / "doomed").exists())
                 for rel in ("made", "sub", "sub/dir", "sub/dir/file"):
@@ -186,7 +187,7 @@ class Images(E2ETest):
         proc = world.start(self.user.project, FILES, env=self.user.env(), cli=self.user.cli())
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertIn("id=1000:1000 home=/home/claude", proc.stdout)
-        for word in ("appended=2", "deleted", "home-writable", "tmp-writable"):
+        for word in ("appended=2", "deleted", "home-writable", "tmp-writable", "state-writable"):
             self.assertIn(word, proc.stdout)
         self.assertEqual((self.user.project / "made").stat().st_uid, 1000)
 

@@ -1,11 +1,15 @@
 """End to end: Claude Code's state kept per agent and project, --fresh, a second session, state ls/rm, gc."""
 
+import os
 import subprocess
 import sys
 
 from tests.e2e.harness import CLI, READY_ECHO, E2ETest, docker, module_fixtures, session_of, wait_ready
 
 import claude_bottle as cb
+
+# The agent runs as the user who runs the tests: its state is that user's.
+AGENT = f"{os.getuid()}:{os.getgid()}"
 
 world = None
 setUpModule, tearDownModule = module_fixtures(globals())
@@ -39,7 +43,7 @@ class State(E2ETest):
     def test_state_persists_fresh_is_empty_and_thrown_away_and_state_rm_removes_it(self):
         first = world.start(self.project, PROBE + 'echo kept-from-one > "$CLAUDE_CONFIG_DIR/marker"')
         self.assertEqual(first.returncode, 0, first.stderr)
-        self.assertIn(f"dir={cb.AGENT_STATE_DIR} owner=1000:1000 mode=700", first.stdout)
+        self.assertIn(f"dir={cb.AGENT_STATE_DIR} owner={AGENT} mode=700", first.stdout, "the agent's own: the user's")
         self.assertIn("marker=none", first.stdout)
         self.assertIn("onboarded", first.stdout)
         self.assertIn(f"state:      {self.volume}", first.stdout)
@@ -52,7 +56,7 @@ class State(E2ETest):
         self.assertEqual(fresh.returncode, 0, fresh.stderr)
         self.assertIn("state:      fresh", fresh.stdout)
         self.assertIn("marker=none", fresh.stdout, "--fresh starts from nothing")
-        self.assertIn("owner=1000:1000", fresh.stdout)
+        self.assertIn(f"owner={AGENT}", fresh.stdout)
         self.assertIn("writable", fresh.stdout)
         self.assertNoLeftovers(session_of(fresh.stdout))
         self.assertEqual(own_volumes(session_of(fresh.stdout)), [], "its own state is thrown away")
