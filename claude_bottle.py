@@ -1569,9 +1569,9 @@ def brokered_line(endpoints) -> str:
 
 
 # Learn mode's line in the preflight: nothing may read it as a safe default.
-LEARN_WARNING = ("  LEARN MODE: NOTHING IS BLOCKED. The agent can reach ANY host, private addresses on your "
-                 "network and cloud metadata included; pipelock only logs, and the report at the end proposes an "
-                 "allow list.")
+LEARN_WARNING = ("  LEARN MODE: THE ALLOWLIST IS OFF. The agent can reach ANY public host and send it anything; "
+                 "pipelock only logs what it would block (private addresses stay refused unless trusted), and the "
+                 "report at the end proposes an allow list.")
 
 
 def presets_used(plan: Plan) -> list:
@@ -2044,6 +2044,11 @@ def blocked_by(event: dict) -> tuple | None:
     if kind == "blocked":
         scanner = str(event.get("scanner", ""))
         return ("dlp" if scanner in DLP_SCANNERS else scanner), str(event.get("reason", ""))
+    error = str(event.get("error", ""))
+    if kind == "error" and "SSRF blocked: " in error:
+        # pipelock's dialer refuses an internal address of an untrusted host whatever `enforce` says: in learn mode
+        # this request error, after an `anomaly`, is the refusal.
+        return "ssrf", error[error.index("SSRF blocked: "):]
     if kind in DLP_EVENTS and event.get("action") == "block":
         patterns = event.get("patterns")
         found = ", ".join(map(str, patterns)) if isinstance(patterns, list) and patterns else "a secret"
@@ -2092,13 +2097,16 @@ def egress_report(events) -> dict:
 
 
 def learned_trusted(report: dict) -> list:
-    """Learn mode: the hosts the session reached that pipelock would have refused as private addresses."""
-    return sorted({w["host"] for w in report.get("would_block", []) if w["scanner"] == "ssrf"})
+    """Learn mode: the hosts the session tried that pipelock refused, or would have, as private addresses."""
+    return sorted({w["host"] for w in (*report.get("would_block", []), *report["blocked"]) if w["scanner"] == "ssrf"})
 
 
 def learned_allow(report: dict) -> list:
-    """Learn mode's proposal: the allow entries (presets first) that cover every host the session reached."""
-    presets, hosts = propose_allow([r["host"] for r in report["reached"]], DEFAULT_HOSTS, PRESETS)
+    """Learn mode's proposal: the allow entries (presets first) that cover every host the session tried: reached,
+    let through against the allowlist, or refused as a private address (which the allowlist cannot fix alone)."""
+    used = [*(r["host"] for r in report["reached"]), *(w["host"] for w in report.get("would_block", [])),
+            *(b["host"] for b in report["blocked"] if b["scanner"] == "ssrf")]
+    presets, hosts = propose_allow(list(dict.fromkeys(used)), DEFAULT_HOSTS, PRESETS)
     return [*presets, *hosts]
 
 
@@ -2130,7 +2138,7 @@ def render_report(plan: Plan, report: dict) -> list:
         for w in report.get("would_block", []):
             scanners.setdefault(w["host"], []).append(w["scanner"])
         would = ", ".join(f"{h} ({', '.join(sorted(set(sc)))})" for h, sc in scanners.items())
-        lines.append(f"  learn mode: nothing was blocked; would have been: {would or 'nothing'}")
+        lines.append(f"  learn mode: the allowlist refused nothing; it would have refused: {would or 'nothing'}")
         lines.append(f"  the allow list this session needed (defaults need no entry), set in {where}:")
         lines.append(f"    allow = {_toml_list(report.get('proposed', learned_allow(report)))}")
         private = [h for h in learned_trusted(report) if h not in plan.trusted]
@@ -2143,6 +2151,8 @@ def render_report(plan: Plan, report: dict) -> list:
     for i, b in enumerate(report["blocked"]):
         head = "blocked: " if i == 0 else " " * 9
         lines.append(f"  {head}{b['host']} ({b['count']}) {b['scanner']}: {b['reason']}")
+    if plan.learn:
+        return lines  # the learn-mode lines above already say what to allow and trust
     valid = []
     for b in report["blocked"]:
         try:

@@ -331,7 +331,9 @@ class Start(CliTest):
         build = next(c for c in self.fake.calls() if c["argv"][0] == "build")
         self.assertEqual(build["argv"][-1], "-")
         self.assertGreater(build["stdin"], 500, "the embedded Dockerfile arrives on stdin")
-        self.assertRegex(build["argv"][2], r"^claude-bottle/agent:[0-9a-f]{12}$")
+        argv = build["argv"]
+        self.assertRegex(argv[argv.index("--tag") + 1], r"^claude-bottle/agent:[0-9a-f]{12}$")
+        self.assertIn("--force-rm", argv, "a failed build step leaves no stopped container")
 
     def test_custom_image_skips_build(self):
         self.write_config('[agents.x]\nimage = "example.test/agent:1"\n')

@@ -342,14 +342,32 @@ class LearnTest(unittest.TestCase):
             {"event": "anomaly", "method": "GET", "url": "http://git.corp.example/x", "scanner": "ssrf",
              "reason": "SSRF blocked: git.corp.example resolves to internal IP 10.0.0.2"},
             fixture_event("anomaly", method="STARTUP"),
+            # pipelock 2.3.0 with enforce: false, an untrusted host on a private address (verbatim but the names):
+            # the allowlist's anomaly, then its dialer refuses the connection whatever enforce says.
+            {"level": "warn", "component": "pipelock", "event": "anomaly", "method": "GET",
+             "url": "http://db.internal:8000/", "client_ip": "172.26.0.4", "request_id": "req-1",
+             "agent": "anonymous", "scanner": "allowlist", "mitre_technique": "T1071.001",
+             "reason": "domain not in allowlist: db.internal", "score": 1, "time": "2026-12-02T02:38:42Z",
+             "message": "anomaly detected"},
+            {"level": "error", "component": "pipelock", "event": "error", "method": "GET",
+             "url": "http://db.internal:8000/", "client_ip": "172.26.0.4", "request_id": "req-1",
+             "agent": "anonymous",
+             "error": "Get \"http://db.internal:8000/\": "
+                      "SSRF blocked: db.internal resolves to internal IP 172.26.0.2",
+             "time": "2026-12-02T02:38:42Z", "message": "request error"},
         ]
         report = cb.egress_report(events)
-        self.assertEqual(cb.learned_allow(report), ["@npm", "git.corp.example"])
-        self.assertEqual(cb.learned_trusted(report), ["git.corp.example"])
+        refusal = "SSRF blocked: db.internal resolves to internal IP 172.26.0.2"
+        self.assertEqual(report["blocked"], [{"host": "db.internal", "scanner": "ssrf", "reason": refusal, "count": 1}])
+        self.assertEqual(cb.learned_allow(report), ["@npm", "db.internal", "git.corp.example"])
+        self.assertEqual(cb.learned_trusted(report), ["db.internal", "git.corp.example"])
         text = "\n".join(cb.render_report(plan, report))
-        self.assertIn('    allow = ["@npm", "git.corp.example"]', text)
-        self.assertIn('    trusted = ["git.corp.example"]', text)
-        self.assertIn("would have been: git.corp.example (ssrf), registry.npmjs.org (allowlist)", text)
+        self.assertIn('    allow = ["@npm", "db.internal", "git.corp.example"]', text)
+        self.assertIn('    trusted = ["db.internal", "git.corp.example"]', text)
+        self.assertIn("would have refused: db.internal (allowlist), git.corp.example (ssrf), "
+                      "registry.npmjs.org (allowlist)", text)
+        self.assertIn("blocked: db.internal (1) ssrf: SSRF blocked", text)
+        self.assertEqual(text.count("trusted = "), 1, "one trusted line, the learn mode's")
 
     def test_learn_asks_its_own_question(self):
         with tempfile.TemporaryDirectory() as d:

@@ -735,20 +735,46 @@ class NameAndRateTests(unittest.TestCase):
 
 
 class DetectOnlyTests(unittest.TestCase):
-    """`enforce: false` (claude-bottle's learn mode): what would be blocked is logged as an `anomaly` and passed."""
+    """`enforce: false` (claude-bottle's learn mode): the first finding is logged as an `anomaly` and the request goes
+    on; pipelock's dialer still refuses an internal address of an untrusted host."""
+
+    @staticmethod
+    def learn(trusted=()):
+        text = config_text(["example.test"], trusted)
+        return StandIn(text.replace("mode: strict\n", "mode: strict\nenforce: false\n"))
 
     def test_findings_are_logged_and_passed(self):
-        pl = StandIn(config_text(["example.test"]).replace("mode: strict\n", "mode: strict\nenforce: false\n"))
+        pl = self.learn(trusted=["localhost"])
         try:
-            status, body = http_via(pl.port, f"http://127.0.0.1:{WEB}/learn")
+            url = f"http://localhost:{WEB}/learn"
+            status, body = http_via(pl.port, url)
             self.assertEqual(status, 200, body)
-            event = pl.wait_event("anomaly", url=f"http://127.0.0.1:{WEB}/learn", scanner="allowlist")
-            self.assertEqual(event["reason"], "domain not in allowlist: 127.0.0.1")
+            event = pl.wait_event("anomaly", url=url, scanner="allowlist")
+            self.assertEqual(event["reason"], "domain not in allowlist: localhost")
             self.assertEqual(list(event)[:4], ["level", "component", "event", "method"])
             self.assertEqual(list(event)[-5:], ["mitre_technique", "reason", "score", "time", "message"])
             self.assertEqual(event["message"], "anomaly detected")
-            pl.wait_event("anomaly", url=f"http://127.0.0.1:{WEB}/learn", scanner="ssrf")
-            pl.wait_event("forward_http", url=f"http://127.0.0.1:{WEB}/learn")
+            pl.wait_event("forward_http", url=url)
+        finally:
+            pl.stop()
+
+    def test_an_untrusted_private_address_is_refused_by_the_dialer(self):
+        # Real 2.3.0, enforce: false, a container on the same network (names changed):
+        # {"level":"warn",...,"event":"anomaly","method":"GET","url":"http://db:8000/",...,"scanner":"allowlist",...}
+        # {"level":"error",...,"event":"error","method":"GET","url":"http://db:8000/",...,
+        #  "error":"Get \"http://db:8000/\": SSRF blocked: db resolves to internal IP 172.26.0.2",...}
+        pl = self.learn()
+        try:
+            url = f"http://localhost:{WEB}/learn"
+            status, _ = http_via(pl.port, url)
+            self.assertEqual(status, 502)
+            pl.wait_event("anomaly", url=url, scanner="allowlist")
+            error = pl.wait_event("error", url=url)
+            self.assertRegex(error["error"], rf'^Get "{re.escape(url)}": SSRF blocked: localhost resolves to '
+                                             rf'internal IP (127\.0\.0\.1|::1)$')
+            self.assertEqual([e["scanner"] for e in pl.events() if e.get("event") == "anomaly" and e.get("url")],
+                             ["allowlist"], "one anomaly a request, the first finding's")
+            self.assertFalse([e for e in pl.events() if e.get("event") == "forward_http"], "nothing was fetched")
         finally:
             pl.stop()
 

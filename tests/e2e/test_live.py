@@ -187,22 +187,24 @@ class Live(E2ETest):
         self.assertNoLeftovers(session)
 
     def test_learn_reports_exactly_the_hosts_used(self):
-        project = world.project(world.config(allow=["web"], trusted=["web"], ssh=[]))
+        # `other` is trusted but not allowed: learn mode lets it through. `sub.example.test` is neither: on a private
+        # address, pipelock's dialer refuses it even in learn mode, and the report says it needs trust too.
+        project = world.project(world.config(allow=["web"], trusted=["web", "other"], ssh=[]))
         script = ("for u in http://web:8000/ http://other:8000/ http://sub.example.test:8000/; do "
                   "curl -s -o /dev/null -w '%{http_code}\\n' $u; done")
         run = world.start(project, script, "--learn", "--yes-learn", "--save", "--report-json", "report.json")
         self.assertEqual(run.returncode, 0, run.stderr)
-        self.assertEqual(run.stdout.split()[-3:], ["200", "200", "200"], "nothing blocked in learn mode")
-        self.assertIn("LEARN MODE: NOTHING IS BLOCKED", run.stdout)
+        self.assertEqual(run.stdout.split()[-3:], ["200", "200", "502"],
+                         "the allowlist refuses nothing; a private address of an untrusted host stays refused")
+        self.assertIn("LEARN MODE: THE ALLOWLIST IS OFF", run.stdout)
         self.assertIn('allow = ["other", "sub.example.test", "web"]', run.stderr)
         report = json.loads((project / "report.json").read_text())
         self.assertEqual(report["proposed"], ["other", "sub.example.test", "web"])
-        self.assertEqual(report["blocked"], [])
+        self.assertEqual([(b["host"], b["scanner"]) for b in report["blocked"]], [("sub.example.test", "ssrf")])
         self.assertEqual(sorted({w["host"] for w in report["would_block"]}), ["other", "sub.example.test"])
         self.assertIn('allow = ["web", "other", "sub.example.test"]\n', (project / "claude-bottle.toml").read_text())
-        # Both resolve to private addresses here: the proposal says they must be trusted too.
-        self.assertEqual(report["proposed_trusted"], ["other", "sub.example.test"])
-        self.assertIn('trusted = ["web", "other", "sub.example.test"]', run.stderr)
+        self.assertEqual(report["proposed_trusted"], ["sub.example.test"])
+        self.assertIn('trusted = ["other", "web", "sub.example.test"]', run.stderr)
         print("\nlearn-mode report from a real run:\n" + "\n".join(
             line for line in run.stderr.splitlines() if line.startswith(("claude-bottle: egress", "  "))),
             file=sys.stderr)
