@@ -84,7 +84,8 @@ PROXY_PORT = 8888
 SIDECAR_FLAGS = ["--user", "65534:65534", "--read-only", "--cap-drop", "ALL",
                  "--security-opt", "no-new-privileges", "--pids-limit", "512"]
 AGENT_FLAGS = ["--dns", "127.0.0.1", "--dns-option", "timeout:1", "--dns-option", "attempts:1",
-               "--user", "1000:1000", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+               # As claude-bottle runs its agent: as the user who runs it (the bench), who owns the workspaces.
+               "--user", f"{os.getuid()}:{os.getgid()}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
                "--pids-limit", "4096", "--init", "--workdir", "/workspace"]
 PIPELOCK_ARGS = ["run", "--config", "/etc/pipelock/pipelock.yaml", "--listen", f"0.0.0.0:{PROXY_PORT}"]
 INHIBIT_IPV4 = "com.docker.network.bridge.inhibit_ipv4"
@@ -253,7 +254,7 @@ class Bench:
         return self.runs_arg or RUNS[section]
 
     def workspace(self, name: str, config: str | None = None) -> Path:
-        """A directory the agent (uid 1000) can write to, mounted at /workspace."""
+        """A directory the agent (the user running the bench) can write to, mounted at /workspace."""
         path = self.tmp / name
         path.mkdir()
         if config is not None:
@@ -399,7 +400,7 @@ def compose_file(b: Bench, ws: Path) -> dict:
             "agent": {
                 "image": b.debian, "command": ["sh", "-c", READY_CMD.replace("$", "$$")],
                 "depends_on": ["pipelock"], "networks": ["internal"],
-                "dns": ["127.0.0.1"], "dns_opt": ["timeout:1", "attempts:1"], "user": "1000:1000",
+                "dns": ["127.0.0.1"], "dns_opt": ["timeout:1", "attempts:1"], "user": f"{os.getuid()}:{os.getgid()}",
                 "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "pids_limit": 4096, "init": True,
                 "working_dir": "/workspace", "volumes": [f"{ws}:/workspace"],
                 "environment": agent_env(f"http://pipelock:{PROXY_PORT}"), "labels": labels,
@@ -1090,12 +1091,17 @@ PURPOSES = (
     (("build",), "build the agent image"),
     (("network", "create", "--internal"), "internal network"),
     (("network", "create"), "egress network"),
+    (("ps", "--all", "--filter"), "state: in use?"),
     (("ps",), "reaper (background)"),
     (("network", "ls"), "reaper (background)"),
+    (("volume", "inspect"), "state: exists?"),
+    (("volume", "create"), "state: new volume"),
+    (("volume", "rm"), "teardown: fresh state"),
     (("run", "--detach"), "sidecar: run"),
+    (("run", "--rm", "--name"), "state: made the agent's"),
+    (("run", "--rm", "--network", "none"), "image probe (once per image)"),
     (("network", "connect"), "sidecar: join internal"),
     (("create",), "agent: create"),
-    (("cp",), "agent: SSH config in"),
     (("inspect",), "sidecar: its addresses"),
     (("start",), "agent: start, attached"),
     (("exec",), "self-test in the agent"),
