@@ -47,6 +47,7 @@ CLI = ROOT / "claude_bottle.py"
 sys.path.insert(0, str(ROOT))
 from tests.e2e import images  # noqa: E402  (needs ROOT on sys.path)
 from tests.e2e.harness import GIT_SERVER, agent_writable, cli_env  # noqa: E402
+import claude_bottle as cb  # noqa: E402
 
 # ---- Constants ----
 
@@ -287,6 +288,11 @@ class Bench:
         if stranded:
             self.problems.append(f"claude-bottle left {', '.join(stranded)}; removed by the bench")
         remove(*listed([f"label={self.label}"]))
+        # The Claude Code state every session of a bench project kept (claude-bottle keeps it on purpose).
+        states = [json.loads(line) for line in docker(*cb.state_volumes_argv(), check=False).stdout.splitlines()]
+        kept = [v["name"] for v in states if (v.get("project") or "").startswith(f"{self.tmp}/")]
+        if kept:
+            docker("volume", "rm", *kept, check=False)
         for cleanup in reversed(self.cleanups):
             cleanup()
         shutil.rmtree(self.tmp, ignore_errors=True)
