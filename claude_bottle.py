@@ -1211,7 +1211,7 @@ PLAN_FIELDS = (
 )
 
 
-class Plan(namedtuple("Plan", PLAN_FIELDS, defaults=((), False))):
+class Plan(namedtuple("Plan", PLAN_FIELDS)):
     """Everything a start does, resolved before anything is created; names derive from `session`."""
 
     __slots__ = ()
@@ -1255,11 +1255,6 @@ class Plan(namedtuple("Plan", PLAN_FIELDS, defaults=((), False))):
     @property
     def state_init(self) -> str:
         return f"{LABEL}-{self.session}-state-init"
-
-
-def agent_ids(plan: Plan) -> tuple:
-    """(uid, gid) the agent runs as: the user's who runs claude-bottle."""
-    return plan.identity.uid, plan.identity.gid
 
 
 def state_volume_name(workspace: str, agent: str) -> str:
@@ -1563,9 +1558,13 @@ def render_summary(plan: Plan) -> list:
     ]
 
 
+def brokered_text(ep) -> str:
+    """`ANTHROPIC_API_KEY -> api.anthropic.com (brokered)`: a name and a host, never a value."""
+    return f"{ep.env} -> {ep.host} (brokered)"
+
+
 def brokered_line(endpoints) -> str:
-    """`ANTHROPIC_API_KEY -> api.anthropic.com (brokered)`, one per endpoint: names and hosts, never a value."""
-    return ", ".join(f"{ep.env} -> {ep.host} (brokered)" for ep in endpoints) or "none"
+    return ", ".join(map(brokered_text, endpoints)) or "none"
 
 
 # Learn mode's line in the preflight: nothing may read it as a safe default.
@@ -1662,7 +1661,7 @@ def state_init_argv(plan: Plan, volume: str) -> list:
     Idempotent: two first starts at once both run it, the second on a volume that is the agent's already (0700,
     hence DAC_OVERRIDE to enter it).
     """
-    uid, gid = agent_ids(plan)
+    uid, gid = plan.identity.uid, plan.identity.gid
     script = (f"set -e; cd {AGENT_STATE_DIR}; "
               f"[ -e .claude.json ] || printf '{{\"hasCompletedOnboarding\": true}}\\n' > .claude.json; "
               f"chown {uid}:{gid} . .claude.json; chmod 0700 .")
@@ -1924,8 +1923,6 @@ def logs_argv(plan: Plan) -> list:
     return ["logs", plan.sidecar]
 
 
-# The labels `ls`, `gc` and `stop` read, each one asked for by name. Only the fields needed: `{{json .}}` would
-# make `docker ps` compute every container's size, which takes seconds on some storage drivers.
 # apt-get in a running session, as root in the agent's container (the agent itself never is): "$@" are packages
 # that passed check_package. 127 when the image has no apt-get.
 INSTALL_SCRIPT = ('command -v apt-get >/dev/null 2>&1 || exit 127\n'
@@ -1937,6 +1934,8 @@ def install_argv(agent_container: str, packages) -> list:
             "sh", "-c", INSTALL_SCRIPT, "claude-bottle-install", *packages]
 
 
+# The labels `ls`, `gc` and `stop` read, each one asked for by name. Only the fields needed: `{{json .}}` would
+# make `docker ps` compute every container's size, which takes seconds on some storage drivers.
 SESSION_KEYS = ("session", "role", "agent", "bottle", "owner", "owner-start", "owner-proof", "owner-dir")
 
 
@@ -1981,7 +1980,7 @@ def planned_commands(plan: Plan) -> list:
 def plan_json(plan: Plan) -> dict:
     data = plan._asdict()
     data["ssh"] = [s._asdict() for s in plan.ssh]
-    data["brokered"] = [{**ep._asdict(), "line": f"{ep.env} -> {ep.host} (brokered)"} for ep in plan.brokered]
+    data["brokered"] = [{**ep._asdict(), "line": brokered_text(ep)} for ep in plan.brokered]
     data["identity"] = plan.identity._asdict()
     data.update(
         version=__version__,

@@ -74,7 +74,7 @@ class StatePlan(unittest.TestCase):
         self.assertEqual(sorted(values_after(argv, "--cap-add")), ["CHOWN", "DAC_OVERRIDE", "FOWNER"])
         self.assertIn("no-new-privileges", values_after(argv, "--security-opt"))
         self.assertEqual(values_after(argv, "--entrypoint"), ["/bin/sh"], "any image with a POSIX sh")
-        uid, gid = cb.agent_ids(p)
+        uid, gid = p.identity.uid, p.identity.gid
         self.assertIn(f"chown {uid}:{gid} .", argv[-1])
         self.assertIn("--rm", argv)
 
