@@ -2788,17 +2788,11 @@ def read_probe_cache(path: Path) -> dict | None:
 
 def write_probe_cache(path: Path, probe: dict) -> None:
     """Write atomically (a private temp file renamed over it); a cache that cannot be written is no error."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        _write_private(str(tmp), json.dumps({"version": PROBE_VERSION, "probe": probe}))
-        os.replace(tmp, path)
+        atomic_write(str(path), json.dumps({"version": PROBE_VERSION, "probe": probe}))
     except OSError as e:
         log(f"could not cache the image probe in {path}: {e.strerror}")
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def probe_image(image: str, environ) -> dict:
