@@ -38,11 +38,7 @@ import tomllib
 from collections import namedtuple
 from pathlib import Path
 
-# A dry run (a pre-commit hook) never runs docker: subprocess is imported where docker is run.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import subprocess
-
+# A dry run (a pre-commit hook) never runs an engine: subprocess is imported where one is run.
 __version__ = "0.1.0"
 
 # ---- Constants ----
@@ -225,27 +221,6 @@ class ConfigError(BottleError):
     """Bad input (command line, config file, environment): exit 2, nothing created."""
 
     status = 2
-
-
-class DockerUnavailable(BottleError):
-    """No docker CLI, or no daemon answering it."""
-
-
-class DockerError(BottleError):
-    """A docker command failed."""
-
-    def __init__(self, argv, returncode, stderr):
-        self.argv, self.returncode, self.stderr = argv, returncode, stderr
-        detail = "; ".join(line.strip() for line in stderr.strip().splitlines() if line.strip())
-        super().__init__(f"`{shlex.join(argv)}` failed (exit {returncode}): {detail or 'no output'}")
-
-
-class DockerTimeout(BottleError):
-    """A docker command did not finish in time (a hung engine), and was killed."""
-
-    def __init__(self, argv, seconds: float):
-        self.argv = argv
-        super().__init__(f"`{shlex.join(argv)}` did not finish within {seconds:.0f} s; the engine may be hung")
 
 
 class Interrupted(BaseException):
@@ -1584,18 +1559,11 @@ def state_line(plan: Plan) -> str:
     return f"{plan.state_volume} -> {AGENT_STATE_DIR} (kept for this agent and project)"
 
 
-def _labels(plan: Plan, role: str) -> list:
-    pairs = [(SESSION_LABEL, plan.session), (f"{LABEL}.role", role), (f"{LABEL}.agent", plan.agent),
-             (f"{LABEL}.bottle", plan.bottle), (f"{LABEL}.owner", plan.owner),
-             (f"{LABEL}.owner-start", plan.owner_start), (f"{LABEL}.owner-proof", plan.owner_proof),
-             (f"{LABEL}.owner-dir", plan.private_dir)]
-    return [arg for k, v in pairs for arg in ("--label", f"{k}={v}")]
-
-
-def mount_arg(source: str, target: str, readonly: bool = False) -> str:
-    """A `--mount` value; docker reads it as CSV, so quote fields holding a comma or a quote."""
-    fields = ["type=bind", f"source={source}", f"target={target}"] + (["readonly"] if readonly else [])
-    return ",".join(f'"{f.replace(chr(34), chr(34) * 2)}"' if ("," in f or '"' in f) else f for f in fields)
+def session_labels(plan: Plan, role: str) -> dict:
+    """The labels of everything a session creates: whose it is, and what `ls`, `gc` and `stop` read back."""
+    return {SESSION_LABEL: plan.session, f"{LABEL}.role": role, f"{LABEL}.agent": plan.agent,
+            f"{LABEL}.bottle": plan.bottle, f"{LABEL}.owner": plan.owner, f"{LABEL}.owner-start": plan.owner_start,
+            f"{LABEL}.owner-proof": plan.owner_proof, f"{LABEL}.owner-dir": plan.private_dir}
 
 
 def proxy_env(plan: Plan) -> list:
@@ -1614,47 +1582,64 @@ def proxy_env(plan: Plan) -> list:
     ]
 
 
-def image_inspect_argv(image: str) -> list:
-    return ["image", "inspect", "--format", "{{.Id}}", image]
+# ---- Specs: what each container, network and volume of a session is, as plain data ----
+
+class Mount(namedtuple("Mount", "kind source target readonly options", defaults=(False, ""))):
+    """A filesystem a container sees at `target`: kind "bind" (`source` a path on this machine: a workspace, a
+    socket), "volume" (`source` a volume's name) or "tmpfs" (`options` as mount(8) takes them)."""
+
+    __slots__ = ()
 
 
-def probe_argv(image: str) -> list:
-    """Read the image, never change it: a throwaway container with no network and no capability."""
-    return ["run", "--rm", "--network", "none", "--user", "0:0", "--cap-drop", "ALL", "--security-opt",
-            "no-new-privileges", "--entrypoint", "/bin/sh", image, "-c", PROBE_SCRIPT]
+class Files(namedtuple("Files", "kind source target readonly uid gid", defaults=(True, 0, 0))):
+    """Files claude-bottle wrote for a container: `source`, a file (kind "file") or a directory ("dir") in the
+    session's private dir, seen at `target`. Read-only ones belong to root in the container; writable ones to uid:gid. The engine decides
+    how they get there: a bind mount where it shares this machine's files, a copy through the engine otherwise."""
+
+    __slots__ = ()
 
 
-def build_argv(image: str, build_args=()) -> list:
-    args = [a for k, v in build_args for a in ("--build-arg", f"{k}={v}")]
-    # --force-rm: a step that fails (an installer that cannot be fetched) leaves no stopped container behind.
-    return ["build", *args, "--force-rm", "--tag", image, "--label", f"{LABEL}.image=agent", "-"]
+class ContainerSpec(namedtuple("ContainerSpec", "name role image command entrypoint user network ip no_outside_dns "
+                                                "cap_add read_only pids_limit init interactive tty workdir mounts "
+                                                "env labels remove",
+                               defaults=("", "", "", (), None, "", None, None, False, (), False, None, False, False,
+                                         False, None, (), (), None, False))):
+    """One container: every capability is dropped and no-new-privileges is set, always; `cap_add` names the few a
+    container gets back. network None: no network. env: (name, value) pairs, value None for a variable passed by
+    name from claude-bottle's own environment (never in argv). mounts: Mount and Files records. remove: a one-off
+    container removed when it exits."""
+
+    __slots__ = ()
 
 
-def state_labels(plan: Plan) -> list:
+class NetworkSpec(namedtuple("NetworkSpec", "name internal subnet labels")):
+    """A session's network: `internal` ones have no route out and no address of the host on them."""
+
+    __slots__ = ()
+
+
+class VolumeSpec(namedtuple("VolumeSpec", "name labels")):
+    __slots__ = ()
+
+
+def state_labels(plan: Plan) -> dict:
     """The persistent volume's labels: what `state ls` shows. No session label: no session's teardown or gc owns it."""
-    pairs = [(STATE_LABEL, "1"), (f"{LABEL}.project", plan.workspace), (f"{LABEL}.agent", plan.agent)]
-    return [arg for k, v in pairs for arg in ("--label", f"{k}={v}")]
+    return {STATE_LABEL: "1", f"{LABEL}.project": plan.workspace, f"{LABEL}.agent": plan.agent}
 
 
-def state_in_use_argv(volume: str) -> list:
-    # Same-key filters are alternatives: any container of a session that is starting or running.
-    states = [a for st in ("created", "running", "paused", "restarting") for a in ("--filter", f"status={st}")]
-    return ["ps", "--all", "--filter", f"volume={volume}", *states, "--format", "{{.Names}}"]
+def probe_spec(image: str) -> ContainerSpec:
+    """Read the image, never change it: a throwaway container with no network and no capability."""
+    return ContainerSpec(role="probe", image=image, entrypoint="/bin/sh", command=("-c", PROBE_SCRIPT), user="0:0",
+                         remove=True)
 
 
-def volume_inspect_argv(volume: str) -> list:
-    return ["volume", "inspect", "--format", "{{.Name}}", volume]
-
-
-def volume_create_argv(plan: Plan, volume: str) -> list:
+def state_volume_spec(plan: Plan, volume: str) -> VolumeSpec:
     if volume == plan.fresh_volume:
-        labels = [*_labels(plan, "state"), "--label", f"{STATE_LABEL}=fresh"]
-    else:
-        labels = state_labels(plan)
-    return ["volume", "create", *labels, volume]
+        return VolumeSpec(volume, {**session_labels(plan, "state"), STATE_LABEL: "fresh"})
+    return VolumeSpec(volume, state_labels(plan))
 
 
-def state_init_argv(plan: Plan, volume: str) -> list:
+def state_init_spec(plan: Plan, volume: str) -> ContainerSpec:
     """Make a new state volume the agent's own, with the image's own sh (a busybox one will do), as root with
     only the capabilities that takes, and seed Claude Code's onboarding flag as the built-in image does.
 
@@ -1665,50 +1650,24 @@ def state_init_argv(plan: Plan, volume: str) -> list:
     script = (f"set -e; cd {AGENT_STATE_DIR}; "
               f"[ -e .claude.json ] || printf '{{\"hasCompletedOnboarding\": true}}\\n' > .claude.json; "
               f"chown {uid}:{gid} . .claude.json; chmod 0700 .")
-    return ["run", "--rm", "--name", plan.state_init, *_labels(plan, "state-init"), "--network", "none",
-            "--user", "0:0", "--cap-drop", "ALL",
-            "--cap-add", "CHOWN", "--cap-add", "DAC_OVERRIDE", "--cap-add", "FOWNER",
-            "--security-opt", "no-new-privileges", "--pids-limit", "64",
-            "--mount", volume_mount_arg(volume), "--entrypoint", "/bin/sh", plan.image, "-c", script]
+    return ContainerSpec(name=plan.state_init, role="state-init", image=plan.image, entrypoint="/bin/sh",
+                         command=("-c", script), user="0:0", cap_add=("CHOWN", "DAC_OVERRIDE", "FOWNER"),
+                         pids_limit=64, mounts=(Mount("volume", volume, AGENT_STATE_DIR),),
+                         labels=session_labels(plan, "state-init"), remove=True)
 
 
-def volume_mount_arg(volume: str) -> str:
-    return f"type=volume,source={volume},target={AGENT_STATE_DIR}"
+def network_spec(plan: Plan, name: str, internal: bool, subnet: str) -> NetworkSpec:
+    return NetworkSpec(name, internal, subnet, session_labels(plan, "internal" if internal else "egress"))
 
 
-def network_inspect_argv(name: str) -> list:
-    return ["network", "inspect", "--format", "{{.Name}}", name]
-
-
-def network_create_argv(plan: Plan, name: str, internal: bool, subnet: str) -> list:
-    if not internal:
-        return ["network", "create", "--subnet", subnet, *_labels(plan, "egress"), name]
-    # WARNING: an internal network still puts its gateway address on a host bridge, and the agent can
-    # reach every host service listening on 0.0.0.0 through it. No address on the bridge, no host.
-    return ["network", "create", "--internal", "--opt", "com.docker.network.bridge.inhibit_ipv4=true",
-            "--subnet", subnet, *_labels(plan, "internal"), name]
-
-
-def sidecar_run_argv(plan: Plan, ip: str | None = None) -> list:
-    return [
-        "run", "--detach", "--name", plan.sidecar, *_labels(plan, "pipelock"),
-        "--network", plan.egress, *(["--ip", ip] if ip else []),
-        "--user", SIDECAR_USER, "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-        "--pids-limit", str(SIDECAR_PIDS_LIMIT),
-        # The directory, not the file: pipelock watches it and reloads a replaced config.
-        "--mount", mount_arg(os.path.join(plan.private_dir, "pipelock"), PIPELOCK_CONFIG_DIR, readonly=True),
-        plan.pipelock_image,
-        "run", "--config", f"{PIPELOCK_CONFIG_DIR}/pipelock.yaml", "--listen", f"0.0.0.0:{PROXY_PORT}",
-    ]
-
-
-def network_connect_argv(plan: Plan, ip: str) -> list:
-    return ["network", "connect", "--ip", ip, plan.internal_network, plan.sidecar]
-
-
-def health_argv(plan: Plan) -> list:
-    # The official image has no shell: run its own binary.
-    return ["exec", plan.sidecar, "/pipelock", "healthcheck"]
+def sidecar_spec(plan: Plan, ip: str | None = None) -> ContainerSpec:
+    # The directory, not the file: pipelock watches it and reloads a replaced config.
+    config = Files("dir", os.path.join(plan.private_dir, "pipelock"), PIPELOCK_CONFIG_DIR)
+    return ContainerSpec(name=plan.sidecar, role="pipelock", image=plan.pipelock_image,
+                         command=("run", "--config", f"{PIPELOCK_CONFIG_DIR}/pipelock.yaml", "--listen",
+                                  f"0.0.0.0:{PROXY_PORT}"),
+                         user=SIDECAR_USER, network=plan.egress, ip=ip, read_only=True,
+                         pids_limit=SIDECAR_PIDS_LIMIT, mounts=(config,), labels=session_labels(plan, "pipelock"))
 
 
 def planned_identity(plan: Plan) -> Identity:
@@ -1718,65 +1677,61 @@ def planned_identity(plan: Plan) -> Identity:
     return agent_identity({"passwd": [], "group": [], "tools": [], "dirs": {}}, plan.identity.uid, plan.identity.gid)
 
 
-def identity_args(plan: Plan, ident: Identity) -> list:
-    """The agent's home, passwd and group entries, /tmp and SSH config, as `docker create` arguments."""
-    argv = ["--env", f"HOME={ident.home}"]
-    for name in ("passwd", "group"):
-        if getattr(ident, name):
-            argv += ["--mount", mount_arg(os.path.join(plan.private_dir, name), f"/etc/{name}", readonly=True)]
+def identity_mounts(plan: Plan, ident: Identity) -> list:
+    """The agent's passwd and group entries, home, /tmp and SSH config, as mounts."""
+    mounts = [Files("file", os.path.join(plan.private_dir, name), f"/etc/{name}") for name in ("passwd", "group")
+              if getattr(ident, name)]
     # tmpfs options as mount(8) takes them: a home of the uid's own, exec for tools installed into it.
     if ident.home_tmpfs:
-        argv += ["--tmpfs", f"{ident.home}:uid={ident.uid},gid={ident.gid},mode=0700,exec"]
+        mounts.append(Mount("tmpfs", "", ident.home, options=f"uid={ident.uid},gid={ident.gid},mode=0700,exec"))
     if ident.tmp_tmpfs:
-        argv += ["--tmpfs", "/tmp:mode=1777,exec"]
+        mounts.append(Mount("tmpfs", "", "/tmp", options="mode=1777,exec"))
     if plan.ssh:
         # The session's ssh dir, the uid's own: ssh reads config there and writes known_hosts beside it.
-        argv += ["--mount", mount_arg(os.path.join(plan.private_dir, "ssh"), f"{ident.home}/.ssh")]
-    return argv
+        mounts.append(Files("dir", os.path.join(plan.private_dir, "ssh"), f"{ident.home}/.ssh", readonly=False,
+                            uid=ident.uid, gid=ident.gid))
+    return mounts
 
 
-def agent_create_argv(plan: Plan, ip: str | None = None, state: str | None = None) -> list:
-    ident = planned_identity(plan)
-    argv = [
-        "create", "--name", plan.agent_container, *_labels(plan, "agent"),
-        "--network", plan.internal_network, *(["--ip", ip] if ip else []),
-        # No DNS path out, whatever the engine version: the embedded resolver may forward only to the
-        # container's own loopback, where nothing listens. The sidecar's name still resolves.
-        "--dns", "127.0.0.1", "--dns-option", "timeout:1", "--dns-option", "attempts:1",
-        "--user", f"{ident.uid}:{ident.gid}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-        "--pids-limit", str(AGENT_PIDS_LIMIT), "--init", "--interactive", *(["--tty"] if plan.tty else []),
-        "--workdir", AGENT_WORKDIR,
-        "--mount", mount_arg(plan.workspace, AGENT_WORKDIR),
-    ]
+def workspace_mounts(plan: Plan) -> list:
+    mounts = [Mount("bind", plan.workspace, AGENT_WORKDIR)]
     if plan.git_dir:
         # .git as a mount point of its own: the agent cannot rename it away and plant a new one.
-        argv += ["--mount", mount_arg(os.path.join(plan.workspace, ".git"), f"{AGENT_WORKDIR}/.git")]
+        mounts.append(Mount("bind", os.path.join(plan.workspace, ".git"), f"{AGENT_WORKDIR}/.git"))
     for rel in plan.read_only:
-        argv += ["--mount", mount_arg(os.path.join(plan.workspace, rel), f"{AGENT_WORKDIR}/{rel}", readonly=True)]
-    argv += identity_args(plan, ident)
+        mounts.append(Mount("bind", os.path.join(plan.workspace, rel), f"{AGENT_WORKDIR}/{rel}", readonly=True))
+    return mounts
+
+
+def agent_spec(plan: Plan, ip: str | None = None, state: str | None = None) -> ContainerSpec:
+    ident = planned_identity(plan)
+    mounts = [*workspace_mounts(plan), *identity_mounts(plan, ident)]
+    env = [("HOME", ident.home)]
     if plan.ssh_agent:
-        argv += ["--mount", mount_arg(os.path.join(plan.private_dir, "ssh-agent.sock"), AGENT_SSH_AUTH_SOCK),
-                 "--env", f"SSH_AUTH_SOCK={AGENT_SSH_AUTH_SOCK}"]
+        mounts.append(Mount("bind", os.path.join(plan.private_dir, "ssh-agent.sock"), AGENT_SSH_AUTH_SOCK))
+        env.append(("SSH_AUTH_SOCK", AGENT_SSH_AUTH_SOCK))
     for ep in plan.brokered:
-        argv += ["--mount", mount_arg(os.path.join(plan.private_dir, broker_socket_name(ep)), agent_broker_socket(ep))]
-    argv += ["--mount", volume_mount_arg(state or (plan.fresh_volume if plan.fresh else plan.state_volume)),
-             "--env", f"CLAUDE_CONFIG_DIR={AGENT_STATE_DIR}"]
-    # The brokered credentials' placeholders and the broker's addresses: no secret, so by value.
-    for name, value in (*proxy_env(plan), *agent_env_for(plan.brokered, broker_ports(plan))):
-        argv += ["--env", f"{name}={value}"]
-    # By name only: docker reads the value from its own environment, so it never shows in argv.
-    for name in plan.env:
-        argv += ["--env", name]
+        mounts.append(Mount("bind", os.path.join(plan.private_dir, broker_socket_name(ep)), agent_broker_socket(ep)))
+    mounts.append(Mount("volume", state or (plan.fresh_volume if plan.fresh else plan.state_volume), AGENT_STATE_DIR))
+    env.append(("CLAUDE_CONFIG_DIR", AGENT_STATE_DIR))
+    # The brokered credentials' placeholders and the broker's addresses: no secret, so by value. Then the variables
+    # the agent names, by name only: the engine reads the value from its own environment, so it never shows in argv.
+    env += [*proxy_env(plan), *agent_env_for(plan.brokered, broker_ports(plan)), *((n, None) for n in plan.env)]
     # The bottle runs its command itself; an image's ENTRYPOINT is never used. The broker's forwarders start
     # first, so the command never runs without them.
     forward = render_forwarders(plan)
     if plan.self_test:
-        return [*argv, "--entrypoint", "/bin/sh", plan.image, "-c", forward + GATE, "claude-bottle-gate",
-                *plan.command]
-    if forward:
-        return [*argv, "--entrypoint", "/bin/sh", plan.image, "-c", forward + 'exec "$@"', "claude-bottle-broker",
-                *plan.command]
-    return [*argv, "--entrypoint", plan.command[0], plan.image, *plan.command[1:]]
+        entrypoint, command = "/bin/sh", ("-c", forward + GATE, "claude-bottle-gate", *plan.command)
+    elif forward:
+        entrypoint, command = "/bin/sh", ("-c", forward + 'exec "$@"', "claude-bottle-broker", *plan.command)
+    else:
+        entrypoint, command = plan.command[0], plan.command[1:]
+    return ContainerSpec(
+        name=plan.agent_container, role="agent", image=plan.image, command=command, entrypoint=entrypoint,
+        user=f"{ident.uid}:{ident.gid}", network=plan.internal_network, ip=ip,
+        # No DNS path out, whatever the engine version: only the names the engine itself answers (the sidecar's).
+        no_outside_dns=True, pids_limit=AGENT_PIDS_LIMIT, init=True, interactive=True, tty=plan.tty,
+        workdir=AGENT_WORKDIR, mounts=tuple(mounts), env=tuple(env), labels=session_labels(plan, "agent"))
 
 
 def agent_broker_socket(ep) -> str:
@@ -1907,74 +1862,16 @@ touch {GATE_FILE}
 """
 
 
-def sidecar_inspect_argv(plan: Plan) -> list:
-    return ["inspect", "--format", "{{json .NetworkSettings.Networks}}", plan.sidecar]
-
-
-def self_test_argv(plan: Plan, outside_ip: str, host_ip: str = "") -> list:
-    return ["exec", plan.agent_container, "sh", "-c", render_self_test(plan, outside_ip, host_ip)]
-
-
-def start_argv(plan: Plan) -> list:
-    return ["start", "--attach", "--interactive", plan.agent_container]
-
-
-def logs_argv(plan: Plan) -> list:
-    return ["logs", plan.sidecar]
-
-
 # apt-get in a running session, as root in the agent's container (the agent itself never is): "$@" are packages
 # that passed check_package. 127 when the image has no apt-get.
 INSTALL_SCRIPT = ('command -v apt-get >/dev/null 2>&1 || exit 127\n'
                   'apt-get update -q && exec apt-get install -y -q --no-install-recommends "$@"\n')
 
 
-def install_argv(agent_container: str, packages) -> list:
-    return ["exec", "--user", "0:0", "--workdir", "/", "--env", "DEBIAN_FRONTEND=noninteractive", agent_container,
-            "sh", "-c", INSTALL_SCRIPT, "claude-bottle-install", *packages]
-
-
-# The labels `ls`, `gc` and `stop` read, each one asked for by name. Only the fields needed: `{{json .}}` would
-# make `docker ps` compute every container's size, which takes seconds on some storage drivers.
-SESSION_KEYS = ("session", "role", "agent", "bottle", "owner", "owner-start", "owner-proof", "owner-dir")
-
-
-def _listing(name: str, state: str) -> str:
-    labels = ",".join(f'"{k}":{{{{json (.Label "{LABEL}.{k}")}}}}' for k in SESSION_KEYS)
-    return f'{{"name":{{{{json .{name}}}}},"state":{state},{labels},"created":{{{{json .CreatedAt}}}}}}'
-
-
-def find_sessions_argvs(session: str | None = None) -> list:
-    flt = ["--filter", f"label={SESSION_LABEL}" + (f"={session}" if session else "")]
-    return [["ps", "--all", "--format", _listing("Names", "{{json .State}}"), *flt],
-            ["network", "ls", "--format", _listing("Name", '""'), *flt]]
-
-
-def rm_containers_argv(names) -> list:
-    return ["rm", "--force", *names]
-
-
-def rm_networks_argv(names) -> list:
-    return ["network", "rm", *names]
-
-
-def rm_volumes_argv(names) -> list:
-    return ["volume", "rm", *names]
-
-
-def session_volumes_argv(session: str) -> list:
-    return ["volume", "ls", "--quiet", "--filter", f"label={SESSION_LABEL}={session}"]
-
-
-def state_volumes_argv() -> list:
-    labels = ",".join(f'"{k}":{{{{json (.Label "{LABEL}.{k}")}}}}' for k in ("project", "agent"))
-    return ["volume", "ls", "--filter", f"label={STATE_LABEL}=1", "--format", f'{{"name":{{{{json .Name}}}},{labels}}}']
-
-
 def planned_commands(plan: Plan) -> list:
-    """(argv, note) of every docker command a start runs, its teardown included, from `start_steps`."""
-    steps = start_steps(plan)
-    return [(argv, s.note) for s in steps for argv in s.argvs] + teardown_preview(plan, steps)
+    """(argv, note) of every engine command a start runs, its teardown included: the real steps of a start, run
+    against an engine that records each command instead of running it (RecordingEngine)."""
+    return record_start(plan).calls
 
 
 def plan_json(plan: Plan) -> dict:
@@ -1989,8 +1886,7 @@ def plan_json(plan: Plan) -> dict:
                   "created": [n for n, _ in plan.created_networks]},
         egress_line=egress_line(plan.hosts),
         files={"pipelock/pipelock.yaml": render_pipelock_yaml(plan), "ssh_config": render_ssh_config(plan)},
-        docker_commands=[{"argv": ["docker", *argv], "note": note}
-                         for argv, note in planned_commands(plan)],
+        docker_commands=[{"argv": ["docker", *argv], "note": note} for argv, note in planned_commands(plan)],
     )
     return data
 
@@ -2173,20 +2069,7 @@ def render_report(plan: Plan, report: dict) -> list:
     return lines
 
 
-# ---- The docker seam: every docker call goes through here ----
-
-VERBOSE = False
-STARTED = time.monotonic()
-# Whether any docker call has got through; until one has, nothing can have been created.
-DOCKER_ANSWERED = False
-DOCKER_MISSING = ("docker: command not found; install Docker (https://docs.docker.com/engine/install/) "
-                  "and make sure `docker` is on PATH")
-# How long one teardown call may take before claude-bottle stops waiting for an engine that does not answer. An
-# engine tearing down 64 sessions at once on 2 CPUs took up to 40 s for one `network rm`: busy is not hung.
-TEARDOWN_TIMEOUT = float(os.environ.get("CLAUDE_BOTTLE_TEARDOWN_TIMEOUT") or 120)
-# How long a setup call still running when a signal arrives may go on before it is killed.
-SIGNAL_GRACE = 10.0
-
+# ---- Output and the runtime context ----
 
 def say(text: str, file=None) -> None:
     """Print a line; a closed or full stream (`| head`, a full disk) never stops the caller."""
@@ -2196,109 +2079,523 @@ def say(text: str, file=None) -> None:
         pass
 
 
-def log(message: str) -> None:
-    if VERBOSE:
-        say(f"claude-bottle: [{time.monotonic() - STARTED:6.2f}s] {message}")
-
-
 def warn(message: str) -> None:
     say(f"claude-bottle: warning: {message}")
 
 
-# ---- Signals: the handler only notes the first one; the code that waits acts on it ----
-
-SIGNALLED = 0
-SIGNALLED_AT = 0.0
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How long a setup call still running when a signal arrives may go on before it is killed.
+SIGNAL_GRACE = 10.0
 
 
-def _note_signal(signum, frame):
-    global SIGNALLED, SIGNALLED_AT
-    if not SIGNALLED:
-        SIGNALLED, SIGNALLED_AT = signum, time.monotonic()
-
-
-def check_signal() -> None:
-    """Unwind (teardown runs on the way out) once SIGINT, SIGTERM or SIGHUP has arrived."""
-    if SIGNALLED:
-        raise Interrupted(SIGNALLED)
-
-
-def pause(seconds: float) -> None:
-    """Sleep, but stop at once when a signal has arrived."""
-    deadline = time.monotonic() + seconds
-    while True:
-        check_signal()
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(min(left, 0.05))
-
-
-def docker(*args, check: bool = True, input: bytes | None = None, capture: bool = True,
-           timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Run `docker ARGS`; raise DockerError on failure when `check`. Output is text when captured.
-
-    The call runs in a session of its own, so a Ctrl-C at the terminal never kills it half-way: the
-    CLI decides. It ends after `timeout` seconds, or SIGNAL_GRACE seconds after a signal when it has no
-    timeout of its own, with DockerTimeout; what it was creating may then exist or not.
-    """
-    import subprocess
-    argv = ["docker", *args]
-    log(f"+ {shlex.join(argv)}")
+def _seconds(environ, name: str, default: float) -> float:
+    text = environ.get(name) or ""
     try:
-        # Not captured: its output goes to the terminal as it comes, stderr too (BuildKit's progress), and stderr is
-        # also kept for the error.
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE if capture else sys.stderr,
-                                stderr=subprocess.PIPE, start_new_session=True)
-    except FileNotFoundError:
-        raise DockerUnavailable(DOCKER_MISSING) from None
-    kept = None
-    if not capture:
-        kept = []
-        reader = threading.Thread(target=_tee, args=(proc.stderr, kept), daemon=True)
-        reader.start()
-        if input is not None:
-            try:
-                proc.stdin.write(input)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            input = None
-    started = time.monotonic()
-    while True:
+        value = float(text) if text else default
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86400 * 7:
+        raise ConfigError(f"{name}: {_printable(text)} is not a number of seconds; set it to e.g. {default:g}, "
+                          f"or unset it")
+    return value
+
+
+class Context:
+    """The state of one run of the CLI, made in `main`: verbosity, the signal that arrived (the handler only notes
+    the first one; the code that waits acts on it), and the time limits read from the environment."""
+
+    def __init__(self, environ=None, verbose: bool = False):
+        environ = os.environ if environ is None else environ
+        self.verbose = verbose
+        self.started = time.monotonic()
+        self.signalled, self.signalled_at = 0, 0.0
+        # How long one teardown call may take before claude-bottle stops waiting for an engine that does not
+        # answer. An engine tearing down 64 sessions at once on 2 CPUs took up to 40 s for one `network rm`: busy is
+        # not hung.
+        self.teardown_timeout = _seconds(environ, "CLAUDE_BOTTLE_TEARDOWN_TIMEOUT", 120.0)
+        # How long `allow` and `deny` wait for pipelock to confirm a reload (it debounces its directory watch by
+        # 100 ms).
+        self.reload_timeout = _seconds(environ, "CLAUDE_BOTTLE_RELOAD_TIMEOUT", 10.0)
+        self.signal_grace = SIGNAL_GRACE
+
+    def note_signal(self, signum, frame=None) -> None:
+        if not self.signalled:
+            self.signalled, self.signalled_at = signum, time.monotonic()
+
+    def check_signal(self) -> None:
+        """Unwind (teardown runs on the way out) once SIGINT, SIGTERM or SIGHUP has arrived."""
+        if self.signalled:
+            raise Interrupted(self.signalled)
+
+    def pause(self, seconds: float) -> None:
+        """Sleep, but stop at once when a signal has arrived."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.check_signal()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+    def log(self, message: str) -> None:
+        if self.verbose:
+            say(f"claude-bottle: [{time.monotonic() - self.started:6.2f}s] {message}")
+
+
+# ---- The engine seam: the only code that knows an engine's commands, output and error text ----
+
+class EngineUnavailable(BottleError):
+    """No engine CLI, or no engine answering it."""
+
+
+class EngineTimeout(BottleError):
+    """An engine command did not finish in time (a hung engine), and was killed."""
+
+    def __init__(self, command, seconds: float):
+        self.command = command
+        super().__init__(f"`{shlex.join(command)}` did not finish within {seconds:.0f} s; the engine may be hung")
+
+
+class EngineError(BottleError):
+    """The engine refused or failed an operation. `kind` is all the code outside the seam reads: "gone" (no such
+    container, network or volume), "not_running", "subnet_taken", "no_program" (the image has no such program as
+    the one to run) or "failed". The message shows the command, its exit status and the engine's own words."""
+
+    def __init__(self, kind: str, command, returncode: int, stderr: str):
+        self.kind, self.command, self.returncode, self.stderr = kind, command, returncode, stderr
+        detail = "; ".join(line.strip() for line in stderr.strip().splitlines() if line.strip())
+        super().__init__(f"`{shlex.join(command)}` failed (exit {returncode}): {detail or 'no output'}")
+
+
+# The labels `ls`, `gc` and `stop` read.
+SESSION_KEYS = ("session", "role", "agent", "bottle", "owner", "owner-start", "owner-proof", "owner-dir")
+
+
+class Completed(namedtuple("Completed", "status stdout stderr")):
+    """A command's exit status and output, as text."""
+
+    __slots__ = ()
+
+
+class Resource(namedtuple("Resource", "kind name state labels created")):
+    """A container or network of a session: kind "container" or "network", its state ("running", "exited", ...;
+    "" for a network), its labels and when it was created (POSIX time, or None)."""
+
+    __slots__ = ()
+
+
+class Engine:
+    """What a session needs of a container engine. Code outside the engine speaks in specs (ContainerSpec,
+    NetworkSpec, VolumeSpec), names and records, and reads errors by EngineError.kind; only an engine knows its
+    CLI, its output formats and its error text. DockerEngine is the one in use; RecordingEngine is DockerEngine
+    recording instead of running, for the dry run.
+
+    Reads:  version, image_id, network_exists, volume_exists, volume_holders, resources, volumes, address, logs,
+            follow_logs, routes.
+    Writes: pull, build, create_network, create_volume, run (a one-off container, to its end), run_detached,
+            create, start_attached, connect, exec, copy_in, update_files, remove.
+    """
+
+    name = "engine"
+    # True for an engine that runs nothing (a dry run): the host-side writes of a start are skipped with it.
+    dry_run = False
+    # The step the engine is working for, for the dry run's notes and -v.
+    note = ""
+
+
+class DockerEngine(Engine):
+    """The Docker CLI. `shares_files`: the engine sees this machine's files (a local engine), so the Files a
+    container needs are bind mounts of the private dir; otherwise each is copied in through the engine, into a
+    volume of the session's own (a directory) or the container's own filesystem (a file)."""
+
+    name = "docker"
+
+    def __init__(self, ctx: Context, shares_files: bool = True, program: str = "docker"):
+        self.ctx, self.shares_files, self.program = ctx, shares_files, program
+        # Whether any command has got through; until one has, nothing can have been created.
+        self.answered = False
+
+    # -- Running the CLI: every docker command goes through `call` or `popen` --
+
+    def call(self, argv, *, input: bytes | None = None, capture: bool = True, timeout: float | None = None,
+             check: bool = True) -> Completed:
+        """Run `docker ARGV`: raise EngineError on failure when `check`. Output is text when captured.
+
+        The call runs in a session of its own, so a Ctrl-C at the terminal never kills it half-way: the CLI
+        decides. It ends after `timeout` seconds, or SIGNAL_GRACE seconds after a signal when it has no timeout of
+        its own, with EngineTimeout; what it was creating may then exist or not.
+        """
+        import subprocess
+        command = [self.program, *argv]
+        self.ctx.log(f"+ {shlex.join(command)}")
         try:
-            if kept is None:
-                out, err = proc.communicate(input, timeout=0.1)
-            else:
-                proc.wait(timeout=0.1)
-                out, err = b"", None
-            break
-        except subprocess.TimeoutExpired:
-            input = None  # sent already; communicate() goes on from where it stopped
-            now = time.monotonic()
-            late = timeout is None and SIGNALLED and now - SIGNALLED_AT > SIGNAL_GRACE
-            if late or (timeout is not None and now - started > timeout):
-                proc.kill()
+            # Not captured: its output goes to the terminal as it comes, stderr too (BuildKit's progress), and stderr
+            # is also kept for the error.
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE if capture else sys.stderr,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except FileNotFoundError:
+            raise EngineUnavailable(self.missing()) from None
+        kept = None
+        if not capture:
+            kept = []
+            reader = threading.Thread(target=_tee, args=(proc.stderr, kept), daemon=True)
+            reader.start()
+            if input is not None:
+                try:
+                    proc.stdin.write(input)
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+                input = None
+        started, ctx = time.monotonic(), self.ctx
+        while True:
+            try:
                 if kept is None:
-                    proc.communicate()
+                    out, err = proc.communicate(input, timeout=0.1)
                 else:
-                    proc.wait()
-                raise DockerTimeout(argv, now - started) from None
-    if kept is not None:
-        reader.join(timeout=5)
-        err = b"".join(kept)
-    out = (out or b"").decode(errors="replace")
-    err = (err or b"").decode(errors="replace")
-    if "Cannot connect to the Docker daemon" in err:
-        raise DockerUnavailable(f"docker: the daemon does not answer ({err.strip().splitlines()[-1]}); start Docker "
-                                f"and try again")
-    global DOCKER_ANSWERED
-    DOCKER_ANSWERED = True
-    if check and proc.returncode != 0:
-        raise DockerError(argv, proc.returncode, err)
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+                    proc.wait(timeout=0.1)
+                    out, err = b"", None
+                break
+            except subprocess.TimeoutExpired:
+                input = None  # sent already; communicate() goes on from where it stopped
+                now = time.monotonic()
+                late = timeout is None and ctx.signalled and now - ctx.signalled_at > ctx.signal_grace
+                if late or (timeout is not None and now - started > timeout):
+                    proc.kill()
+                    if kept is None:
+                        proc.communicate()
+                    else:
+                        proc.wait()
+                    raise EngineTimeout(command, now - started) from None
+        if kept is not None:
+            reader.join(timeout=5)
+            err = b"".join(kept)
+        out = (out or b"").decode(errors="replace")
+        err = (err or b"").decode(errors="replace")
+        if "Cannot connect to the Docker daemon" in err:
+            raise EngineUnavailable(f"docker: the daemon does not answer ({err.strip().splitlines()[-1]}); start "
+                                    f"Docker and try again")
+        self.answered = True
+        if check and proc.returncode != 0:
+            raise self.error(command, proc.returncode, err)
+        return Completed(proc.returncode, out, err)
+
+    def popen(self, argv, **kwargs):
+        """Start `docker ARGV` without waiting, in this terminal's session: attached agents and followed logs."""
+        import subprocess
+        command = [self.program, *argv]
+        self.ctx.log(f"+ {shlex.join(command)}")
+        try:
+            return subprocess.Popen(command, **kwargs)
+        except FileNotFoundError:
+            raise EngineUnavailable(self.missing()) from None
+
+    def missing(self) -> str:
+        return (f"{self.program}: command not found; install Docker (https://docs.docker.com/engine/install/) and "
+                f"make sure `{self.program}` is on PATH")
+
+    @staticmethod
+    def error(command, status: int, stderr: str) -> EngineError:
+        """The engine's failure, sorted by its words into an EngineError kind."""
+        if stderr.strip() and _only_missing(stderr):
+            kind = "gone"
+        elif "is not running" in stderr:
+            kind = "not_running"
+        elif "overlap" in stderr:
+            kind = "subnet_taken"
+        else:
+            kind = "failed"
+        return EngineError(kind, command, status, stderr)
+
+    # -- Argv: pure functions of the specs --
+
+    @staticmethod
+    def mount_value(kind: str, source: str, target: str, readonly: bool = False) -> str:
+        """A `--mount` value; docker reads it as CSV, so quote fields holding a comma or a quote."""
+        fields = [f"type={kind}", f"source={source}", f"target={target}"] + (["readonly"] if readonly else [])
+        return ",".join(f'"{f.replace(chr(34), chr(34) * 2)}"' if ("," in f or '"' in f) else f for f in fields)
+
+    def files_volume(self, spec: ContainerSpec, files: Files) -> str:
+        """The volume a directory of Files is copied into, where the engine does not share this machine's files."""
+        return f"{spec.name}-{os.path.basename(files.source)}"
+
+    def mount_args(self, spec: ContainerSpec, m) -> list:
+        if isinstance(m, Files):
+            if self.shares_files:
+                return ["--mount", self.mount_value("bind", m.source, m.target, m.readonly)]
+            if m.kind == "dir":
+                # Writable by the container's root only where it is meant to be: the files' owners say the rest.
+                return ["--mount", self.mount_value("volume", self.files_volume(spec, m), m.target)]
+            return []  # copied into the container's own filesystem once it exists
+        if m.kind == "tmpfs":
+            return ["--tmpfs", f"{m.target}:{m.options}" if m.options else m.target]
+        return ["--mount", self.mount_value(m.kind, m.source, m.target, m.readonly)]
+
+    def container_args(self, spec: ContainerSpec) -> list:
+        argv = ["--name", spec.name] if spec.name else []
+        argv += [a for k, v in spec.labels.items() for a in ("--label", f"{k}={v}")] if spec.labels else []
+        argv += ["--network", spec.network or "none", *(["--ip", spec.ip] if spec.ip else [])]
+        if spec.no_outside_dns:
+            # The embedded resolver may forward only to the container's own loopback, where nothing listens: no DNS
+            # path out whatever the engine version (CVE-2024-29018). The names docker itself knows still resolve.
+            argv += ["--dns", "127.0.0.1", "--dns-option", "timeout:1", "--dns-option", "attempts:1"]
+        argv += ["--user", spec.user] if spec.user else []
+        argv += ["--read-only"] if spec.read_only else []
+        argv += ["--cap-drop", "ALL", *(a for c in spec.cap_add for a in ("--cap-add", c))]
+        argv += ["--security-opt", "no-new-privileges"]
+        argv += ["--pids-limit", str(spec.pids_limit)] if spec.pids_limit else []
+        argv += ["--init"] if spec.init else []
+        argv += ["--interactive"] if spec.interactive else []
+        argv += ["--tty"] if spec.tty else []
+        argv += ["--workdir", spec.workdir] if spec.workdir else []
+        argv += [a for m in spec.mounts for a in self.mount_args(spec, m)]
+        argv += [a for name, value in spec.env for a in ("--env", name if value is None else f"{name}={value}")]
+        argv += ["--entrypoint", spec.entrypoint] if spec.entrypoint else []
+        return [*argv, spec.image, *spec.command]
+
+    def run_argv(self, spec: ContainerSpec) -> list:
+        return ["run", *(["--rm"] if spec.remove else []), *self.container_args(spec)]
+
+    def run_detached_argv(self, spec: ContainerSpec) -> list:
+        return ["run", "--detach", *self.container_args(spec)]
+
+    def create_argv(self, spec: ContainerSpec) -> list:
+        return ["create", *self.container_args(spec)]
+
+    def network_create_argv(self, spec: NetworkSpec) -> list:
+        labels = [a for k, v in spec.labels.items() for a in ("--label", f"{k}={v}")]
+        if not spec.internal:
+            return ["network", "create", "--subnet", spec.subnet, *labels, spec.name]
+        # WARNING: an internal network still puts its gateway address on a host bridge, and the agent can
+        # reach every host service listening on 0.0.0.0 through it. No address on the bridge, no host.
+        return ["network", "create", "--internal", "--opt", "com.docker.network.bridge.inhibit_ipv4=true",
+                "--subnet", spec.subnet, *labels, spec.name]
+
+    def build_argv(self, tag: str, build_args=(), labels=None) -> list:
+        args = [a for k, v in build_args for a in ("--build-arg", f"{k}={v}")]
+        labels = [a for k, v in (labels or {}).items() for a in ("--label", f"{k}={v}")]
+        # --force-rm: a step that fails (an installer that cannot be fetched) leaves no stopped container behind.
+        return ["build", *args, "--force-rm", "--tag", tag, *labels, "-"]
+
+    def remove_argv(self, kind: str, names) -> list:
+        return {"container": ["rm", "--force"], "network": ["network", "rm"], "volume": ["volume", "rm"]}[kind] + \
+            list(names)
+
+    def exec_argv(self, container: str, argv, user: str | None = None, workdir: str | None = None, env=()) -> list:
+        opts = [*(["--user", user] if user else []), *(["--workdir", workdir] if workdir else [])]
+        opts += [a for name, value in env for a in ("--env", f"{name}={value}")]
+        return ["exec", *opts, container, *argv]
+
+    # The labels `ls`, `gc` and `stop` read, each one asked for by name. Only the fields needed: `{{json .}}` would
+    # make `docker ps` compute every container's size, which takes seconds on some storage drivers.
+    @staticmethod
+    def _listing(name: str, state: str) -> str:
+        labels = ",".join(f'"{k}":{{{{json (.Label "{LABEL}.{k}")}}}}' for k in SESSION_KEYS)
+        return f'{{"name":{{{{json .{name}}}}},"state":{state},{labels},"created":{{{{json .CreatedAt}}}}}}'
+
+    def resources_argvs(self, session: str | None = None) -> list:
+        flt = ["--filter", f"label={SESSION_LABEL}" + (f"={session}" if session else "")]
+        return [["ps", "--all", "--format", self._listing("Names", "{{json .State}}"), *flt],
+                ["network", "ls", "--format", self._listing("Name", '""'), *flt]]
+
+    # -- Reads --
+
+    def version(self) -> str:
+        """The engine's version; EngineUnavailable when it does not answer."""
+        r = self.call(["version", "--format", "{{.Server.Version}}"], check=False)
+        if r.status != 0 or not r.stdout.strip():
+            raise EngineUnavailable(f"does not answer: {r.stderr.strip()[-200:]}; start it, or check DOCKER_HOST")
+        return r.stdout.strip()
+
+    @staticmethod
+    def leaks_dns(version: str) -> bool:
+        """Engines before 25.0.5 forwarded DNS for internal networks (CVE-2024-29018)."""
+        parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+        return parts < (25, 0, 5)
+
+    def checks(self) -> list:
+        """`doctor`'s checks of the engine itself: (ok, what, detail), stopping at the first that fails."""
+        import shutil
+        path = shutil.which(self.program)
+        checks = [(bool(path), "docker CLI", path or "not found; install Docker")]
+        if not path:
+            return checks
+        try:
+            version = self.version()
+        except EngineUnavailable as e:
+            return [*checks, (False, "docker daemon", str(e))]
+        return [*checks, (True, "docker daemon", f"answers (engine {version})"),
+                (True, "engine DNS", "internal networks forward outside DNS on this engine (CVE-2024-29018); the "
+                 "agent's --dns 127.0.0.1 keeps it off that path" if self.leaks_dns(version) else
+                 "internal networks do not forward outside DNS")]
+
+    def image_id(self, image: str) -> str | None:
+        r = self.call(["image", "inspect", "--format", "{{.Id}}", image], check=False)
+        return r.stdout.strip() if r.status == 0 else None
+
+    def network_exists(self, name: str) -> bool:
+        return self.call(["network", "inspect", "--format", "{{.Name}}", name], check=False).status == 0
+
+    def volume_exists(self, name: str) -> bool:
+        return self.call(["volume", "inspect", "--format", "{{.Name}}", name], check=False).status == 0
+
+    def volume_holders(self, volume: str) -> list:
+        """The containers of a session that is starting or running which mount `volume`."""
+        # Same-key filters are alternatives.
+        states = [a for st in ("created", "running", "paused", "restarting") for a in ("--filter", f"status={st}")]
+        argv = ["ps", "--all", "--filter", f"volume={volume}", *states, "--format", "{{.Names}}"]
+        return self.call(argv).stdout.split()
+
+    def resources(self, session: str | None = None) -> list:
+        """Every container and network labelled with a session (or with the one named), as Resource records."""
+        found = []
+        for kind, argv in zip(("container", "network"), self.resources_argvs(session)):
+            for line in self.call(argv).stdout.splitlines():
+                item = json.loads(line)
+                labels = {f"{LABEL}.{k}": item.get(k) or "" for k in SESSION_KEYS}
+                found.append(Resource(kind, item["name"], item["state"], labels, _created(item["created"])))
+        return found
+
+    def volumes(self, label: str, value: str | None = None, keys=()) -> list:
+        """Volumes labelled `label` (=`value`), each as {"name": ..., key: that label's value} for `keys`."""
+        flt = ["--filter", f"label={label}" + (f"={value}" if value is not None else "")]
+        if not keys:
+            return [{"name": n} for n in self.call(["volume", "ls", "--quiet", *flt]).stdout.split()]
+        fields = ",".join(f'"{k}":{{{{json (.Label "{LABEL}.{k}")}}}}' for k in keys)
+        argv = ["volume", "ls", *flt, "--format", f'{{"name":{{{{json .Name}}}},{fields}}}']
+        return [json.loads(line) for line in self.call(argv).stdout.splitlines()]
+
+    def address(self, container: str, network: str) -> str | None:
+        """The container's address on `network`; None when it has none (it has exited)."""
+        r = self.call(["inspect", "--format", "{{json .NetworkSettings.Networks}}", container])
+        return (json.loads(r.stdout or "{}").get(network) or {}).get("IPAddress") or None
+
+    def logs(self, container: str, tail: int | None = None, timeout: float | None = None) -> Completed:
+        argv = ["logs", *(["--tail", str(tail)] if tail else []), container]
+        return self.call(argv, check=False, timeout=timeout)
+
+    def follow_logs(self, container: str, since: str | None = None, follow: bool = True):
+        """A process whose stdout is the container's log from `since` (a POSIX time as text), kept open when
+        `follow`; the caller kills it."""
+        import subprocess
+        argv = ["logs", *(["--follow"] if follow else []), *(["--since", since] if since else []), container]
+        return self.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def routes(self) -> list:
+        """Networks this machine routes to, which a session's subnet must not hide (the engine runs here)."""
+        return host_routes()
+
+    # -- Writes --
+
+    def pull(self, image: str) -> None:
+        self.call(["pull", image], capture=False)
+
+    def build(self, tag: str, dockerfile: str, build_args=(), labels=None) -> None:
+        self.call(self.build_argv(tag, build_args, labels), input=dockerfile.encode(), capture=False)
+
+    def create_network(self, spec: NetworkSpec) -> None:
+        """EngineError "subnet_taken" when another network has that subnet (the engine checks atomically)."""
+        self.call(self.network_create_argv(spec))
+
+    def create_volume(self, spec: VolumeSpec) -> None:
+        labels = [a for k, v in spec.labels.items() for a in ("--label", f"{k}={v}")]
+        self.call(["volume", "create", *labels, spec.name])
+
+    def file_volumes(self, spec: ContainerSpec) -> list:
+        """The volumes `create` makes for a container's directories of Files (none where files are shared)."""
+        if self.shares_files:
+            return []
+        return [self.files_volume(spec, m) for m in spec.mounts if isinstance(m, Files) and m.kind == "dir"]
+
+    def run(self, spec: ContainerSpec, timeout: float | None = None) -> Completed:
+        """A one-off container, to its end: its exit status and output. EngineError "no_program" when the image has
+        no such program as its entrypoint."""
+        r = self.call(self.run_argv(spec), check=False, timeout=timeout)
+        if r.status in (126, 127) or (r.status and spec.entrypoint and f'"{spec.entrypoint}"' in r.stderr):
+            raise EngineError("no_program", [self.program, *self.run_argv(spec)], r.status, r.stderr)
+        return r
+
+    def create(self, spec: ContainerSpec) -> None:
+        for volume in self.file_volumes(spec):
+            self.create_volume(VolumeSpec(volume, spec.labels))
+        self.call(self.create_argv(spec))
+        self.deliver(spec)
+
+    def run_detached(self, spec: ContainerSpec) -> None:
+        if self.shares_files:
+            self.call(self.run_detached_argv(spec))
+            return
+        self.create(spec)
+        self.call(["start", spec.name])
+
+    def start_attached(self, container: str):
+        """Start a created container attached to this terminal; the process handle's status is the container's."""
+        return self.popen(["start", "--attach", "--interactive", container])
+
+    def connect(self, container: str, network: str, ip: str | None = None) -> None:
+        self.call(["network", "connect", *(["--ip", ip] if ip else []), network, container])
+
+    def exec(self, container: str, argv, user: str | None = None, workdir: str | None = None, env=(),
+             capture: bool = True, timeout: float | None = None) -> Completed:
+        """Run `argv` in a running container: its exit status and output. EngineError "gone" or "not_running"
+        when the container is not there to run it."""
+        command = self.exec_argv(container, argv, user, workdir, env)
+        r = self.call(command, check=False, capture=capture, timeout=timeout)
+        if r.status and ("is not running" in r.stderr or "No such container" in r.stderr):
+            raise self.error([self.program, *command], r.status, r.stderr)
+        return r
+
+    def copy_in(self, container: str, path: str, tar: bytes) -> None:
+        """Unpack a tar archive at `path` in a container (created or running), owners and modes as the tar says."""
+        self.call(["cp", "-", f"{container}:{path}"], input=tar)
+
+    def deliver(self, spec: ContainerSpec) -> None:
+        """Copy a created container's Files in, where the engine does not share this machine's files."""
+        if self.shares_files:
+            return
+        for m in spec.mounts:
+            if isinstance(m, Files):
+                self.copy_in(spec.name, m.target if m.kind == "dir" else os.path.dirname(m.target), files_tar(m))
+
+    def update_files(self, container: str, files: Files) -> None:
+        """Files changed on this machine reach the container: at once through a bind mount, else a copy."""
+        if not self.shares_files:
+            self.copy_in(container, files.target if files.kind == "dir" else os.path.dirname(files.target),
+                         files_tar(files))
+
+    def remove(self, kind: str, names, timeout: float | None = None) -> None:
+        """Remove containers (running or not), networks or volumes; one that is gone already counts as removed."""
+        if names:
+            r = self.call(self.remove_argv(kind, names), check=False, timeout=timeout)
+            if r.status != 0 and not _only_missing(r.stderr):
+                raise EngineError("failed", [self.program, *self.remove_argv(kind, names)], r.status, r.stderr)
+
+
+def files_tar(files: Files) -> bytes:
+    """Files as a tar archive, owners and modes as the container must see them: read-only ones root's (0755 dirs,
+    0644 files), writable ones uid:gid's alone (0700, 0600). A directory's own entry is "." (its owner and mode)."""
+    import io
+    import tarfile
+    uid, gid, dmode, fmode = (0, 0, 0o755, 0o644) if files.readonly else (files.uid, files.gid, 0o700, 0o600)
+    if files.kind == "dir":
+        entries = [(".", None), *((n, os.path.join(files.source, n)) for n in sorted(os.listdir(files.source))
+                                  if os.path.isfile(os.path.join(files.source, n)))]
+    else:
+        entries = [(os.path.basename(files.target), files.source)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in entries:
+            info = tarfile.TarInfo(name)
+            info.uid, info.gid, info.mtime = uid, gid, int(time.time())
+            if path is None:
+                info.type, info.mode = tarfile.DIRTYPE, dmode
+                tar.addfile(info)
+                continue
+            data = Path(path).read_bytes()
+            info.size, info.mode = len(data), fmode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def _tee(stream, kept: list) -> None:
@@ -2313,17 +2610,6 @@ def _tee(stream, kept: list) -> None:
     stream.close()
 
 
-def docker_popen(*args, **kwargs) -> subprocess.Popen:
-    """Start `docker ARGS` without waiting, in this terminal's session: attached agents and followed logs."""
-    import subprocess
-    argv = ["docker", *args]
-    log(f"+ {shlex.join(argv)}")
-    try:
-        return subprocess.Popen(argv, **kwargs)
-    except FileNotFoundError:
-        raise DockerUnavailable(DOCKER_MISSING) from None
-
-
 def _only_missing(stderr: str) -> bool:
     """True when every complaint in `stderr` is that the thing to remove is already gone.
 
@@ -2332,6 +2618,71 @@ def _only_missing(stderr: str) -> bool:
     """
     lines = [ln for ln in stderr.splitlines() if ln.strip() and not re.fullmatch(r"exit status \d+", ln.strip())]
     return all(re.search(r"no such (container|network|volume)|not found", ln, re.I) for ln in lines)
+
+
+def _created(text: str) -> float | None:
+    """docker's CreatedAt, e.g. `2026-11-27 08:04:44.123456 +0000 UTC`, as a POSIX time."""
+    from datetime import datetime
+    m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d+)? ([+-]\d{4})", text or "")
+    return datetime.strptime(" ".join(m.groups()), "%Y-%m-%d %H:%M:%S %z").timestamp() if m else None
+
+
+class _Exited:
+    """The handle of an agent a dry run never started: it has already exited, with status 0."""
+
+    returncode = 0
+
+    def poll(self):
+        return 0
+
+    def wait(self, timeout=None):
+        return 0
+
+    def kill(self):
+        pass
+
+
+class RecordingEngine(DockerEngine):
+    """The dry run's engine: each operation records the docker command DockerEngine would run for it, with the
+    note of the step it serves, and runs nothing. Reads answer as the plan expects a new session's engine to:
+    every image there but `missing_images` (a build is planned), no session, no state volume yet, and a self-test
+    that passes."""
+
+    dry_run = True
+
+    def __init__(self, ctx: Context | None = None, missing_images=()):
+        super().__init__(ctx or Context({}))
+        self.missing_images = frozenset(missing_images)
+        self.calls = []
+
+    def call(self, argv, *, input=None, capture=True, timeout=None, check=True) -> Completed:
+        self.calls.append((list(argv), self.note))
+        return Completed(0, "", "")
+
+    def popen(self, argv, **kwargs):
+        self.calls.append((list(argv), self.note))
+        return _Exited()
+
+    def image_id(self, image: str) -> str | None:
+        super().image_id(image)
+        return None if image in self.missing_images else "sha256:(dry run)"
+
+    def volume_exists(self, name: str) -> bool:
+        super().volume_exists(name)
+        return False
+
+    def address(self, container: str, network: str) -> str | None:
+        super().address(container, network)
+        return "<sidecar egress address>"
+
+    def exec(self, container, argv, user=None, workdir=None, env=(), capture=True, timeout=None) -> Completed:
+        super().exec(container, argv, user, workdir, env, capture, timeout)
+        return Completed(0, f"{SELF_TEST_PASSED}\n", "")
+
+    def run(self, spec: ContainerSpec, timeout: float | None = None) -> Completed:
+        super().run(spec, timeout)
+        # An image probe finds every tool and no user: the identity a dry run plans with (planned_identity).
+        return Completed(0, "# tools\n" + "\n".join(PROBE_TOOLS) + "\n" if spec.role == "probe" else "", "")
 
 
 # ---- Teardown: an undo stack that always finishes ----
@@ -2353,19 +2704,22 @@ def unwind(entries: list):
 class Teardown:
     """A stack of undo steps, popped in reverse on every exit path: report, agent and sidecar, networks, files.
 
-    Entries are data: ("container", name), ("network", name) or ("call", fn, args). Removals of the same
-    kind that end up next to each other run as one docker call. A failing step is reported and the rest
-    still run; a missing resource counts as removed. Signals are only noted while it runs (see
-    _note_signal), so no Ctrl-C can stop it half-way, and output errors are swallowed by `say`. Each
-    docker call has TEARDOWN_TIMEOUT: once one expires the engine is taken as hung, the remaining
+    Entries are data: ("container", name), ("network", name), ("volume", name) or ("call", fn, args). Removals
+    of the same kind that end up next to each other run as one engine call. A failing step is reported and the
+    rest still run; a missing resource counts as removed. Signals are only noted while it runs (see
+    Context.note_signal), so no Ctrl-C can stop it half-way, and output errors are swallowed by `say`. Each
+    engine call has the context's teardown_timeout: once one expires the engine is taken as hung, the remaining
     removals are listed as possibly left, and the local steps still run.
     """
 
-    def __init__(self):
+    NOTES = {"volume": "teardown: the session's own state"}
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
         self.steps = []
         self.procs = []
         self.left = []
-        # Set when a create was killed before docker answered: it may still appear, so look again at the end.
+        # Set when a create was killed before the engine answered: it may still appear, so look again at the end.
         self.uncertain = None
 
     def push(self, entry: tuple) -> None:
@@ -2383,8 +2737,8 @@ class Teardown:
     def callback(self, fn, *args) -> None:
         self.push(("call", fn, args))
 
-    def adopt(self, proc: subprocess.Popen) -> None:
-        """Wait for `proc` after the containers are gone (e.g. `docker start --attach`)."""
+    def adopt(self, proc) -> None:
+        """Wait for `proc` after the containers are gone (the attached agent)."""
         self.procs.append(proc)
 
     def __enter__(self):
@@ -2400,18 +2754,16 @@ class Teardown:
         if self.left:
             self.left += names
             return
-        argv = {"container": rm_containers_argv, "network": rm_networks_argv, "volume": rm_volumes_argv}[kind](names)
+        self.engine.note = self.NOTES.get(kind, "teardown")
         try:
-            r = docker(*argv, check=False, timeout=TEARDOWN_TIMEOUT)
-        except DockerTimeout:
+            self.engine.remove(kind, names, timeout=self.engine.ctx.teardown_timeout)
+        except EngineTimeout:
             self.left += names
-            return
+        except EngineError as e:
+            warn(f"could not remove {kind} {', '.join(names)}: {e.stderr.strip()}")
         except BottleError as e:
-            if DOCKER_ANSWERED or not isinstance(e, DockerUnavailable):
+            if self.engine.answered or not isinstance(e, EngineUnavailable):
                 warn(f"could not remove {kind} {', '.join(names)}: {e}")
-            return
-        if r.returncode != 0 and not _only_missing(r.stderr):
-            warn(f"could not remove {kind} {', '.join(names)}: {r.stderr.strip()}")
 
     def run(self) -> None:
         for kind, *arg in unwind(self.steps):
@@ -2421,7 +2773,7 @@ class Teardown:
             fn, args = arg
             try:
                 fn(*args)
-            except DockerTimeout as e:
+            except EngineTimeout as e:
                 self.left.append(f"(the engine did not answer: {e})")
             except Exception as e:
                 warn(f"teardown step {getattr(fn, '__name__', fn)} failed: {e}")
@@ -2434,14 +2786,14 @@ class Teardown:
                 proc.kill()
                 proc.wait()
         if self.left:
-            warn(f"docker did not answer within {TEARDOWN_TIMEOUT:.0f} s, so these may be left: "
+            warn(f"the engine did not answer within {self.engine.ctx.teardown_timeout:.0f} s, so these may be left: "
                  f"{', '.join(n for n in self.left if not n.startswith('('))}; once this CLI has exited, "
                  f"`claude-bottle gc` removes them")
 
     def _sweep(self, session: str) -> None:
         """A create was killed mid-call: remove whatever of `session` the engine finished after all."""
         try:
-            for s in find_sessions(session):
+            for s in find_sessions(self.engine, session):
                 self._remove("container", [c["name"] for c in s["containers"]])
                 self._remove("network", [n["name"] for n in s["networks"]])
         except BottleError as e:
@@ -2637,15 +2989,14 @@ def quarantine_commondir(plan: Plan) -> None:
              f"(review it, and the directory it names, before deleting it)")
 
 
-class Step(namedtuple("Step", "name argvs note after undo action then background",
-                      defaults=("", (), (), None, (), False))):
-    """One step of a start, as data: the real start runs these, and the dry run prints them.
+class Step(namedtuple("Step", "name note after undo action then background", defaults=("", (), (), None, (), False))):
+    """One step of a start, as data: the real start runs these, against the real engine or (a dry run) one that
+    records instead.
 
-    name: the key of its result, and what later steps name in `after`, the steps it waits for.
-    argvs: the docker commands it runs (a step's action may repeat one until it succeeds).
+    name: the name of its result in Results, and what later steps name in `after`, the steps it waits for.
     undo: teardown entries pushed just before it runs: the names are the session's own and a missing
           resource counts as removed, so an interrupted create can never strand one.
-    action: `fn(run)` doing the step and returning its result; None runs `docker(*argvs[0])`.
+    action: `fn(run)` doing the step and returning its result.
     then: teardown entries pushed once it has succeeded.
     background: nothing waits for it; teardown does, at the very end.
     """
@@ -2653,64 +3004,82 @@ class Step(namedtuple("Step", "name argvs note after undo action then background
     __slots__ = ()
 
 
+class Results:
+    """What the steps of a start found or made, each as an attribute named after its step (`network_internal`,
+    `state`, `start`, ...); `done` holds the names of the steps that have finished."""
+
+    def __init__(self):
+        self.done = set()
+
+    def put(self, name: str, value) -> None:
+        setattr(self, name, value)
+        self.done.add(name)
+
+
 class Cancelled(BottleError):
     """Another step failed, or a signal arrived: a repeating step stops trying."""
 
 
 class Run:
-    """What the steps of one start share: the plan, the results so far, the teardown stack, a stop flag."""
+    """What the steps of one start share: the plan, the engine, the results so far, the teardown stack, a stop
+    flag."""
 
     def __init__(self, plan: Plan, td: Teardown, broker=None):
         self.plan, self.td, self.broker = plan, td, broker
-        self.results = {}
+        self.engine, self.ctx = td.engine, td.engine.ctx
+        self.results = Results()
         self.cancel = threading.Event()
 
     def pause(self, seconds: float) -> None:
         """Wait between tries of a repeating step; stop when the start is being abandoned."""
-        if self.cancel.wait(seconds) or SIGNALLED:
+        if self.cancel.wait(seconds) or self.ctx.signalled:
             raise Cancelled("cancelled")
 
 
 def _execute(step: Step, run: Run):
-    return step.action(run) if step.action else docker(*step.argvs[0])
+    run.engine.note = step.note
+    return step.action(run)
 
 
-def _join(future) -> None:
+def _join(future, timeout: float) -> None:
     try:
-        future.result(timeout=TEARDOWN_TIMEOUT)
+        future.result(timeout=timeout)
     except Exception as e:
         warn(f"a background step did not finish cleanly: {e}")
 
 
-def run_steps(steps, run: Run) -> dict:
-    """Run `steps` as soon as the steps they name in `after` are done, as many at once as can be.
+def run_steps(steps, run: Run, workers: int = 8) -> Results:
+    """Run `steps` as soon as the steps they name in `after` are done, as many at once as `workers` allows.
 
-    Ready steps start in list order, so the undo stack's order falls out of the list. On a failure or a
-    signal nothing new starts, repeating steps stop, and every step already running is waited for (its
-    docker call finishes, or is killed SIGNAL_GRACE seconds after a signal) before the error goes on to
-    teardown: nothing the session creates can appear after its teardown. Returns the results by name.
+    Ready steps start in list order, so the undo stack's order falls out of the list (with one worker, the order
+    is the list's: the dry run). On a failure or a signal nothing new starts, repeating steps stop, and every step
+    already running is waited for (its engine call finishes, or is killed SIGNAL_GRACE seconds after a signal)
+    before the error goes on to teardown: nothing the session creates can appear after its teardown.
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-    names = {s.name for s in steps} | set(run.results)
+    ctx, results = run.ctx, run.results
+    names = {s.name for s in steps} | results.done
     assert all(a in names for s in steps for a in s.after), "a step waits for a step that is not there"
-    pending = [s for s in steps if s.name not in run.results]
+    pending = [s for s in steps if s.name not in results.done]
     running, failure = {}, None
-    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="step")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
     try:
         while pending or running:
-            if failure is None and SIGNALLED:
-                failure = Interrupted(SIGNALLED)
+            if failure is None and ctx.signalled:
+                failure = Interrupted(ctx.signalled)
             if failure is not None:
                 pending = []
                 run.cancel.set()
-            for step in [s for s in pending if all(a in run.results for a in s.after)]:
+            for step in [s for s in pending if all(a in results.done for a in s.after)]:
+                if len(running) >= workers:
+                    break
                 pending.remove(step)
                 for entry in step.undo:
                     run.td.push(entry)
                 future = pool.submit(_execute, step, run)
                 if step.background:
-                    run.td.callback(_join, future)
-                    run.results[step.name] = future
+                    run.td.callback(_join, future, ctx.teardown_timeout)
+                    results.put(step.name, future)
                 else:
                     running[future] = step
             if not running:
@@ -2721,9 +3090,9 @@ def run_steps(steps, run: Run) -> dict:
             for future in done:
                 step = running.pop(future)
                 try:
-                    run.results[step.name] = future.result()
+                    results.put(step.name, future.result())
                 except BaseException as e:
-                    if isinstance(e, DockerTimeout):
+                    if isinstance(e, EngineTimeout):
                         run.td.uncertain = run.plan.session
                     failure = failure or e
                     continue
@@ -2731,22 +3100,22 @@ def run_steps(steps, run: Run) -> dict:
                     run.td.push(entry)
     finally:
         pool.shutdown(wait=False)
-    if SIGNALLED:
-        raise Interrupted(SIGNALLED) from failure
+    if ctx.signalled:
+        raise Interrupted(ctx.signalled) from failure
     if failure is not None:
         raise failure
-    return run.results
+    return results
 
 
 def require_network(run: Run) -> None:
     name = run.plan.egress_network
-    if docker(*network_inspect_argv(name), check=False).returncode != 0:
-        raise ConfigError(f"egress_network: docker network {name!r} does not exist; create it "
+    if not run.engine.network_exists(name):
+        raise ConfigError(f"egress_network: network {name!r} does not exist on the engine; create it "
                           f"(docker network create {name}) or remove egress_network from the bottle")
 
 
 def image_present(run: Run) -> bool:
-    return docker(*image_inspect_argv(run.plan.image), check=False).returncode == 0
+    return run.engine.image_id(run.plan.image) is not None
 
 
 def probe_cache_file(image_id: str, environ) -> Path | None:
@@ -2786,49 +3155,56 @@ def read_probe_cache(path: Path) -> dict | None:
     return data["probe"]
 
 
-def write_probe_cache(path: Path, probe: dict) -> None:
-    """Write atomically (a private temp file renamed over it); a cache that cannot be written is no error."""
+def write_probe_cache(path: Path, probe: dict) -> str:
+    """Write atomically (a private temp file renamed over it); a cache that cannot be written is no error: the
+    reason is returned instead ("" once written)."""
     try:
         path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
         atomic_write(str(path), json.dumps({"version": PROBE_VERSION, "probe": probe}))
     except OSError as e:
-        log(f"could not cache the image probe in {path}: {e.strerror}")
+        return f"could not cache the image probe in {path}: {e.strerror}"
+    return ""
 
 
-def probe_image(image: str, environ) -> dict:
+def probe_image(engine: Engine, image: str, environ) -> dict:
     """What the image holds (users, homes, tools), from the cache by image id or from one probe run."""
-    r = docker(*image_inspect_argv(image), check=False)
-    if r.returncode != 0:
+    image_id = engine.image_id(image)
+    if image_id is None:
         say(f"claude-bottle: the image {image} is not on this engine; pulling it")
-        docker("pull", image, capture=False)
-        r = docker(*image_inspect_argv(image))
-    image_id = r.stdout.strip()
+        engine.pull(image)
+        image_id = engine.image_id(image) or ""
     cache = probe_cache_file(image_id, environ)
     probe = read_probe_cache(cache) if cache else None
     if probe is not None:
-        log(f"the probe of {image} ({image_id[:19]}) from {cache}")
+        engine.ctx.log(f"the probe of {image} ({image_id[:19]}) from {cache}")
         return probe
     started = time.monotonic()
-    r = docker(*probe_argv(image_id or image), check=False)
-    if r.returncode != 0:
-        if r.returncode in (126, 127) or "/bin/sh" in r.stderr:
+    try:
+        r = engine.run(probe_spec(image_id if cache else image))
+    except EngineError as e:
+        if e.kind != "no_program":
+            raise
+        r = None
+    if r is None or r.status != 0:
+        if r is None:
             raise BottleError(f"the image {image} has no /bin/sh, and claude-bottle needs a POSIX sh in the agent's "
                               f"image; use an image with one (e.g. add busybox), or remove `image =` for the built-in")
-        raise DockerError(r.args, r.returncode, r.stderr)
+        raise BottleError(f"the probe of the image {image} failed (exit {r.status}): "
+                          f"{(r.stderr.strip() or 'no output').splitlines()[-1][-300:]}")
     probe = parse_probe(r.stdout)
-    log(f"probed {image} in {time.monotonic() - started:.2f} s")
+    engine.ctx.log(f"probed {image} in {time.monotonic() - started:.2f} s")
     if cache:
-        write_probe_cache(cache, probe)
+        engine.ctx.log(write_probe_cache(cache, probe) or f"cached the probe in {cache}")
     return probe
 
 
-def identify(plan: Plan, environ) -> Plan:
+def identify(plan: Plan, engine: Engine, environ) -> Plan:
     """Settle who the agent is in its image (probed once per image id) and refuse an image that cannot work.
 
     Runs before anything is created; the probe's own container is gone when it returns.
     """
     if plan.identity.user is None:
-        probe = probe_image(plan.image, environ)
+        probe = probe_image(engine, plan.image, environ)
         plan = plan._replace(identity=agent_identity(probe, plan.identity.uid, plan.identity.gid))
     problem = identity_problem(plan)
     if problem:
@@ -2838,21 +3214,22 @@ def identify(plan: Plan, environ) -> Plan:
 
 def settle_identity(run: Run) -> Identity:
     """The step's action: a start has settled the identity before its preflight; this only covers others."""
-    return identify(run.plan, os.environ).identity
+    return identify(run.plan, run.engine, os.environ).identity
 
 
 def build_image(run: Run) -> None:
     """Build the built-in image unless its tag (a hash of the Dockerfile and build arguments) already exists.
 
-    docker tags an image only once every step succeeded, so a failed build leaves no tag to be reused.
+    The engine tags an image only once every step succeeded, so a failed build leaves no tag to be reused.
     """
-    if run.results["image"]:
+    if run.results.image:
         return
     plan = run.plan
-    say(f"claude-bottle: building the agent image {plan.image} (once; later starts reuse it)")
+    if not run.engine.dry_run:
+        say(f"claude-bottle: building the agent image {plan.image} (once; later starts reuse it)")
     try:
-        docker(*build_argv(plan.image, plan.build_args), input=AGENT_DOCKERFILE.encode(), capture=False)
-    except DockerError as e:
+        run.engine.build(plan.image, AGENT_DOCKERFILE, plan.build_args, {f"{LABEL}.image": "agent"})
+    except EngineError as e:
         raise BottleError(build_failure(plan, e.stderr)) from None
 
 
@@ -2870,19 +3247,19 @@ def build_failure(plan: Plan, stderr: str) -> str:
 
 
 def reap_in_background(run: Run) -> list:
-    return reap_orphans()
+    return reap_orphans(run.engine)
 
 
-def launch_agent(run: Run) -> subprocess.Popen:
-    proc = docker_popen(*start_argv(run.plan))
+def launch_agent(run: Run):
+    proc = run.engine.start_attached(run.plan.agent_container)
     run.td.adopt(proc)
     return proc
 
 
-def unhealthy(plan: Plan, why: str) -> BottleError:
-    logs = docker("logs", "--tail", "5", plan.sidecar, check=False, timeout=TEARDOWN_TIMEOUT)
+def unhealthy(run: Run, why: str) -> BottleError:
+    logs = run.engine.logs(run.plan.sidecar, tail=5, timeout=run.ctx.teardown_timeout)
     tail = " | ".join(ln.strip() for ln in (logs.stdout + logs.stderr).splitlines() if ln.strip())[-400:]
-    return BottleError(f"the pipelock sidecar {plan.sidecar} did not become healthy ({why[-200:]}); "
+    return BottleError(f"the pipelock sidecar {run.plan.sidecar} did not become healthy ({why[-200:]}); "
                        f"its log: {tail or 'empty'}")
 
 
@@ -2892,15 +3269,19 @@ def wait_healthy(run: Run, timeout: float = HEALTH_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
-        r = docker(*health_argv(plan), check=False)
-        if r.returncode == 0:
+        try:
+            r = run.engine.exec(plan.sidecar, ["/pipelock", "healthcheck"])
+        except EngineError as e:
+            # It exited (or is gone): that does not get better by waiting.
+            raise unhealthy(run, e.stderr.strip() or e.kind) from None
+        if r.status == 0:
             return
-        # 126/127: no /pipelock in the image; "not running": it exited. Neither gets better by waiting.
-        if r.returncode in (126, 127) or "is not running" in r.stderr or time.monotonic() >= deadline:
+        # 126/127: no /pipelock in the image; that does not get better by waiting either.
+        if r.status in (126, 127) or time.monotonic() >= deadline:
             break
         run.pause(delay)
         delay = min(delay * 2, 0.25)
-    raise unhealthy(plan, r.stderr.strip() or "no answer")
+    raise unhealthy(run, r.stderr.strip() or "no answer")
 
 
 def host_routes(path: str = "/proc/net/route") -> list:
@@ -2925,29 +3306,36 @@ def create_network(run: Run, name: str, internal: bool) -> str:
     once can never share one: the second simply tries its next candidate. Returns the subnet.
     """
     plan = run.plan
-    routes = host_routes()
+    routes = run.engine.routes()
     for attempt in range(SUBNET_TRIES):
         subnet = subnet_candidate(plan.subnet_pool, f"{plan.session}/{name}", attempt)
         if any(_overlaps(subnet, route) for route in routes):
             continue
-        r = docker(*network_create_argv(plan, name, internal, subnet), check=False)
-        if r.returncode == 0:
+        try:
+            run.engine.create_network(network_spec(plan, name, internal, subnet))
             return subnet
-        if "overlap" not in r.stderr:
-            raise DockerError(r.args, r.returncode, r.stderr)
+        except EngineError as e:
+            if e.kind != "subnet_taken":
+                raise
     raise BottleError(f"no free /{SUBNET_BITS} for network {name} in {SUBNETS_ENV}={','.join(plan.subnet_pool)} "
                       f"after {SUBNET_TRIES} tries; set {SUBNETS_ENV} to a larger or another free private range "
                       f"(e.g. 10.214.0.0/16), or remove what other sessions left (claude-bottle gc)")
 
 
 def run_sidecar(run: Run) -> None:
-    ip = None if run.plan.egress_network else subnet_address(run.results["network-egress"], 2)
-    docker(*sidecar_run_argv(run.plan, ip))
+    ip = None if run.plan.egress_network else subnet_address(run.results.network_egress, 2)
+    spec = sidecar_spec(run.plan, ip)
+    for volume in run.engine.file_volumes(spec):
+        run.td.volume(volume)
+    run.engine.run_detached(spec)
 
 
 def create_agent(run: Run) -> None:
-    # Its own fixed address: left to docker, it could take the one the sidecar is about to be given.
-    docker(*agent_create_argv(run.plan, subnet_address(run.results["network-internal"], 3), run.results["state"]))
+    # Its own fixed address: left to the engine, it could take the one the sidecar is about to be given.
+    spec = agent_spec(run.plan, subnet_address(run.results.network_internal, 3), run.results.state)
+    for volume in run.engine.file_volumes(spec):
+        run.td.volume(volume)
+    run.engine.create(spec)
 
 
 def prepare_state(run: Run) -> str:
@@ -2957,50 +3345,56 @@ def prepare_state(run: Run) -> str:
     With --fresh the step's own undo entries cover the volume and the init container; otherwise they are pushed
     here, before what they undo, since only here is it known whether there is anything to undo.
     """
-    plan = run.plan
+    plan, engine = run.plan, run.engine
     volume = plan.fresh_volume if plan.fresh else plan.state_volume
     if not plan.fresh:
-        holders = docker(*state_in_use_argv(volume)).stdout.split()
+        holders = engine.volume_holders(volume)
         if holders:
             # WARNING: two Claude Codes writing one .claude.json lose each other's writes; the second gets its own.
             say(f"claude-bottle: the state {volume} is in use by {', '.join(holders)}; this session starts with a "
                 f"fresh state, thrown away at the end")
             volume = plan.fresh_volume
             run.td.volume(volume)
-        elif docker(*volume_inspect_argv(volume), check=False).returncode == 0:
+        elif engine.volume_exists(volume):
             return volume
         run.td.container(plan.state_init)
-    docker(*volume_create_argv(plan, volume))
+    engine.create_volume(state_volume_spec(plan, volume))
     try:
-        docker(*state_init_argv(plan, volume))
+        r = engine.run(state_init_spec(plan, volume))
+        if r.status != 0:
+            raise BottleError(f"the new state volume {volume} could not be made the agent's (exit {r.status}): "
+                              f"{(r.stderr.strip() or 'no output').splitlines()[-1][-300:]}")
     except BottleError:
         if volume == plan.state_volume:
             # Not left half made: the next start would take a volume the agent cannot write for a ready one.
-            docker(*rm_volumes_argv([volume]), check=False, timeout=TEARDOWN_TIMEOUT)
+            try:
+                engine.remove("volume", [volume], timeout=run.ctx.teardown_timeout)
+            except BottleError as e:
+                warn(f"could not remove the half-made state volume {volume}: {e}")
         raise
     return volume
 
 
 def connect_sidecar(run: Run) -> None:
-    docker(*network_connect_argv(run.plan, subnet_address(run.results["network-internal"], 2)))
+    run.engine.connect(run.plan.sidecar, run.plan.internal_network,
+                       subnet_address(run.results.network_internal, 2))
 
 
 def self_test_addresses(run: Run) -> tuple:
     """The sidecar's egress-side address and the internal network's gateway, from the session's own subnets."""
-    if "addresses" in run.results:
-        return run.results["addresses"]
-    return subnet_address(run.results["network-egress"], 2), subnet_address(run.results["network-internal"], 1)
+    if "addresses" in run.results.done:
+        return run.results.addresses
+    return subnet_address(run.results.network_egress, 2), subnet_address(run.results.network_internal, 1)
 
 
 def sidecar_addresses(run: Run) -> tuple:
     """On an egress_network of the user's: the sidecar's address there (asked), and the internal gateway."""
     plan = run.plan
-    networks = json.loads(docker(*sidecar_inspect_argv(plan)).stdout or "{}")
-    address = (networks.get(plan.egress) or {}).get("IPAddress")
+    address = run.engine.address(plan.sidecar, plan.egress)
     if not address:
         # A container that has exited keeps no address: pipelock stopped straight after its start.
-        raise unhealthy(plan, f"it has no address on {plan.egress}; it exited")
-    return address, subnet_address(run.results["network-internal"], 1)
+        raise unhealthy(run, f"it has no address on {plan.egress}; it exited")
+    return address, subnet_address(run.results.network_internal, 1)
 
 
 def point_broker(run: Run) -> None:
@@ -3015,22 +3409,28 @@ def run_self_test(run: Run, timeout: float = 30.0) -> None:
     It is also the sidecar's health check: the script polls pipelock's /health, as `pipelock
     healthcheck` does, but from the agent's side of the internal network, the path the agent will use.
     """
-    plan, attached = run.plan, run.results["start"]
+    plan, attached = run.plan, run.results.start
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
-        r = docker(*self_test_argv(plan, *self_test_addresses(run)), check=False)
-        # The marker too: a short command can end the container (exit 137) just after the gate opened.
-        if r.returncode == 0 or SELF_TEST_PASSED in r.stdout.splitlines():
-            return
-        starting = "is not running" in r.stderr or "No such container" in r.stderr
+        try:
+            r = run.engine.exec(plan.agent_container, ["sh", "-c", render_self_test(plan, *self_test_addresses(run))])
+        except EngineError as e:
+            # Not running yet (`start` is still on its way), or already stopped.
+            r = Completed(e.returncode, "", e.stderr)
+            starting = True
+        else:
+            # The marker too: a short command can end the container (exit 137) just after the gate opened.
+            if r.status == 0 or SELF_TEST_PASSED in r.stdout.splitlines():
+                return
+            starting = False
         if not starting or attached.poll() is not None or time.monotonic() >= deadline:
             break
         run.pause(delay)
         delay = min(delay * 2, 0.2)
-    reason = (r.stderr.strip() or r.stdout.strip() or f"exit {r.returncode}").splitlines()[-1]
+    reason = (r.stderr.strip() or r.stdout.strip() or f"exit {r.status}").splitlines()[-1]
     if reason.startswith(PROXY_SILENT):
-        raise unhealthy(plan, reason)
+        raise unhealthy(run, reason)
     if reason.startswith(NO_CLIENT):
         raise BottleError(f"{reason}; install one of them in the image, or pass --no-self-test")
     if attached.poll() is not None:
@@ -3039,10 +3439,14 @@ def run_self_test(run: Run, timeout: float = 30.0) -> None:
                       f"down: {reason}")
 
 
-def report_egress(plan: Plan, report_json: str | None, quiet: bool, broker=None, save_learned: bool = False) -> None:
+def report_egress(engine: Engine, plan: Plan, report_json: str | None, quiet: bool, broker=None,
+                  save_learned: bool = False) -> None:
     """Summarise pipelock's decisions (and the broker's requests) for the session; runs before the sidecar is
     removed."""
-    r = docker(*logs_argv(plan), check=False, timeout=TEARDOWN_TIMEOUT)
+    engine.note = "teardown: pipelock's decisions, for the egress report"
+    r = engine.logs(plan.sidecar, timeout=engine.ctx.teardown_timeout)
+    if engine.dry_run:
+        return
     report = egress_report(parse_events(r.stdout))
     if broker is not None:
         report["brokered"] = broker.stats()
@@ -3071,118 +3475,97 @@ def report_egress(plan: Plan, report_json: str | None, quiet: bool, broker=None,
             warn(f"the proposed allow list was not saved: {e}")
 
 
-def start_steps(plan: Plan, report_json: str | None = None, quiet: bool = False, broker=None,
+def start_steps(plan: Plan, engine: Engine, report_json: str | None = None, quiet: bool = False, broker=None,
                 save_learned: bool = False) -> list:
-    """Every docker step of a start, in an order that respects `after`; teardown is their undo entries.
+    """Every engine step of a start, in an order that respects `after`; teardown is their undo entries.
 
     `broker`, the session's CredentialBroker (None in a dry run), only feeds the egress report."""
     agent, sidecar = plan.agent_container, plan.sidecar
     steps = []
     ready = ()
     if plan.egress_network:
-        steps.append(Step("egress-network", (network_inspect_argv(plan.egress_network),),
-                          "the bottle's egress_network must exist", action=require_network))
-        ready = ("egress-network",)
+        steps.append(Step("egress_network", "the bottle's egress_network must exist", action=require_network))
+        ready = ("egress_network",)
     if not plan.build_image:
-        steps.append(Step("identity", (image_inspect_argv(plan.image), probe_argv(plan.image)), "before anything "
-                          "is created: the image's users, homes and tools; once per image id, then cached",
-                          after=ready, action=settle_identity))
+        steps.append(Step("identity", "before anything is created: the image's users, homes and tools; once per "
+                          "image id, then cached", after=ready, action=settle_identity))
         ready = ("identity",)
     if plan.build_image:
-        steps += [Step("image", (image_inspect_argv(plan.image),), "reuse the agent image when it exists",
-                       after=ready, action=image_present),
-                  Step("build", (build_argv(plan.image, plan.build_args),), "only when it is missing; the embedded "
-                       "Dockerfile on stdin", after=("image",), action=build_image)]
+        steps += [Step("image", "reuse the agent image when it exists", after=ready, action=image_present),
+                  Step("build", "only when it is missing; the embedded Dockerfile on stdin", after=("image",),
+                       action=build_image)]
         ready = ("build",)
-    steps.append(Step("orphans", tuple(find_sessions_argvs()), "in the background: find orphaned sessions (their "
-                      "CLI is gone) and tear them down", after=ready, action=reap_in_background, background=True))
+    steps.append(Step("orphans", "in the background: find orphaned sessions (their CLI is gone) and tear them down",
+                      after=ready, action=reap_in_background, background=True))
     for name, internal in plan.created_networks:
-        key = f"network-{'internal' if internal else 'egress'}"
-        steps.append(Step(key, (network_create_argv(plan, name, internal, plan.subnet(name)),),
+        steps.append(Step(f"network_{'internal' if internal else 'egress'}",
                           f"a /{SUBNET_BITS} of its own from {SUBNETS_ENV}; the next candidate when it is taken",
                           after=ready, undo=(("network", name),),
                           action=lambda run, name=name, internal=internal: create_network(run, name, internal)))
-    nets = tuple(s.name for s in steps if s.name.startswith("network-"))
+    nets = tuple(s.name for s in steps if s.name.startswith("network_"))
     if plan.fresh:
-        steps.append(Step("state", (volume_create_argv(plan, plan.fresh_volume),
-                                    state_init_argv(plan, plan.fresh_volume)),
-                          "an empty state of the session's own, made the agent's", after=ready,
+        steps.append(Step("state", "an empty state of the session's own, made the agent's", after=ready,
                           undo=(("volume", plan.fresh_volume), ("container", plan.state_init)), action=prepare_state))
     else:
-        steps.append(Step("state", (state_in_use_argv(plan.state_volume), volume_inspect_argv(plan.state_volume),
-                                    volume_create_argv(plan, plan.state_volume),
-                                    state_init_argv(plan, plan.state_volume)),
-                          "kept across sessions; created and made the agent's only when missing (a fresh one, "
-                          "removed at teardown, when another session holds it)", after=ready, action=prepare_state))
-    report = (("call", report_egress, (plan, report_json, quiet, broker, save_learned)),)
-    own_egress = None if plan.egress_network else subnet_address(plan.subnet(plan.egress), 2)
+        steps.append(Step("state", "kept across sessions; created and made the agent's only when missing (a fresh "
+                          "one, removed at teardown, when another session holds it)", after=ready,
+                          action=prepare_state))
+    report = (("call", report_egress, (engine, plan, report_json, quiet, broker, save_learned)),)
     steps += [
-        Step("sidecar", (sidecar_run_argv(plan, own_egress),), after=ready + nets, undo=(("container", sidecar),),
-             action=run_sidecar),
-        Step("connect", (network_connect_argv(plan, subnet_address(plan.subnet(plan.internal_network), 2)),),
-             after=("sidecar",), action=connect_sidecar),
-        Step("agent", (agent_create_argv(plan, subnet_address(plan.subnet(plan.internal_network), 3)),),
-             "at the same time as the sidecar", after=ready + nets + ("state",), undo=(("container", agent),),
-             action=create_agent),
+        Step("sidecar", after=ready + nets, undo=(("container", sidecar),), action=run_sidecar),
+        Step("connect", after=("sidecar",), action=connect_sidecar),
+        Step("agent", "at the same time as the sidecar", after=ready + nets + ("state",),
+             undo=(("container", agent),), action=create_agent),
     ]
-    before_start = ("agent",)
     if plan.egress_network and (plan.self_test or plan.brokered):
-        steps.append(Step("addresses", (sidecar_inspect_argv(plan),), "its address on the egress_network, for "
-                          "the self-test and the credential broker", after=("connect",), action=sidecar_addresses))
+        steps.append(Step("addresses", "its address on the egress_network, for the self-test and the credential "
+                          "broker", after=("connect",), action=sidecar_addresses))
     if plan.brokered:
-        # No docker command: the broker runs in this process and starts before every step.
-        steps.append(Step("broker", (), after=("addresses" if plan.egress_network else "sidecar",),
+        # No engine command: the broker runs in this process and starts before every step.
+        steps.append(Step("broker", after=("addresses" if plan.egress_network else "sidecar",),
                           action=point_broker))
     # The agent's command runs once the self-test opens its gate (or at its start): by then the broker has its proxy.
     broker_ready = ("broker",) if plan.brokered else ()
     if plan.self_test:
-        outside, gateway = (("<sidecar egress address>",) if plan.egress_network else (own_egress,)) + \
-            (subnet_address(plan.subnet(plan.internal_network), 1),)
         steps += [
-            Step("start", (start_argv(plan),), "attached to your terminal; the command waits behind the "
-                 "self-test's gate", after=before_start, action=launch_agent),
-            Step("self-test", (self_test_argv(plan, outside, gateway),),
-                 "isolation self-test inside the agent, which also waits for pipelock's /health; opens the gate",
-                 after=("addresses" if plan.egress_network else "connect", "start", *broker_ready),
-                 action=run_self_test,
-                 then=report),
+            Step("start", "attached to your terminal; the command waits behind the self-test's gate",
+                 after=("agent",), action=launch_agent),
+            Step("self_test", "isolation self-test inside the agent, which also waits for pipelock's /health; opens "
+                 "the gate", after=("addresses" if plan.egress_network else "connect", "start", *broker_ready),
+                 action=run_self_test, then=report),
         ]
     else:
         steps += [
-            Step("health", (health_argv(plan),), "repeated until healthy", after=("connect",), action=wait_healthy),
-            Step("start", (start_argv(plan),), "attached to your terminal",
-                 after=(*before_start, "health", *broker_ready), action=launch_agent, then=report),
+            Step("health", "repeated until healthy", after=("connect",), action=wait_healthy),
+            Step("start", "attached to your terminal", after=("agent", "health", *broker_ready),
+                 action=launch_agent, then=report),
         ]
     return steps
 
 
-def teardown_preview(plan: Plan, steps) -> list:
-    """(argv, note) of the teardown a start ends with: its steps' undo entries, unwound as Teardown unwinds them."""
-    out = []
-    for kind, *arg in unwind([e for s in steps for e in (*s.undo, *s.then)]):
-        if kind == "container":
-            out.append((rm_containers_argv(arg[0]), "teardown"))
-        elif kind == "network":
-            out.append((rm_networks_argv(arg[0]), "teardown"))
-        elif kind == "volume":
-            out.append((rm_volumes_argv(arg[0]), "teardown: the session's own state"))
-        elif arg[0] is report_egress:
-            out.append((logs_argv(plan), "teardown: pipelock's decisions, for the egress report"))
-    return out
-
-
-def wait_agent(proc: subprocess.Popen) -> int:
+def wait_agent(proc, ctx: Context) -> int:
     """The agent's exit status; a signal ends the wait (teardown then stops the agent)."""
     import subprocess
     while True:
-        check_signal()
+        ctx.check_signal()
         try:
             return proc.wait(timeout=0.1)
         except subprocess.TimeoutExpired:
             continue
 
 
-def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: bool = False,
+def record_start(plan: Plan, ctx: Context | None = None) -> RecordingEngine:
+    """A start's steps and teardown run against a RecordingEngine, one step at a time: what the dry run prints.
+    The host side of a start (the private dir, the broker, the ssh-agent relay, the workspace's guards) is not
+    part of it."""
+    engine = RecordingEngine(ctx, missing_images={plan.image} if plan.build_image else ())
+    with Teardown(engine) as td:
+        results = run_steps(start_steps(plan, engine, quiet=True), Run(plan, td), workers=1)
+        wait_agent(results.start, engine.ctx)
+    return engine
+
+
+def run_session(plan: Plan, engine: Engine, secret: str, report_json: str | None = None, quiet: bool = False,
                 save_learned: bool = False) -> int:
     """Create the bottle, run the agent attached to this terminal, and always tear everything down.
 
@@ -3190,7 +3573,7 @@ def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: 
     the steps of `start_steps` run, as many at once as their order allows. Whatever happens, the
     teardown stack unwinds: the egress report, agent and sidecar, networks, the private dir.
     """
-    with Teardown() as td:
+    with Teardown(engine) as td:
         make_private_dir(plan.private_dir)
         td.callback(remove_private_dir, plan.private_dir)
         write_private_files(plan, secret)
@@ -3202,7 +3585,8 @@ def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: 
         if plan.brokered:
             # Before the agent's container is created: its sockets are bind-mount sources. The secrets go to
             # the broker alone, read from this process's environment now, never into the plan.
-            broker = CredentialBroker(plan.brokered, broker_secrets(plan.brokered, os.environ), plan.private_dir)
+            broker = CredentialBroker(plan.brokered, broker_secrets(plan.brokered, os.environ), plan.private_dir,
+                                      log=engine.ctx.log)
             td.callback(broker.close)
             broker.start()
         if plan.git_dir:
@@ -3210,9 +3594,9 @@ def run_session(plan: Plan, secret: str, report_json: str | None = None, quiet: 
             os.makedirs(os.path.join(plan.workspace, ".git", "hooks"), exist_ok=True)
             # Runs after the agent's container is gone, so it cannot write another.
             td.callback(quarantine_commondir, plan)
-        run = Run(plan, td, broker)
-        results = run_steps(start_steps(plan, report_json, quiet, broker, save_learned), run)
-        status = wait_agent(results["start"])
+        steps = start_steps(plan, engine, report_json, quiet, broker, save_learned)
+        results = run_steps(steps, Run(plan, td, broker))
+        status = wait_agent(results.start, engine.ctx)
     if td.left:
         raise BottleError("teardown did not finish: the engine stopped answering (see the warning above); "
                           "run `claude-bottle gc` once it answers again")
@@ -3698,7 +4082,7 @@ class CredentialBroker:
         broker.set_proxy((sidecar_ip, PROXY_PORT))  # before the bottle's first request
     """
 
-    def __init__(self, endpoints, secrets: dict, socket_dir: str, log=log):
+    def __init__(self, endpoints, secrets: dict, socket_dir: str, log=lambda message: None):
         self.endpoints = list(endpoints)
         missing = [ep.env for ep in self.endpoints if not secrets.get(ep.env)]
         if missing:
@@ -4059,13 +4443,6 @@ def forwarder_script(tool: str, pairs: list, wait: float = 5.0) -> str:
 
 # ---- Operating bottles: finding sessions, stopping them, reaping orphans ----
 
-def _created(text: str) -> float | None:
-    """docker's CreatedAt, e.g. `2026-11-27 08:04:44.123456 +0000 UTC`, as a POSIX time."""
-    from datetime import datetime
-    m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d+)? ([+-]\d{4})", text or "")
-    return datetime.strptime(" ".join(m.groups()), "%Y-%m-%d %H:%M:%S %z").timestamp() if m else None
-
-
 def hostname() -> str:
     return os.uname().nodename
 
@@ -4161,31 +4538,34 @@ def signal_owner(session: dict, signum: int = signal.SIGTERM) -> bool:
             os.close(fd)
 
 
-def find_sessions(session: str | None = None) -> list:
+def find_sessions(engine: Engine, session: str | None = None) -> list:
     """Every session (or the one named) with a container or network labelled claude-bottle.session, oldest first."""
     found = {}
-    for kind, argv in zip(("containers", "networks"), find_sessions_argvs(session)):
-        for line in docker(*argv).stdout.splitlines():
-            item = json.loads(line)
-            s = found.setdefault(item["session"], {
-                "session": item["session"], "agent": item["agent"] or "?", "bottle": item["bottle"] or "?",
-                **{k: item[k] for k in SESSION_KEYS if k.startswith("owner")},
-                "containers": [], "networks": [], "created": None,
-            })
-            entry = {"name": item["name"], "role": item["role"]}
-            if kind == "containers":
-                entry["state"] = item["state"]
-            s[kind].append(entry)
-            created = _created(item["created"])
-            if created and (s["created"] is None or created < s["created"]):
-                s["created"] = created
+    for r in engine.resources(session):
+        label = {k: r.labels.get(f"{LABEL}.{k}") or "" for k in SESSION_KEYS}
+        s = found.setdefault(label["session"], {
+            "session": label["session"], "agent": label["agent"] or "?", "bottle": label["bottle"] or "?",
+            **{k: label[k] for k in SESSION_KEYS if k.startswith("owner")},
+            "containers": [], "networks": [], "created": None,
+        })
+        entry = {"name": r.name, "role": label["role"]}
+        if r.kind == "container":
+            entry["state"] = r.state
+        s[f"{r.kind}s"].append(entry)
+        if r.created and (s["created"] is None or r.created < s["created"]):
+            s["created"] = r.created
     sessions = sorted(found.values(), key=lambda s: s["created"] or 0)
     for s in sessions:
-        agent = next((c for c in s["containers"] if c["role"] == "agent"), None)
+        agent = member(s, "agent")
         s["state"] = agent["state"] if agent else ("starting" if s["containers"] else "networks only")
         s["owner_state"] = owner_state(s)
         s["owner_alive"] = {"alive": True, "gone": False}.get(s["owner_state"])
     return sessions
+
+
+def member(session: dict, role: str) -> dict | None:
+    """The session's container of that role ("agent", "pipelock"), or None."""
+    return next((c for c in session["containers"] if c["role"] == role), None)
 
 
 def is_orphan(session: dict) -> bool:
@@ -4193,28 +4573,28 @@ def is_orphan(session: dict) -> bool:
     return session["owner_state"] == "gone"
 
 
-def teardown_session(session: dict) -> None:
-    """The same ordered teardown as a session's own exit: agent and sidecar, then its networks and own state."""
-    with Teardown() as td:
+def teardown_session(engine: Engine, session: dict) -> None:
+    """The same ordered teardown as a session's own exit: agent and sidecar, then its networks and own volumes."""
+    with Teardown(engine) as td:
         try:
-            # Only a session's own (fresh) state carries its label; a persistent state volume never does.
-            for v in docker(*session_volumes_argv(session["session"])).stdout.split():
-                td.volume(v)
+            # Only a session's own volumes carry its label; a persistent state volume never does.
+            for v in engine.volumes(SESSION_LABEL, session["session"]):
+                td.volume(v["name"])
         except BottleError as e:
-            warn(f"could not look for the state volume of session {session['session']}: {e}")
+            warn(f"could not look for the volumes of session {session['session']}: {e}")
         for n in session["networks"]:
             td.network(n["name"])
         for c in session["containers"]:
             td.container(c["name"])
 
 
-def reap_orphans() -> list:
+def reap_orphans(engine: Engine) -> list:
     """Tear down every orphaned session; never fails a start."""
     try:
-        orphans = [s for s in find_sessions() if is_orphan(s)]
+        orphans = [s for s in find_sessions(engine) if is_orphan(s)]
         for s in orphans:
-            log(f"reaping orphaned session {s['session']} (owner {s['owner'] or 'unknown'} is gone)")
-            teardown_session(s)
+            engine.ctx.log(f"reaping orphaned session {s['session']} (owner {s['owner'] or 'unknown'} is gone)")
+            teardown_session(engine, s)
         return orphans
     except BottleError as e:
         warn(f"could not look for orphaned sessions: {e}")
@@ -4280,10 +4660,6 @@ def render_event(event: dict) -> str:
 
 # ---- Changing a running bottle: allow and deny live ----
 
-# How long `allow` and `deny` wait for pipelock to confirm a reload (it debounces its directory watch by 100 ms).
-RELOAD_TIMEOUT = float(os.environ.get("CLAUDE_BOTTLE_RELOAD_TIMEOUT") or 10)
-
-
 def atomic_write(path: str, text: str, mode: int = 0o600, share_uid: int | None = None) -> None:
     """Replace `path` with `text` in one step: a temp file in the same directory, then a rename.
 
@@ -4332,18 +4708,16 @@ def change_hosts(state: dict, add=(), remove=(), force: bool = False) -> dict:
     return {**state, "hosts": new, "added": sorted(set(new) - base), "denied": sorted(base - set(new))}
 
 
-def wait_reload(sidecar: str, config_hash: str, since: str, timeout: float = RELOAD_TIMEOUT) -> ReloadWait:
+def wait_reload(engine: Engine, sidecar: str, config_hash: str, since: str) -> ReloadWait:
     """Follow the sidecar's log from `since` until pipelock applies or refuses the config whose sha256 is
-    `config_hash`, or `timeout` passes (the wait's state is then still "waiting")."""
+    `config_hash`, or the context's reload_timeout passes (the wait's state is then still "waiting")."""
     import select
-    import subprocess
     wait = ReloadWait(config_hash)
-    proc = docker_popen("logs", "--follow", "--since", since, sidecar,
-                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
+    proc = engine.follow_logs(sidecar, since=since)
+    deadline = time.monotonic() + engine.ctx.reload_timeout
     try:
         while wait.state == "waiting" and time.monotonic() < deadline:
-            check_signal()
+            engine.ctx.check_signal()
             if not select.select([proc.stdout], [], [], 0.05)[0]:
                 continue
             chunk = os.read(proc.stdout.fileno(), 65536)
@@ -4409,16 +4783,16 @@ def save_allow(state: dict, add=(), remove=()) -> str:
     return path
 
 
-def change_session(args, add: bool) -> int:
+def change_session(args, engine: Engine, add: bool) -> int:
     """`allow` (add=True) and `deny`: change a running session's allowlist and wait until pipelock applies it."""
-    # Bad input is refused before docker is asked anything.
+    # Bad input is refused before the engine is asked anything.
     hosts = tuple(dict.fromkeys(check_host(h, "HOST", wildcard=True)
                                 for h in expand_allow(args.hosts or (), PRESETS, "HOST")))
     # As written in a config: presets stay presets.
     entries = [h if h.startswith("@") else check_host(h, "HOST", wildcard=True) for h in args.hosts or ()]
-    session = select_sessions(find_sessions(), args.session, False)[0]
+    session = select_sessions(find_sessions(engine), args.session, False)[0]
     private = live_dir(session)
-    sidecar = next((c["name"] for c in session["containers"] if c["role"] == "pipelock"), None)
+    sidecar = member(session, "pipelock")
     if sidecar is None:
         raise BottleError(f"session {session['session']} has no pipelock sidecar (any more)")
     import fcntl
@@ -4440,30 +4814,16 @@ def change_session(args, add: bool) -> int:
             print(f"nothing to change: {', '.join(hosts)} {'already allowed' if add else 'not allowed'}")
         else:
             new["change"] = int(state.get("change", 0)) + 1
-            config = os.path.join(private, "pipelock", "pipelock.yaml")
             text = pipelock_yaml(new["session"], new["hosts"], new["trusted"], new["max_tunnel_seconds"],
                                  new["idle_timeout_seconds"], enforce=not new.get("learn"), change=new["change"])
-            old_text = Path(config).read_text(encoding="utf-8")
-            sidecar_uid = int(SIDECAR_USER.split(":")[0])
-            ns = time.time_ns()
-            since = f"{ns // 10**9}.{ns % 10**9:09d}"
-            atomic_write(config, text, share_uid=sidecar_uid)
-            try:
-                wait = wait_reload(sidecar, _sha256(text), since)
-            except BaseException:
-                # Interrupted (or docker failed) while waiting: whether pipelock took it is unknown; put the old
-                # config back, so pipelock reloads it and the file and live.json agree again.
-                atomic_write(config, old_text, share_uid=sidecar_uid)
-                raise
+            wait = write_sidecar_config(engine, private, sidecar["name"], text)
             if wait.state != "applied":
-                # pipelock keeps the config it had; the file goes back to it, so the two never disagree.
-                atomic_write(config, old_text, share_uid=sidecar_uid)
                 if wait.state == "refused":
                     raise BottleError(f"pipelock refused the change ({_visible(wait.reason)}); session "
                                       f"{session['session']} allows what it did before")
-                raise BottleError(f"pipelock did not confirm the change within {RELOAD_TIMEOUT:g} s; the previous "
-                                  f"config is back in place and session {session['session']} allows what it did "
-                                  f"before")
+                raise BottleError(f"pipelock did not confirm the change within {engine.ctx.reload_timeout:g} s; the "
+                                  f"previous config is back in place and session {session['session']} allows what "
+                                  f"it did before")
             atomic_write(os.path.join(private, LIVE_STATE), json.dumps(new, indent=1) + "\n")
             state = new
             print(f"{'allowed' if add else 'denied'} {', '.join(hosts)} in session {session['session']} (pipelock "
@@ -4475,15 +4835,39 @@ def change_session(args, add: bool) -> int:
     return 0
 
 
-def cmd_allow(args, command) -> int:
-    return change_session(args, add=True)
+def write_sidecar_config(engine: Engine, private: str, sidecar: str, text: str) -> ReloadWait:
+    """Put `text` in force as the sidecar's config and wait for pipelock's word on it. Unless pipelock applied it,
+    the old config goes back (pipelock keeps the config it had), so the file and pipelock never disagree; the
+    same when the wait is interrupted or the engine fails, since whether pipelock took it is then unknown."""
+    config = os.path.join(private, "pipelock", "pipelock.yaml")
+    files = Files("dir", os.path.dirname(config), PIPELOCK_CONFIG_DIR)
+    sidecar_uid = int(SIDECAR_USER.split(":")[0])
+    old_text = Path(config).read_text(encoding="utf-8")
+    ns = time.time_ns()
+    since = f"{ns // 10**9}.{ns % 10**9:09d}"
+    atomic_write(config, text, share_uid=sidecar_uid)
+    try:
+        engine.update_files(sidecar, files)
+        wait = wait_reload(engine, sidecar, _sha256(text), since)
+    except BaseException:
+        atomic_write(config, old_text, share_uid=sidecar_uid)
+        engine.update_files(sidecar, files)
+        raise
+    if wait.state != "applied":
+        atomic_write(config, old_text, share_uid=sidecar_uid)
+        engine.update_files(sidecar, files)
+    return wait
 
 
-def cmd_deny(args, command) -> int:
-    return change_session(args, add=False)
+def cmd_allow(args, command, ctx: Context) -> int:
+    return change_session(args, engine_for(ctx), add=True)
 
 
-def cmd_presets(args, command) -> int:
+def cmd_deny(args, command, ctx: Context) -> int:
+    return change_session(args, engine_for(ctx), add=False)
+
+
+def cmd_presets(args, command, ctx: Context) -> int:
     if args.json:
         print(json.dumps({name: list(hosts) for name, hosts in PRESETS.items()}, indent=2))
         return 0
@@ -4514,7 +4898,20 @@ def _plan(args, config: Config, agent: str | None, command=None, secret: str = "
     return plan._replace(private_dir=str(Path(tempfile.gettempdir(), f"{LABEL}-{os.getuid()}", plan.session)))
 
 
-def confirm(prompt: str = "Start this bottle? [y/N] ") -> bool:
+FILES_ENV = "CLAUDE_BOTTLE_FILES"
+
+
+def engine_for(ctx: Context, environ=None) -> Engine:
+    """The engine this run uses: the Docker CLI. The files a session writes for its containers reach them as bind
+    mounts of its private dir, or, with CLAUDE_BOTTLE_FILES=copy, are copied in through the engine (what an engine
+    that shares no files with this machine needs)."""
+    mode = (os.environ if environ is None else environ).get(FILES_ENV) or "bind"
+    if mode not in ("bind", "copy"):
+        raise ConfigError(f"{FILES_ENV}: {_printable(mode)} is neither bind nor copy; unset it, or set it to copy")
+    return DockerEngine(ctx, shares_files=mode == "bind")
+
+
+def confirm(ctx: Context, prompt: str = "Start this bottle? [y/N] ") -> bool:
     """Ask on the terminal; a signal while waiting for the answer ends the wait (nothing exists yet)."""
     if not sys.stdin.isatty():
         raise ConfigError("stdin is not a terminal, so claude-bottle cannot ask before starting; "
@@ -4522,12 +4919,13 @@ def confirm(prompt: str = "Start this bottle? [y/N] ") -> bool:
     import select
     print(prompt, end="", flush=True)
     while not select.select([sys.stdin], [], [], 0.05)[0]:
-        check_signal()
+        ctx.check_signal()
     answer = sys.stdin.readline()
     return answer.strip().lower() in ("y", "yes")
 
 
-def dry_run(plan: Plan, as_json: bool) -> int:
+def dry_run(plan: Plan, as_json: bool, ctx: Context) -> int:
+    """The preflight and every engine command of a start, from the real steps run against a RecordingEngine."""
     runtime_base()
     make_private_dir(plan.private_dir)
     try:
@@ -4538,24 +4936,25 @@ def dry_run(plan: Plan, as_json: bool) -> int:
             return 0
         print("\n".join(render_summary(plan)))
         print("\ndocker commands a start runs, in order (dry run: none was run):")
-        for argv, note in planned_commands(plan):
+        for argv, note in record_start(plan, ctx).calls:
             print(f"  {_visible(shlex.join(['docker', *argv]))}" + (f"  # {note}" if note else ""))
         return 0
     finally:
         remove_private_dir(plan.private_dir)
 
 
-def cmd_start(args, command) -> int:
+def cmd_start(args, command, ctx: Context) -> int:
     secret = os.urandom(16).hex()
     plan = _plan(args, _load(args), args.agent, command, secret)
     if args.dry_run:
-        return dry_run(plan, args.json)
+        return dry_run(plan, args.json, ctx)
     if args.json:
         raise ConfigError("--json: only with --dry-run; add --dry-run to print the plan as JSON")
     for flag, given in (("--yes-learn", args.yes_learn), ("--save", args.save)):
         if given and not args.learn:
             raise ConfigError(f"{flag}: only with --learn; add --learn, or drop {flag}")
-    plan = identify(plan, os.environ)
+    engine = engine_for(ctx)
+    plan = identify(plan, engine, os.environ)
     if not args.quiet or plan.learn:
         print("\n".join(render_summary(plan)), flush=True)
     if plan.learn and not args.yes_learn:
@@ -4563,14 +4962,14 @@ def cmd_start(args, command) -> int:
         if not sys.stdin.isatty():
             raise ConfigError("--learn: stdin is not a terminal, so claude-bottle cannot ask whether to start a "
                               "bottle that blocks nothing; pass --yes-learn as well to start it anyway")
-        if not confirm("Learn mode blocks NOTHING. Start it anyway? [y/N] "):
+        if not confirm(ctx, "Learn mode blocks NOTHING. Start it anyway? [y/N] "):
             print("Not started.", file=sys.stderr)
             return 1
-    elif not args.yes and not confirm():
+    elif not args.yes and not confirm(ctx):
         print("Not started.", file=sys.stderr)
         return 1
     runtime_base()
-    return run_session(plan, secret, args.report_json, args.quiet, args.save)
+    return run_session(plan, engine, secret, args.report_json, args.quiet, args.save)
 
 
 def every_plan(args, config: Config) -> list:
@@ -4579,7 +4978,7 @@ def every_plan(args, config: Config) -> list:
     return [_plan(args, config, name) for name in names]
 
 
-def cmd_check(args, command) -> int:
+def cmd_check(args, command, ctx: Context) -> int:
     """Resolve the plan of every agent the project knows, as `start --dry-run` would, all at once."""
     config = _load(args)
     results = every_plan(args, config)
@@ -4596,8 +4995,8 @@ def cmd_check(args, command) -> int:
     return 0
 
 
-def cmd_ls(args, command) -> int:
-    sessions = find_sessions()
+def cmd_ls(args, command, ctx: Context) -> int:
+    sessions = find_sessions(engine_for(ctx))
     if args.json:
         print(json.dumps(sessions, indent=2))
         return 0
@@ -4614,22 +5013,18 @@ def cmd_ls(args, command) -> int:
     return 0
 
 
-def _gone(session: str) -> bool:
-    flt = ["--quiet", "--filter", f"label={SESSION_LABEL}={session}"]
-    return not (docker("ps", "--all", *flt).stdout.strip() or docker("network", "ls", *flt).stdout.strip())
-
-
-def cmd_stop(args, command) -> int:
+def cmd_stop(args, command, ctx: Context) -> int:
     if not args.session and not args.all:
         raise ConfigError("stop: name a SESSION (see `claude-bottle ls`) or pass --all")
-    for s in select_sessions(find_sessions(), args.session, args.all):
+    engine = engine_for(ctx)
+    for s in select_sessions(find_sessions(engine), args.session, args.all):
         # The proven owner tears down itself, as on Ctrl-C: the same path, egress report included. Any other
         # process is never signalled; the session is then torn down from here.
         if signal_owner(s):
             deadline = time.monotonic() + 15
-            while not _gone(s["session"]) and time.monotonic() < deadline:
-                pause(0.1)
-        teardown_session(s)
+            while engine.resources(s["session"]) and time.monotonic() < deadline:
+                ctx.pause(0.1)
+        teardown_session(engine, s)
         print(f"stopped {s['session']}")
     return 0
 
@@ -4642,19 +5037,20 @@ def _skip_reason(session: dict) -> str:
             f"`claude-bottle stop {session['session']}` removes it")
 
 
-def cmd_gc(args, command) -> int:
-    sessions = find_sessions()
+def cmd_gc(args, command, ctx: Context) -> int:
+    engine = engine_for(ctx)
+    sessions = find_sessions(engine)
     orphans = [s for s in sessions if is_orphan(s)]
     for s in sessions:
         if s["owner_state"] == "unknown":
             print(f"skipped {s['session']}: {_skip_reason(s)}")
     for s in orphans:
-        check_signal()
+        ctx.check_signal()
         names = [c["name"] for c in s["containers"]] + [n["name"] for n in s["networks"]]
         if args.dry_run:
             print(f"would remove {s['session']}: {', '.join(names)}")
         else:
-            teardown_session(s)
+            teardown_session(engine, s)
             print(f"removed {s['session']}: {', '.join(names)}")
     if not orphans:
         print("nothing to remove")
@@ -4679,20 +5075,20 @@ def block_fix(event: dict, session: dict) -> str | None:
     return f"add {json.dumps(host)} to allow {where}"
 
 
-def project_states(project: Path) -> list:
+def project_states(engine: Engine, project: Path) -> list:
     """The persistent state volumes of the project at `project` (of workspaces in it), by agent then name."""
     found = []
-    for line in docker(*state_volumes_argv()).stdout.splitlines():
-        item = json.loads(line)
+    for item in engine.volumes(STATE_LABEL, "1", keys=("project", "agent")):
         path = item.get("project") or ""
         if path and Path(path).is_relative_to(project):
             found.append(item)
     return sorted(found, key=lambda v: (v["agent"] or "", v["name"]))
 
 
-def cmd_state(args, command) -> int:
+def cmd_state(args, command, ctx: Context) -> int:
+    engine = engine_for(ctx)
     project = find_project(Path.cwd())
-    volumes = project_states(project)
+    volumes = project_states(engine, project)
     if args.state_cmd == "ls":
         if args.json:
             print(json.dumps(volumes, indent=2))
@@ -4711,32 +5107,32 @@ def cmd_state(args, command) -> int:
         raise ConfigError(f"state rm: no state kept for agent {args.agent!r} in {project} "
                           f"(see `claude-bottle state ls`)")
     for v in chosen:
-        holders = docker(*state_in_use_argv(v["name"])).stdout.split()
+        holders = engine.volume_holders(v["name"])
         if holders:
             raise BottleError(f"state rm: {v['name']} is in use by {', '.join(holders)}; stop that session "
                               f"first (`claude-bottle stop`)")
     for v in chosen:
-        r = docker(*rm_volumes_argv([v["name"]]), check=False)
-        if r.returncode != 0 and not _only_missing(r.stderr):
-            raise BottleError(f"state rm: could not remove {v['name']}: {r.stderr.strip()}; a stopped container "
-                              f"of a crashed session may hold it (`claude-bottle gc`)")
+        try:
+            engine.remove("volume", [v["name"]])
+        except EngineError as e:
+            raise BottleError(f"state rm: could not remove {v['name']}: {e.stderr.strip()}; a stopped container "
+                              f"of a crashed session may hold it (`claude-bottle gc`)") from None
         print(f"removed {v['name']} ({v['agent']})")
     return 0
 
 
-def cmd_logs(args, command) -> int:
-    session = select_sessions(find_sessions(), args.session, False)[0]
-    sidecar = next((c["name"] for c in session["containers"] if c["role"] == "pipelock"), None)
+def cmd_logs(args, command, ctx: Context) -> int:
+    engine = engine_for(ctx)
+    session = select_sessions(find_sessions(engine), args.session, False)[0]
+    sidecar = member(session, "pipelock")
     if sidecar is None:
         raise BottleError(f"session {session['session']} has no pipelock sidecar (any more)")
     import select
-    import subprocess
-    proc = docker_popen("logs", *(["--follow"] if args.follow else []), sidecar,
-                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = engine.follow_logs(sidecar["name"], follow=args.follow)
     try:
         buffered = b""
         while True:
-            check_signal()
+            ctx.check_signal()
             if not select.select([proc.stdout], [], [], 0.1)[0]:
                 continue
             chunk = os.read(proc.stdout.fileno(), 65536)
@@ -4754,19 +5150,25 @@ def cmd_logs(args, command) -> int:
     return 0
 
 
-def cmd_install(args, command) -> int:
+def cmd_install(args, command, ctx: Context) -> int:
     packages = [check_package(p) for p in args.packages]
-    session = select_sessions(find_sessions(), args.session, False)[0]
+    engine = engine_for(ctx)
+    session = select_sessions(find_sessions(engine), args.session, False)[0]
     sid = session["session"]
     # Only into a session this user started here and still runs: root in someone else's bottle is not ours to use.
     if session["owner_state"] != "alive":
         raise ConfigError(f"session: {sid} is not a running session of yours (its owner "
                           f"{session['owner'] or '(none recorded)'} is {session['owner_state']}); install only "
                           f"into a session you started on this machine")
-    agent = next((c for c in session["containers"] if c["role"] == "agent"), None)
+    agent = member(session, "agent")
     if agent is None or agent["state"] != "running":
         raise BottleError(f"install: session {sid} has no running agent container")
-    status = docker(*install_argv(agent["name"], packages), check=False, capture=False).returncode
+    try:
+        status = engine.exec(agent["name"], ["sh", "-c", INSTALL_SCRIPT, "claude-bottle-install", *packages],
+                             user="0:0", workdir="/", env=(("DEBIAN_FRONTEND", "noninteractive"),),
+                             capture=False).status
+    except EngineError as e:
+        raise BottleError(f"install: session {sid} has no running agent container ({e.kind})") from None
     if status == 127:
         raise BottleError(f"install: the image of session {sid} has no apt-get; add the packages to the image "
                           f"instead")
@@ -4777,30 +5179,12 @@ def cmd_install(args, command) -> int:
     return 0
 
 
-def _engine_leaks_dns(version: str) -> bool:
-    """Engines before 25.0.5 forwarded DNS for internal networks (CVE-2024-29018)."""
-    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
-    return parts < (25, 0, 5)
-
-
-def doctor_checks(args) -> list:
+def doctor_checks(args, engine: Engine) -> list:
     """(ok, what, detail) for each check, in order; later checks need the earlier ones."""
-    import shutil
     import socket
-    checks = []
-    path = shutil.which("docker")
-    checks.append((bool(path), "docker CLI", path or "not found; install Docker"))
-    if not path:
+    checks = engine.checks()
+    if not all(ok for ok, _, _ in checks):
         return checks
-    r = docker("version", "--format", "{{.Server.Version}}", check=False)
-    version = r.stdout.strip()
-    checks.append((r.returncode == 0 and bool(version), "docker daemon", version and f"answers (engine {version})"
-                   or f"does not answer: {r.stderr.strip()[-200:]}; start it, or check DOCKER_HOST"))
-    if not version:
-        return checks
-    checks.append((True, "engine DNS", "internal networks forward outside DNS on this engine "
-                   "(CVE-2024-29018); the agent's --dns 127.0.0.1 keeps it off that path"
-                   if _engine_leaks_dns(version) else "internal networks do not forward outside DNS"))
     try:
         config = _load(args)
         plans = every_plan(args, config)
@@ -4809,20 +5193,23 @@ def doctor_checks(args) -> list:
         checks.append((False, "config", str(e)))
         return checks
     image = plans[0].pipelock_image
-    have = docker(*image_inspect_argv(image), check=False).returncode == 0
+    have = engine.image_id(image) is not None
     checks.append((have, "pipelock image", f"{image} present" if have else
                    f"{image} missing; `docker pull {image}`, or set {PIPELOCK_IMAGE_ENV}"))
     for agent_image in dict.fromkeys(p.image for p in plans):
-        have = docker(*image_inspect_argv(agent_image), check=False).returncode == 0
+        have = engine.image_id(agent_image) is not None
         fix = ("built by the first `claude-bottle start` (needs Docker Hub, Debian's mirror and claude.ai)"
                if agent_image == AGENT_IMAGE else f"`docker pull {agent_image}`")
         checks.append((have, "agent image", f"{agent_image} present" if have else f"{agent_image} missing; {fix}"))
         if have and any(p.ssh for p in plans if p.image == agent_image):
-            probe = docker("run", "--rm", "--network", "none", "--entrypoint", "sh", agent_image, "-c",
-                           "command -v socat && command -v ssh", check=False)
-            checks.append((probe.returncode == 0, "socat and ssh in the agent image",
-                           f"{agent_image}: " + ("found" if probe.returncode == 0 else
-                                                 "missing; SSH hosts tunnel through `socat` inside the bottle")))
+            try:
+                tools = probe_image(engine, agent_image, os.environ)["tools"]
+                missing = [t for t in SSH_TOOLS if t not in tools]
+                detail = ("found" if not missing else f"no {' and no '.join(missing)}; SSH hosts tunnel through "
+                          f"`socat` inside the bottle, with ssh and git")
+            except BottleError as e:
+                missing, detail = ["?"], str(e)
+            checks.append((not missing, "ssh, socat and git in the agent image", f"{agent_image}: {detail}"))
     if any(p.ssh for p in plans):
         sock = os.environ.get("SSH_AUTH_SOCK", "")
         try:
@@ -4835,8 +5222,8 @@ def doctor_checks(args) -> list:
     return checks
 
 
-def cmd_doctor(args, command) -> int:
-    checks = doctor_checks(args)
+def cmd_doctor(args, command, ctx: Context) -> int:
+    checks = doctor_checks(args, engine_for(ctx))
     for ok, what, detail in checks:
         print(f"{'ok  ' if ok else 'FAIL'}  {what}: {detail}")
     failed = sum(not ok for ok, _, _ in checks)
@@ -4984,22 +5371,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    global VERBOSE
     argv = list(sys.argv[1:] if argv is None else argv)
     command = None
     if "--" in argv:
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1:]
-    old = {s: signal.signal(s, _note_signal) for s in HANDLED_SIGNALS}
+    ctx = None
+    old = {s: signal.getsignal(s) for s in HANDLED_SIGNALS}
     try:
+        ctx = Context()
+        for s in HANDLED_SIGNALS:
+            signal.signal(s, ctx.note_signal)
         args = build_parser().parse_args(argv)
-        VERBOSE = args.verbose
+        ctx.verbose = args.verbose
         if command is not None and args.cmd != "start":
             raise ConfigError("-- COMMAND: only `start` runs a command; remove it")
         if command == []:
             raise ConfigError("-- COMMAND: nothing after --; write e.g. `-- bash`")
-        status = args.func(args, command)
-        check_signal()
+        status = args.func(args, command, ctx)
+        ctx.check_signal()
         return status
     except BottleError as e:
         say(f"claude-bottle: error: {e}")

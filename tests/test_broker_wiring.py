@@ -81,14 +81,14 @@ class PlanTest(unittest.TestCase):
         self.assertEqual(plan.env, ())
         self.assertEqual([(ep.env, ep.host, ep.upstream) for ep in plan.brokered],
                          [("ANTHROPIC_API_KEY", "api.anthropic.com", ("https", "api.anthropic.com", 443))])
-        argv = cb.agent_create_argv(plan)
+        argv = guard.agent_create_argv(plan)
         envs = envs_of(argv)
         self.assertNotIn("ANTHROPIC_API_KEY", envs, "never by name: docker would read the real value")
         values = dict(e.split("=", 1) for e in envs if "=" in e)
         self.assertEqual(values["ANTHROPIC_API_KEY"], cb.BROKER_PLACEHOLDER)
         port = cb.broker_ports(plan)[0]
         self.assertEqual(values["ANTHROPIC_BASE_URL"], f"http://127.0.0.1:{port}")
-        self.assertIn(cb.mount_arg(f"{PRIVATE_DIR}/broker-0.sock", "/run/claude-bottle/broker-0.sock"),
+        self.assertIn(guard.mount_arg(f"{PRIVATE_DIR}/broker-0.sock", "/run/claude-bottle/broker-0.sock"),
                       mounts_of(argv))
         self.assertNotIn(SECRET, self.everything(plan))
         self.assertIn("  brokered:   ANTHROPIC_API_KEY -> api.anthropic.com (brokered)", cb.render_summary(plan))
@@ -102,14 +102,14 @@ class PlanTest(unittest.TestCase):
     def test_nothing_set_brokers_nothing_and_the_command_runs_as_before(self):
         plan = self.plan()
         self.assertEqual((plan.env, plan.brokered), ((), ()))
-        argv = cb.agent_create_argv(plan)
+        argv = guard.agent_create_argv(plan)
         self.assertFalse([m for m in mounts_of(argv) if "broker" in m])
         self.assertEqual(argv[argv.index("-c") + 1], cb.GATE)
         plan = plan._replace(self_test=False)
-        argv = cb.agent_create_argv(plan)
+        argv = guard.agent_create_argv(plan)
         self.assertEqual(argv[argv.index("--entrypoint") + 1], "claude")
         self.assertEqual(cb.render_forwarders(plan), "")
-        self.assertNotIn("broker", [s.name for s in cb.start_steps(plan)])
+        self.assertNotIn("broker", [s.name for s in cb.start_steps(plan, guard.DOCKER)])
 
     def test_naming_the_key_in_env_passes_it_raw_and_says_so(self):
         plan = self.plan('[agents.raw]\nenv = ["ANTHROPIC_API_KEY"]\n', "raw",
@@ -117,7 +117,7 @@ class PlanTest(unittest.TestCase):
         self.assertEqual(plan.env, ("ANTHROPIC_API_KEY",))
         # The OAuth token shares ANTHROPIC_BASE_URL: brokering it would send the raw key to the broker.
         self.assertEqual(plan.brokered, ())
-        envs = envs_of(cb.agent_create_argv(plan))
+        envs = envs_of(guard.agent_create_argv(plan))
         self.assertIn("ANTHROPIC_API_KEY", envs)
         self.assertFalse([e for e in envs if e.startswith(("ANTHROPIC_BASE_URL=", "ANTHROPIC_API_KEY="))])
         self.assertIn("  env:        ANTHROPIC_API_KEY (visible to the agent)", cb.render_summary(plan))
@@ -135,7 +135,7 @@ class PlanTest(unittest.TestCase):
         plan = self.plan(GITHUB, "gh", environ={"ANTHROPIC_API_KEY": SECRET, "GITHUB_TOKEN": GH_SECRET})
         self.assertEqual([(ep.index, ep.env) for ep in plan.brokered],
                          [(0, "ANTHROPIC_API_KEY"), (1, "GITHUB_TOKEN")])
-        values = dict(e.split("=", 1) for e in envs_of(cb.agent_create_argv(plan)) if "=" in e)
+        values = dict(e.split("=", 1) for e in envs_of(guard.agent_create_argv(plan)) if "=" in e)
         url = f"http://127.0.0.1:{cb.broker_ports(plan)[1]}"
         self.assertNotEqual(url, values["ANTHROPIC_BASE_URL"])
         self.assertEqual((values["GITHUB_TOKEN"], values["GITHUB_API_URL"]), (cb.BROKER_PLACEHOLDER, url))
@@ -180,11 +180,11 @@ class PlanTest(unittest.TestCase):
 
     def test_the_forwarders_start_before_the_gate_and_before_the_command(self):
         plan = self.plan(environ={"ANTHROPIC_API_KEY": SECRET}, command=["claude", "-p", "hi"])
-        argv = cb.agent_create_argv(plan)
+        argv = guard.agent_create_argv(plan)
         script = argv[argv.index("-c") + 1]
         self.assertEqual(script, cb.render_forwarders(plan) + cb.GATE)
         self.assertEqual(argv[argv.index("-c") + 2:], ["claude-bottle-gate", "claude", "-p", "hi"])
-        argv = cb.agent_create_argv(plan._replace(self_test=False))
+        argv = guard.agent_create_argv(plan._replace(self_test=False))
         self.assertEqual(argv[argv.index("--entrypoint") + 1], "/bin/sh")
         self.assertEqual(argv[argv.index("-c") + 1], cb.render_forwarders(plan) + 'exec "$@"')
         self.assertEqual(argv[argv.index("-c") + 2:], ["claude-bottle-broker", "claude", "-p", "hi"])
@@ -236,25 +236,26 @@ class PlanTest(unittest.TestCase):
 
     def test_the_broker_gets_the_sidecars_address_before_the_agents_command_runs(self):
         plan = self.plan(environ={"ANTHROPIC_API_KEY": SECRET})
-        steps = {s.name: s for s in cb.start_steps(plan)}
+        steps = {s.name: s for s in cb.start_steps(plan, guard.DOCKER)}
         self.assertEqual(steps["broker"].after, ("sidecar",))
-        self.assertEqual(steps["broker"].argvs, ())
-        self.assertIn("broker", steps["self-test"].after, "the gate opens only once the broker has its proxy")
-        steps = {s.name: s for s in cb.start_steps(plan._replace(self_test=False))}
+        self.assertIn("broker", steps["self_test"].after, "the gate opens only once the broker has its proxy")
+        steps = {s.name: s for s in cb.start_steps(plan._replace(self_test=False), guard.DOCKER)}
         self.assertIn("broker", steps["start"].after)
         plan = plan._replace(egress_network="corp", self_test=False)
-        steps = {s.name: s for s in cb.start_steps(plan)}
+        steps = {s.name: s for s in cb.start_steps(plan, guard.DOCKER)}
         self.assertEqual(steps["broker"].after, ("addresses",), "on the user's network: asked, not derived")
-        self.assertEqual(steps["addresses"].argvs, (cb.sidecar_inspect_argv(plan),))
+        inspect = [a for a, note in cb.planned_commands(plan) if a[0] == "inspect"]
+        self.assertEqual([a[-1] for a in inspect], [plan.sidecar])
 
     def test_point_broker_uses_the_sidecars_egress_address(self):
         plan = self.plan(environ={"ANTHROPIC_API_KEY": SECRET})
         broker = mock.Mock()
-        run = cb.Run(plan, cb.Teardown(), broker)
-        run.results.update({"network-egress": "10.213.4.16/28", "network-internal": "10.213.9.32/28"})
+        run = cb.Run(plan, cb.Teardown(guard.DOCKER), broker)
+        run.results.put("network_egress", "10.213.4.16/28")
+        run.results.put("network_internal", "10.213.9.32/28")
         cb.point_broker(run)
         broker.set_proxy.assert_called_once_with(("10.213.4.18", cb.PROXY_PORT))
-        run.results["addresses"] = ("172.30.0.9", "10.213.9.33")
+        run.results.put("addresses", ("172.30.0.9", "10.213.9.33"))
         cb.point_broker(run)
         broker.set_proxy.assert_called_with(("172.30.0.9", cb.PROXY_PORT))
 
@@ -266,17 +267,18 @@ class PlanTest(unittest.TestCase):
         broker.stats.return_value = [{"host": "api.anthropic.com", "env": "ANTHROPIC_API_KEY", "requests": 3,
                                       "status": {200: 2, 429: 1}}]
         out = self.root / "report.json"
-        logs = types.SimpleNamespace(stdout="", stderr="", returncode=0)
-        with mock.patch.object(cb, "docker", return_value=logs), mock.patch.object(cb, "say") as say:
-            cb.report_egress(plan, str(out), False, broker)
+        engine = cb.DockerEngine(cb.Context({}))
+        with mock.patch.object(engine, "logs", return_value=cb.Completed(0, "", "")), \
+                mock.patch.object(cb, "say") as say:
+            cb.report_egress(engine, plan, str(out), False, broker)
         report = json.loads(out.read_text())
         self.assertEqual(report["brokered"], [{"host": "api.anthropic.com", "env": "ANTHROPIC_API_KEY",
                                                "requests": 3, "status": {"200": 2, "429": 1}}])
         self.assertIn("  brokered: ANTHROPIC_API_KEY -> api.anthropic.com: 3 requests (200 x2, 429 x1)",
                       say.call_args[0][0].splitlines())
-        steps = cb.start_steps(plan, str(out), False, broker)
-        self.assertEqual([e for s in steps for e in s.then], [("call", cb.report_egress, (plan, str(out), False,
-                                                                                          broker, False))])
+        steps = cb.start_steps(plan, engine, str(out), False, broker)
+        self.assertEqual([e for s in steps for e in s.then], [("call", cb.report_egress, (engine, plan, str(out),
+                                                                                          False, broker, False))])
 
 
 class Cli(test_cli.CliTest):

@@ -301,15 +301,16 @@ class Start(CliTest):
         self.assertNotIn(["logs", f"claude-bottle-{self.sid()}-pipelock"], verbs)
 
     def test_real_run_matches_dry_run(self):
-        """--dry-run promises exactly the commands a start runs (bar the conditional build)."""
+        """--dry-run prints exactly the commands a start runs: on an engine without the image or the state volume
+        yet (what the dry run's engine answers), the two lists are the same, teardown included."""
         self.write_config('[[bottles.default.ssh]]\nHost = "gh"\nHostname = "github.com"\n')
         proc = self.cli("start", "--dry-run", "--json", "--", "true")
         self.assertEqual(proc.returncode, 0, proc.stderr)
         plan = json.loads(proc.stdout)
-        # The build, and the state volume's create and init, run only when the image or the volume is missing.
-        promised = [c["argv"][1:] for c in plan["docker_commands"]
-                    if c["argv"][1] != "build" and c["argv"][1:3] not in (["volume", "create"], ["run", "--rm"])]
-        proc = self.cli("start", "--yes", "--", "true", env=self.env(start_rc=0))
+        promised = [c["argv"][1:] for c in plan["docker_commands"]]
+        missing = [{"match": ["image", "inspect"], "rc": 1, "stderr": "Error: No such image", "times": 1},
+                   {"match": ["volume", "inspect"], "rc": 1, "stderr": "Error: No such volume"}]
+        proc = self.cli("start", "--yes", "--", "true", env=self.env(missing, start_rc=0))
         self.assertEqual(proc.returncode, 0, proc.stderr)
 
         def normal(argvs, sid):

@@ -7,6 +7,7 @@ import unittest
 from pathlib import Path
 
 import claude_bottle as cb
+from tests import guard
 from tests.test_cli import CliTest
 
 DEBIAN_NO_USER = {
@@ -88,14 +89,14 @@ class AgentIdentityTest(unittest.TestCase):
         plan = cb.resolve_plan(cb.Config(), None, cwd=Path(__file__).parent, environ={"HOME": "/nonexistent"},
                                suffix="abcdef", private_dir="/p", uid=1234, gid=1235)
         plan = plan._replace(identity=cb.agent_identity(BUSYBOX, 1234, 1235))
-        argv = cb.agent_create_argv(plan)
+        argv = guard.agent_create_argv(plan)
         self.assertEqual(argv[argv.index("--user") + 1], "1234:1235")
         self.assertIn("HOME=/home/claude", argv)
         self.assertIn("/home/claude:uid=1234,gid=1235,mode=0700,exec", argv)
         self.assertIn("/tmp:mode=1777,exec", argv)
         self.assertIn("type=bind,source=/p/passwd,target=/etc/passwd,readonly", argv)
         self.assertIn("type=bind,source=/p/group,target=/etc/group,readonly", argv)
-        node = cb.agent_create_argv(plan._replace(identity=cb.agent_identity(NODE, 1000, 1000)))
+        node = guard.agent_create_argv(plan._replace(identity=cb.agent_identity(NODE, 1000, 1000)))
         self.assertIn("HOME=/home/node", node)
         self.assertFalse(any("/etc/" in a or a.startswith("/tmp:") for a in node), "nothing of the image replaced")
         self.assertNotIn("--tmpfs", node)

@@ -1,5 +1,6 @@
 """The lifecycle's parts on their own, in this process: Teardown, the step runner, signals, the owner check,
-the ssh-agent relay and the `.git/commondir` guards. No docker: the seam is replaced per test by a recorder.
+the ssh-agent relay and the `.git/commondir` guards. No docker: each test's engine is a DockerEngine that records
+the commands it would run (Recorder) and answers them from a table.
 """
 
 import io
@@ -22,39 +23,40 @@ cb = guard.cb
 setUpModule, tearDownModule = guard.setUpModule, guard.tearDownModule
 
 
-class Recorder:
-    """Stands in for cb.docker: records argv, answers from `answers` (argv prefix -> (rc, stderr) or exception)."""
+class Recorder(cb.DockerEngine):
+    """A DockerEngine that records argv instead of running docker, and answers from `answers` (argv prefix ->
+    (rc, stderr) or an exception)."""
 
     def __init__(self, answers=()):
+        super().__init__(cb.Context({}))
         self.calls, self.answers = [], list(answers)
+        self.answered = True
 
-    def __call__(self, *args, check=True, input=None, capture=True, timeout=None):
-        self.calls.append(list(args))
+    def call(self, argv, *, check=True, input=None, capture=True, timeout=None):
+        self.calls.append(list(argv))
         for prefix, answer in self.answers:
-            if list(args[:len(prefix)]) == prefix:
+            if list(argv[:len(prefix)]) == prefix:
                 if isinstance(answer, BaseException):
                     raise answer
                 rc, err = answer
-                return subprocess.CompletedProcess(["docker", *args], rc, "", err)
-        return subprocess.CompletedProcess(["docker", *args], 0, "", "")
+                if check and rc:
+                    raise self.error(["docker", *argv], rc, err)
+                return cb.Completed(rc, "", err)
+        return cb.Completed(0, "", "")
+
+    def popen(self, argv, **kwargs):
+        self.calls.append(list(argv))
+        return cb._Exited()
 
 
 class SeamTest(unittest.TestCase):
     def use(self, recorder: Recorder) -> Recorder:
-        patch = mock.patch.object(cb, "docker", recorder)
-        patch.start()
-        self.addCleanup(patch.stop)
+        self.engine = recorder
         return recorder
-
-    def setUp(self):
-        for name, value in (("SIGNALLED", 0), ("SIGNALLED_AT", 0.0), ("DOCKER_ANSWERED", True)):
-            patch = mock.patch.object(cb, name, value)
-            patch.start()
-            self.addCleanup(patch.stop)
 
 
 def timeout_error(*argv):
-    return cb.DockerTimeout(["docker", *argv], 30)
+    return cb.EngineTimeout(["docker", *argv], 30)
 
 
 # ---- Teardown ----
@@ -63,7 +65,7 @@ class TeardownTest(SeamTest):
     def test_reverse_order_one_call_per_kind(self):
         docker = self.use(Recorder())
         order = []
-        with cb.Teardown() as td:
+        with cb.Teardown(docker) as td:
             td.callback(order.append, "files")
             td.network("n-internal")
             td.network("n-egress")
@@ -84,7 +86,7 @@ class TeardownTest(SeamTest):
 
         stderr = io.StringIO()
         with mock.patch.object(sys, "stderr", stderr):
-            with cb.Teardown() as td:
+            with cb.Teardown(docker) as td:
                 td.callback(done.append, "last")
                 td.network("n")
                 td.container("c")
@@ -102,8 +104,9 @@ class TeardownTest(SeamTest):
 
         docker = self.use(Recorder([(["rm"], (1, "Error response from daemon: boom"))]))
         done = []
-        with mock.patch.object(sys, "stderr", Closed()), mock.patch.object(cb, "VERBOSE", True):
-            with cb.Teardown() as td:
+        docker.ctx.verbose = True
+        with mock.patch.object(sys, "stderr", Closed()):
+            with cb.Teardown(docker) as td:
                 td.callback(done.append, "files")
                 td.network("n")
                 td.container("c")
@@ -120,10 +123,10 @@ class TeardownTest(SeamTest):
         self.assertTrue(cb._only_missing("Error response from daemon: No such container: c1\n"))
         self.assertFalse(cb._only_missing(verbatim + "Error response from daemon: error while removing network: "
                                                      "network n has active endpoints\n"))
-        self.use(Recorder([(["network", "rm"], (1, verbatim))]))
+        docker = self.use(Recorder([(["network", "rm"], (1, verbatim))]))
         stderr = io.StringIO()
         with mock.patch.object(sys, "stderr", stderr):
-            with cb.Teardown() as td:
+            with cb.Teardown(docker) as td:
                 td.network("claude-bottle-f-4d41bf-internal")
                 td.network("claude-bottle-f-4d41bf-egress")
         self.assertEqual(stderr.getvalue(), "")
@@ -133,7 +136,7 @@ class TeardownTest(SeamTest):
         done = []
         stderr = io.StringIO()
         with mock.patch.object(sys, "stderr", stderr):
-            with cb.Teardown() as td:
+            with cb.Teardown(docker) as td:
                 td.callback(done.append, "files")
                 td.network("n1")
                 td.container("c1")
@@ -145,8 +148,8 @@ class TeardownTest(SeamTest):
 
     def test_signals_during_teardown_are_only_noted(self):
         """Ctrl-C three times while teardown runs: every step still runs (the handler raises nothing)."""
-        self.use(Recorder())
-        old = signal.signal(signal.SIGINT, cb._note_signal)
+        docker = self.use(Recorder())
+        old = signal.signal(signal.SIGINT, docker.ctx.note_signal)
         self.addCleanup(signal.signal, signal.SIGINT, old)
         done = []
 
@@ -155,18 +158,18 @@ class TeardownTest(SeamTest):
             time.sleep(0.01)  # the handler runs here, in this (the main) thread
             done.append(name)
 
-        with cb.Teardown() as td:
+        with cb.Teardown(docker) as td:
             td.callback(interrupted_step, "third")
             td.callback(interrupted_step, "second")
             td.callback(interrupted_step, "first")
         self.assertEqual(done, ["first", "second", "third"])
-        self.assertEqual(cb.SIGNALLED, signal.SIGINT, "the first signal is kept for the exit status")
+        self.assertEqual(docker.ctx.signalled, signal.SIGINT, "the first signal is kept for the exit status")
 
     def test_uncertain_create_is_swept_by_label(self):
         found = [{"session": "s1", "containers": [{"name": "late-sidecar"}], "networks": [{"name": "late-net"}]}]
         docker = self.use(Recorder())
-        with mock.patch.object(cb, "find_sessions", lambda session: found if session == "s1" else []):
-            with cb.Teardown() as td:
+        with mock.patch.object(cb, "find_sessions", lambda engine, session: found if session == "s1" else []):
+            with cb.Teardown(docker) as td:
                 td.uncertain = "s1"
         self.assertEqual(docker.calls, [["rm", "--force", "late-sidecar"], ["network", "rm", "late-net"]])
 
@@ -174,12 +177,12 @@ class TeardownTest(SeamTest):
 # ---- The step runner ----
 
 def step(name, fn, after=(), **kw):
-    return cb.Step(name, (["true"],), after=after, action=lambda run: fn(run), **kw)
+    return cb.Step(name, after=after, action=lambda run: fn(run), **kw)
 
 
 class RunnerTest(SeamTest):
     def new_run(self):
-        td = cb.Teardown()
+        td = cb.Teardown(self.use(Recorder()))
         plan = mock.Mock(session="s1")
         return cb.Run(plan, td), td
 
@@ -187,10 +190,10 @@ class RunnerTest(SeamTest):
         run, td = self.new_run()
         results = cb.run_steps([
             step("a", lambda r: 1),
-            step("b", lambda r: r.results["a"] + 1, after=("a",)),
-            step("c", lambda r: r.results["a"] + r.results["b"], after=("a", "b")),
+            step("b", lambda r: r.results.a + 1, after=("a",)),
+            step("c", lambda r: r.results.a + r.results.b, after=("a", "b")),
         ], run)
-        self.assertEqual((results["a"], results["b"], results["c"]), (1, 2, 3))
+        self.assertEqual((results.a, results.b, results.c), (1, 2, 3))
 
     def test_undo_is_pushed_before_the_step_runs(self):
         run, td = self.new_run()
@@ -223,7 +226,7 @@ class RunnerTest(SeamTest):
         log = []
 
         def slow_create(r):
-            cb._note_signal(signal.SIGTERM, None)  # arrives while the create is in flight
+            r.ctx.note_signal(signal.SIGTERM, None)  # arrives while the create is in flight
             time.sleep(0.3)
             log.append("created")
 
@@ -259,7 +262,7 @@ class RunnerTest(SeamTest):
         def hung(r):
             raise timeout_error("run")
 
-        with self.assertRaises(cb.DockerTimeout):
+        with self.assertRaises(cb.EngineTimeout):
             cb.run_steps([step("sidecar", hung)], run)
         self.assertEqual(td.uncertain, "s1")
 
@@ -276,16 +279,21 @@ class RunnerTest(SeamTest):
         td.run()
         self.assertTrue(done.is_set(), "teardown does")
 
-    def test_dry_run_and_start_share_one_list(self):
-        """The dry run's commands are the steps' argvs and their undo entries, nothing written beside them."""
+    def test_the_dry_run_is_the_steps_run_against_a_recording_engine(self):
+        """What the dry run prints is what the steps and the teardown ask of the engine, one step at a time in the
+        list's order, answered as a new session's engine answers: nothing is written beside them."""
         root = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, root)
         plan = cb.resolve_plan(cb.Config(), None, cwd=root, environ={"HOME": "/nonexistent"}, suffix="abcdef",
                                private_dir="/p")
-        steps = cb.start_steps(plan)
+        engine = self.use(Recorder([(["image", "inspect"], (1, "Error: No such image")),
+                                    (["volume", "inspect"], (1, "Error: No such volume"))]))
+        with cb.Teardown(engine) as td:
+            cb.run_steps(cb.start_steps(plan, engine, quiet=True), cb.Run(plan, td), workers=1)
         shown = [argv for argv, _ in cb.planned_commands(plan)]
-        self.assertEqual(shown[:len(shown) - 3], [a for s in steps for a in s.argvs])
-        self.assertEqual(shown[-3:], [cb.logs_argv(plan), ["rm", "--force", plan.agent_container, plan.sidecar],
+        self.assertEqual(shown, engine.calls)
+        self.assertEqual(shown[-3:], [["logs", plan.sidecar],
+                                      ["rm", "--force", plan.agent_container, plan.sidecar, plan.state_init],
                                       ["network", "rm", plan.egress, plan.internal_network]])
 
 
@@ -498,7 +506,7 @@ class SubnetTest(SeamTest):
         self.assertEqual(cb.host_routes("/nonexistent"), [])
 
     def run_for(self, plan):
-        return cb.Run(plan, cb.Teardown())
+        return cb.Run(plan, cb.Teardown(self.engine))
 
     def test_create_network_tries_the_next_subnet_when_one_is_taken(self):
         plan = self.plan()
@@ -535,6 +543,6 @@ class SubnetTest(SeamTest):
     def test_other_errors_are_not_retried(self):
         plan = self.plan()
         docker = self.use(Recorder([(["network", "create"], (1, "Error response from daemon: something else"))]))
-        with mock.patch.object(cb, "host_routes", lambda: []), self.assertRaises(cb.DockerError):
+        with mock.patch.object(cb, "host_routes", lambda: []), self.assertRaises(cb.EngineError):
             cb.create_network(self.run_for(plan), "n", True)
         self.assertEqual(len(docker.calls), 1)

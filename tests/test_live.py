@@ -58,10 +58,13 @@ class Session:
         self.dict = {"session": plan.session, "agent": plan.agent, "bottle": plan.bottle, "owner": f"{cb.hostname()}:1",
                      "owner-dir": str(self.private), "owner_state": "alive", "state": "running", "networks": [],
                      "containers": [{"name": plan.sidecar, "role": "pipelock", "state": "running"}]}
-        for target, value in (("find_sessions", lambda session=None: [self.dict]),
-                              ("runtime_base", lambda: self.base), ("docker_popen", self.popen),
-                              ("RELOAD_TIMEOUT", 0.5)):
+        for target, value in (("find_sessions", lambda engine, session=None: [self.dict]),
+                              ("runtime_base", lambda: self.base)):
             patcher = mock.patch.object(cb, target, value)
+            patcher.start()
+            test.addCleanup(patcher.stop)
+        for patcher in (mock.patch.object(cb.DockerEngine, "popen", lambda engine, argv, **kw: self.popen(*argv, **kw)),
+                        mock.patch.dict(os.environ, {"CLAUDE_BOTTLE_RELOAD_TIMEOUT": "0.5"})):
             patcher.start()
             test.addCleanup(patcher.stop)
 
@@ -142,7 +145,8 @@ class AllowDenyTest(unittest.TestCase):
         before = s.yaml.read_bytes()
         with mock.patch.object(cb, "wait_reload", side_effect=cb.Interrupted(2)):
             with self.assertRaises(cb.Interrupted):
-                cb.change_session(cb.build_parser().parse_args(["allow", s.plan.session, "example.org"]), True)
+                cb.change_session(cb.build_parser().parse_args(["allow", s.plan.session, "example.org"]),
+                                  cb.DockerEngine(cb.Context()), True)
         self.assertEqual(s.yaml.read_bytes(), before)
         self.assertEqual(s.live()["added"], [])
 

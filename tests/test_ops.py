@@ -294,7 +294,7 @@ class Doctor(CliTest):
             proc = self.cli("doctor", env=self.env(rules, SSH_AUTH_SOCK=path))
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertIn("internal networks do not forward outside DNS", proc.stdout)
-        self.assertIn("ok    socat and ssh in the agent image", proc.stdout)
+        self.assertIn("ok    ssh, socat and git in the agent image", proc.stdout)
         self.assertIn("all checks pass", proc.stdout)
         probe = next(a for a in self.fake.argvs() if a[0] == "run")
         self.assertEqual(probe[:4], ["run", "--rm", "--network", "none"], "the probe container has no network")

@@ -349,7 +349,7 @@ class SecretTest(Base):
 class ArgvTest(Base):
     def test_agent_create_argv(self):
         plan = self.plan_from("two-hosts", environ={**self.environ, "NPM_TOKEN": "x"})
-        argv = cb.agent_create_argv(plan)
+        argv = guard.agent_create_argv(plan)
         self.assertEqual(argv[:3], ["create", "--name", plan.agent_container])
         self.assertEqual(values_after(argv, "--network"), [plan.internal_network])
         self.assertTrue(has_pair(argv, "--dns", "127.0.0.1"))
@@ -382,13 +382,13 @@ class ArgvTest(Base):
 
     def test_agent_command_without_self_test(self):
         plan = self.plan_from("two-hosts")._replace(self_test=False)
-        argv = cb.agent_create_argv(plan)
+        argv = guard.agent_create_argv(plan)
         self.assertEqual(argv[-5:], ["--entrypoint", "claude", plan.image, "-p", "run the tests"])
 
     def test_agent_tty_and_ssh_agent(self):
         environ = {**self.environ, "SSH_AUTH_SOCK": "/run/agent.sock"}
         plan = self.plan_from("ssh", environ=environ)._replace(tty=True)
-        argv = cb.agent_create_argv(plan)
+        argv = guard.agent_create_argv(plan)
         self.assertIn("--tty", argv)
         self.assertIn(f"type=bind,source={PRIVATE_DIR}/ssh-agent.sock,target={cb.AGENT_SSH_AUTH_SOCK}",
                       values_after(argv, "--mount"))
@@ -402,13 +402,13 @@ class ArgvTest(Base):
     def test_config_inside_the_workspace_is_read_only(self):
         plan = self.plan_with("[agents.a]\n", "a", where=self.project)
         self.assertEqual(plan.workspace, str(self.project))
-        mounts = values_after(cb.agent_create_argv(plan), "--mount")
+        mounts = values_after(guard.agent_create_argv(plan), "--mount")
         self.assertIn(f"type=bind,source={self.project}/claude-bottle.toml,target=/workspace/claude-bottle.toml,"
                       f"readonly", mounts)
 
     def test_sidecar_run_argv(self):
         plan = self.plan_from("ssh")
-        argv = cb.sidecar_run_argv(plan)
+        argv = guard.sidecar_run_argv(plan)
         self.assertEqual(argv[:4], ["run", "--detach", "--name", plan.sidecar])
         joined = " ".join(argv)
         self.assertIn("--user 65534:65534 --read-only --cap-drop ALL", joined)
@@ -424,9 +424,9 @@ class ArgvTest(Base):
 
     def test_labels(self):
         plan = self.plan_from("defaults")
-        for argv, role in ((cb.sidecar_run_argv(plan), "pipelock"),
-                           (cb.agent_create_argv(plan), "agent"),
-                           (cb.network_create_argv(plan, plan.internal_network, True, "10.213.0.16/28"), "internal")):
+        for argv, role in ((guard.sidecar_run_argv(plan), "pipelock"),
+                           (guard.agent_create_argv(plan), "agent"),
+                           (guard.network_create_argv(plan, plan.internal_network, True, "10.213.0.16/28"), "internal")):
             labels = values_after(argv, "--label")
             self.assertEqual(labels, [f"claude-bottle.session={plan.session}", f"claude-bottle.role={role}",
                                       "claude-bottle.agent=reviewer", "claude-bottle.bottle=default",
@@ -437,7 +437,7 @@ class ArgvTest(Base):
         """An internal network still puts its gateway on a host bridge, and every host service on 0.0.0.0 would be
         in the agent's reach through it; inhibit_ipv4 leaves the bridge without an address."""
         plan = self.plan_from("defaults")
-        argv = cb.network_create_argv(plan, plan.internal_network, True, "10.213.0.16/28")
+        argv = guard.network_create_argv(plan, plan.internal_network, True, "10.213.0.16/28")
         self.assertEqual(argv[:3], ["network", "create", "--internal"])
         self.assertTrue(has_pair(argv, "--opt", "com.docker.network.bridge.inhibit_ipv4=true"))
         internal = next(a for a, _ in cb.planned_commands(plan) if a[:3] == ["network", "create", "--internal"])
@@ -445,18 +445,20 @@ class ArgvTest(Base):
 
     def test_small_argv_builders(self):
         plan = self.plan_from("defaults")
-        self.assertEqual(cb.network_create_argv(plan, "n", True, "10.213.0.16/28")[-1], "n")
-        self.assertIn("--internal", cb.network_create_argv(plan, "n", True, "10.213.0.16/28"))
-        self.assertNotIn("--internal", cb.network_create_argv(plan, "n", False, "10.213.0.16/28"))
+        self.assertEqual(guard.network_create_argv(plan, "n", True, "10.213.0.16/28")[-1], "n")
+        self.assertIn("--internal", guard.network_create_argv(plan, "n", True, "10.213.0.16/28"))
+        self.assertNotIn("--internal", guard.network_create_argv(plan, "n", False, "10.213.0.16/28"))
         for internal in (True, False):
-            self.assertTrue(has_pair(cb.network_create_argv(plan, "n", internal, "10.213.0.16/28"), "--subnet",
+            self.assertTrue(has_pair(guard.network_create_argv(plan, "n", internal, "10.213.0.16/28"), "--subnet",
                                      "10.213.0.16/28"))
-        self.assertEqual(cb.network_connect_argv(plan, "10.213.0.18"),
-                         ["network", "connect", "--ip", "10.213.0.18", plan.internal_network, plan.sidecar])
-        self.assertEqual(cb.health_argv(plan), ["exec", plan.sidecar, "/pipelock", "healthcheck"])
-        self.assertEqual(cb.start_argv(plan), ["start", "--attach", "--interactive", plan.agent_container])
-        self.assertEqual(cb.rm_containers_argv(["a", "b"]), ["rm", "--force", "a", "b"])
-        self.assertEqual(cb.rm_networks_argv(["a", "b"]), ["network", "rm", "a", "b"])
+        shown = [a for a, _ in cb.planned_commands(plan._replace(self_test=False))]
+        internal = cb.subnet_address(plan.subnet(plan.internal_network), 2)
+        self.assertIn(["network", "connect", "--ip", internal, plan.internal_network, plan.sidecar], shown)
+        self.assertIn(["exec", plan.sidecar, "/pipelock", "healthcheck"], shown)
+        self.assertIn(["start", "--attach", "--interactive", plan.agent_container], shown)
+        self.assertEqual(guard.DOCKER.remove_argv("container", ["a", "b"]), ["rm", "--force", "a", "b"])
+        self.assertEqual(guard.DOCKER.remove_argv("network", ["a", "b"]), ["network", "rm", "a", "b"])
+        self.assertEqual(guard.DOCKER.remove_argv("volume", ["a", "b"]), ["volume", "rm", "a", "b"])
 
     def test_mount_arg_quoting(self):
         cases = [
@@ -468,11 +470,11 @@ class ArgvTest(Base):
         ]
         for source, expected in cases:
             with self.subTest(source=source):
-                value = cb.mount_arg(source, "/t")
+                value = guard.mount_arg(source, "/t")
                 self.assertEqual(value, expected)
                 # docker reads the value with Go's encoding/csv; Python's csv agrees on these.
                 self.assertEqual(next(csv.reader([value])), ["type=bind", f"source={source}", "target=/t"])
-        self.assertEqual(next(csv.reader([cb.mount_arg("/a,b", "/t", readonly=True)]))[-1], "readonly")
+        self.assertEqual(next(csv.reader([guard.mount_arg("/a,b", "/t", readonly=True)]))[-1], "readonly")
 
     def test_ssh_config_is_the_agents_own_dot_ssh(self):
         ssh = '[[bottles.default.ssh]]\nHost = "gh"\nHostname = "github.com"\n'
@@ -481,8 +483,8 @@ class ArgvTest(Base):
                 plan = self.plan_with(ssh, uid=uid, gid=uid)
                 self.assertEqual(plan.identity.home, home)
                 self.assertIn(f"type=bind,source={PRIVATE_DIR}/ssh,target={home}/.ssh",
-                              values_after(cb.agent_create_argv(plan), "--mount"))
-        self.assertFalse(any(".ssh" in m for m in values_after(cb.agent_create_argv(self.plan_from("defaults")),
+                              values_after(guard.agent_create_argv(plan), "--mount"))
+        self.assertFalse(any(".ssh" in m for m in values_after(guard.agent_create_argv(self.plan_from("defaults")),
                                                                 "--mount")))
 
 
@@ -528,7 +530,8 @@ class PlannedCommandsTest(Base):
         self.assertTrue(has_pair(cmds[10][0], "--ip", cb.subnet_address(egress, 2)))
         self.assertIn(f"http://{cb.subnet_address(egress, 2)}:8888/health", cmds[14][0][-1])
         self.assertIn(f"http://{cb.subnet_address(internal, 1)}:8888/", cmds[14][0][-1])
-        self.assertEqual(cmds[-2][0], ["rm", "--force", plan.agent_container, plan.sidecar])
+        # The state's init container too: it is the session's, and a start that stops half-way may leave it.
+        self.assertEqual(cmds[-2][0], ["rm", "--force", plan.agent_container, plan.sidecar, plan.state_init])
         # Networks go in reverse: the egress bridge, then the internal one.
         self.assertEqual(cmds[-1][0], ["network", "rm", plan.egress, plan.internal_network])
 
@@ -559,8 +562,8 @@ class PlannedCommandsTest(Base):
         self.assertEqual(cmds[-1][0], ["network", "rm", plan.internal_network])
         creates = [a for a, _ in cmds if a[:2] == ["network", "create"]]
         self.assertEqual(len(creates), 1)
-        self.assertEqual(values_after(cb.sidecar_run_argv(plan), "--network"), ["corp-egress"])
-        self.assertNotIn("--ip", cb.sidecar_run_argv(plan), "an address on the user's network is docker's to give")
+        self.assertEqual(values_after(guard.sidecar_run_argv(plan), "--network"), ["corp-egress"])
+        self.assertNotIn("--ip", guard.sidecar_run_argv(plan), "an address on the user's network is docker's to give")
         self.assertNotIn("corp-egress", " ".join(" ".join(a) for a, _ in cmds[3:]
                                                  if kind(a) in ("network create", "network rm")))
 

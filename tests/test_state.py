@@ -38,7 +38,7 @@ class StatePlan(unittest.TestCase):
 
     def test_agent_mounts_the_state_volume_and_points_claude_at_it(self):
         p = plan()
-        argv = cb.agent_create_argv(p)
+        argv = guard.agent_create_argv(p)
         mounts = values_after(argv, "--mount")
         volumes = [m for m in mounts if m.startswith("type=volume")]
         self.assertEqual(volumes, [f"type=volume,source={p.state_volume},target={cb.AGENT_STATE_DIR}"])
@@ -48,27 +48,27 @@ class StatePlan(unittest.TestCase):
 
     def test_fresh_mounts_the_sessions_own_volume(self):
         p = plan(fresh=True)
-        mounts = values_after(cb.agent_create_argv(p), "--mount")
+        mounts = values_after(guard.agent_create_argv(p), "--mount")
         self.assertIn(f"type=volume,source={p.fresh_volume},target={cb.AGENT_STATE_DIR}", mounts)
         self.assertNotIn(p.state_volume, " ".join(mounts))
         self.assertIn(p.session, p.fresh_volume)
 
     def test_persistent_volume_has_no_session_label_and_fresh_one_has(self):
         p = plan()
-        persistent = cb.volume_create_argv(p, p.state_volume)
+        persistent = volume_create_argv(p, p.state_volume)
         labels = values_after(persistent, "--label")
         self.assertIn("claude-bottle.state=1", labels)
         self.assertIn(f"claude-bottle.project={p.workspace}", labels)
         self.assertIn("claude-bottle.agent=claude", labels)
         self.assertFalse([lb for lb in labels if lb.startswith("claude-bottle.session")],
                          "a session's teardown and gc find what they remove by the session label")
-        fresh = values_after(cb.volume_create_argv(p, p.fresh_volume), "--label")
+        fresh = values_after(volume_create_argv(p, p.fresh_volume), "--label")
         self.assertIn(f"claude-bottle.session={p.session}", fresh)
         self.assertNotIn("claude-bottle.state=1", fresh, "`state ls` lists only kept state")
 
     def test_init_runs_without_network_as_root_with_three_capabilities(self):
         p = plan()
-        argv = cb.state_init_argv(p, p.state_volume)
+        argv = guard.state_init_argv(p, p.state_volume)
         self.assertEqual(values_after(argv, "--network"), ["none"])
         self.assertEqual(values_after(argv, "--cap-drop"), ["ALL"])
         self.assertEqual(sorted(values_after(argv, "--cap-add")), ["CHOWN", "DAC_OVERRIDE", "FOWNER"])
@@ -86,19 +86,26 @@ class StatePlan(unittest.TestCase):
 
     def test_steps_state_before_agent_and_fresh_undone(self):
         p = plan()
-        steps = {s.name: s for s in cb.start_steps(p)}
+        steps = {s.name: s for s in cb.start_steps(p, guard.DOCKER)}
         self.assertIn("state", steps["agent"].after)
         self.assertEqual(steps["state"].undo, (), "the kept state outlives the session")
         f = plan(fresh=True)
-        steps = {s.name: s for s in cb.start_steps(f)}
+        steps = {s.name: s for s in cb.start_steps(f, guard.DOCKER)}
         self.assertIn(("volume", f.fresh_volume), steps["state"].undo)
-        teardown = [argv for argv, note in cb.teardown_preview(f, cb.start_steps(f))]
+        teardown = [argv for argv, note in cb.planned_commands(f) if note.startswith("teardown")]
         self.assertIn(["volume", "rm", f.fresh_volume], teardown)
         containers = next(i for i, a in enumerate(teardown) if a[:2] == ["rm", "--force"])
         self.assertLess(containers, teardown.index(["volume", "rm", f.fresh_volume]),
                         "a volume goes once the container using it is gone")
         self.assertNotIn(["volume", "rm", p.state_volume],
-                         [a for a, _ in cb.teardown_preview(p, cb.start_steps(p))])
+                         [a for a, note in cb.planned_commands(p) if note.startswith("teardown")])
+
+
+def volume_create_argv(p, volume) -> list:
+    """The `volume create` a start runs for `volume`, as DockerEngine runs it."""
+    engine = cb.RecordingEngine()
+    engine.create_volume(cb.state_volume_spec(p, volume))
+    return engine.calls[0][0]
 
 
 class BuiltInImage(unittest.TestCase):
@@ -114,14 +121,14 @@ class BuiltInImage(unittest.TestCase):
         p = plan()
         self.assertEqual(p.build_args, ())
         self.assertEqual(p.image, cb.AGENT_IMAGE)
-        self.assertEqual(cb.build_argv(p.image, p.build_args),
+        self.assertEqual(guard.DOCKER.build_argv(p.image, p.build_args, {"claude-bottle.image": "agent"}),
                          ["build", "--force-rm", "--tag", cb.AGENT_IMAGE, "--label", "claude-bottle.image=agent",
                           "-"])
 
     def test_installer_url_and_base_are_build_arguments_and_part_of_the_tag(self):
         url = "http://172.17.0.5:8080/install.sh"
         p = plan({cb.INSTALLER_URL_ENV: url, cb.BASE_IMAGE_ENV: "claude-bottle-test/debian:x"})
-        argv = cb.build_argv(p.image, p.build_args)
+        argv = guard.DOCKER.build_argv(p.image, p.build_args)
         self.assertEqual(values_after(argv, "--build-arg"),
                          ["BASE_IMAGE=claude-bottle-test/debian:x", f"CLAUDE_INSTALLER_URL={url}"])
         self.assertNotEqual(p.image, cb.AGENT_IMAGE, "a stand-in-built image never poses as the real one")
