@@ -451,8 +451,8 @@ class Bottle(namedtuple("Bottle", "name allow trusted ssh egress_network max_tun
     __slots__ = ()
 
 
-class AgentSpec(namedtuple("AgentSpec", "name bottle image env command workspace source",
-                           defaults=(DEFAULT_BOTTLE, None, DEFAULT_ENV, None, None, "built-in"))):
+class AgentSpec(namedtuple("AgentSpec", "name bottle image env command workspace source clone",
+                           defaults=(DEFAULT_BOTTLE, None, DEFAULT_ENV, None, None, "built-in", False))):
     """An `[agents.NAME]` table (or an agent file, or the built-in agent) and where it came from."""
 
     __slots__ = ()
@@ -471,7 +471,7 @@ class Config(namedtuple("Config", "path bottles agents")):
 BOTTLE_KEYS = ("allow", "trusted", "ssh", "egress_network", "max_tunnel_seconds", "idle_timeout_seconds",
                "credentials")
 SSH_KEYS = ("Host", "Hostname", "User", "Port")
-AGENT_KEYS = ("bottle", "image", "env", "command", "workspace")
+AGENT_KEYS = ("bottle", "image", "env", "command", "workspace", "clone")
 
 
 def _check_keys(where: str, table: dict, allowed) -> None:
@@ -567,6 +567,9 @@ def _parse_agent(name: str, table, origin: str, bottles: dict) -> AgentSpec:
     if workspace is not None and (not isinstance(workspace, str) or not workspace or "\n" in workspace
                                   or "\0" in workspace):
         raise ConfigError(f"{where} workspace: expected a directory path")
+    clone = table.get("clone", False)
+    if not isinstance(clone, bool):
+        raise ConfigError(f"{where} clone: expected true (the agent works in a copy of the repository) or false")
     return AgentSpec(
         name=name,
         bottle=bottle,
@@ -576,6 +579,7 @@ def _parse_agent(name: str, table, origin: str, bottles: dict) -> AgentSpec:
         command=command,
         workspace=workspace,
         source=f"{origin} [agents.{name}]",
+        clone=clone,
     )
 
 
@@ -1052,11 +1056,12 @@ class ReloadWait:
 # ---- The agent's identity: the host user who ran claude-bottle, as a user of the image ----
 
 # What the probe looks for: a shell, what SSH hosts need, and the clients the self-test can use.
-PROBE_TOOLS = ("ssh", "socat", "git", "curl", "wget", "python3", "nc", "node", "perl")
+PROBE_TOOLS = ("ssh", "socat", "git", "curl", "wget", "python3", "nc", "node", "perl", "tar")
+CLONE_TOOLS = ("git", "tar")
 SSH_TOOLS = ("ssh", "socat", "git")
 SELF_TEST_CLIENTS = ("curl", "wget", "python3", "nc")
 FALLBACK_USER = "claude"
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 # Run as root in the image, with no network and no capability: what the image holds, never what it does.
 PROBE_SCRIPT = f"""\\
 echo '# passwd'; cat /etc/passwd 2>/dev/null
@@ -1072,7 +1077,7 @@ while read -r d; do printf '%s\\t%s\\n' "$d" "$(ls -ldn -- "$d" 2>/dev/null)"; d
 BUILTIN_PROBE = {
     "passwd": ["root:x:0:0:root:/root:/bin/bash", f"claude:x:{AGENT_UID}:{AGENT_UID}::{AGENT_HOME}:/bin/bash"],
     "group": ["root:x:0:", f"claude:x:{AGENT_UID}:"],
-    "tools": ["ssh", "socat", "git", "curl"],
+    "tools": ["ssh", "socat", "git", "curl", "tar"],
     "dirs": {"/tmp": ["drwxrwxrwt", 0], "/root": ["drwx------", 0], AGENT_HOME: ["drwxr-xr-x", AGENT_UID]},
 }
 
@@ -1169,6 +1174,10 @@ def identity_problem(plan) -> str:
             return (f"{where} has no {' and no '.join(missing)}, which the bottle's SSH hosts need "
                     f"({', '.join(s.alias for s in plan.ssh)}); install {' and '.join(missing)} in the image, or use "
                     f"a bottle without ssh")
+    missing = [t for t in CLONE_TOOLS if t not in ident.tools]
+    if plan.clone and missing:
+        return (f"{where} has no {' and no '.join(missing)}, which a clone session needs to copy the repository in "
+                f"and the agent's work out; install {' and '.join(missing)} in the image, or start without --clone")
     if plan.self_test and not any(t in ident.tools for t in SELF_TEST_CLIENTS):
         return (f"{where} has none of {', '.join(SELF_TEST_CLIENTS[:-1])} or {SELF_TEST_CLIENTS[-1]} to run the "
                 f"isolation self-test; install one of them (busybox's wget will do) in the image, or pass "
@@ -1182,7 +1191,7 @@ PLAN_FIELDS = (
     "session agent agent_source bottle image build_image pipelock_image workspace git_dir read_only env "
     "env_unset hosts bottle_allow trusted ssh ssh_agent egress_network command tty self_test "
     "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir subnet_pool "
-    "brokered identity extra_allow learn build_args state_volume fresh"
+    "brokered identity extra_allow learn build_args state_volume fresh clone repo discard"
 )
 
 
@@ -1221,6 +1230,22 @@ class Plan(namedtuple("Plan", PLAN_FIELDS)):
     @property
     def proxy_url(self) -> str:
         return f"http://{self.sidecar}:{PROXY_PORT}"
+
+    @property
+    def workspace_volume(self) -> str:
+        """Clone mode: the volume holding the agent's copy of the repository, the session's own."""
+        return f"{LABEL}-{self.session}-workspace"
+
+    @property
+    def clone_branch(self) -> str:
+        """Clone mode: the branch the agent works on in its copy, and that brings its work back."""
+        return f"{LABEL}/{self.session}"
+
+    @property
+    def workdir(self) -> str:
+        """The agent's working directory: the workspace, or in a clone of a parent repository its place there."""
+        sub = self.repo.subdir if self.clone and self.repo else ""
+        return f"{AGENT_WORKDIR}/{sub}" if sub else AGENT_WORKDIR
 
     @property
     def fresh_volume(self) -> str:
@@ -1311,7 +1336,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
                  extra_allow=(), owner: str = "", owner_start: str = "", owner_proof: str = "",
                  private_dir: str = "", self_test: bool = True, uid: int | None = None,
                  gid: int | None = None, learn: bool = False,
-                 fresh: bool = False) -> Plan:
+                 fresh: bool = False, clone: bool | None = None, discard: bool = False) -> Plan:
     """Resolve agent -> bottle -> image, hosts, SSH hosts, mounts and env names. Reads no docker state.
 
     The agent runs as `uid`:`gid`, the user running claude-bottle unless given; its name and home in an
@@ -1348,8 +1373,13 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
     build_args = image_build_args(environ) if spec.image is None else ()
     image_override = environ.get(PIPELOCK_IMAGE_ENV)
     pipelock_image = check_image(image_override, PIPELOCK_IMAGE_ENV) if image_override else PIPELOCK_IMAGE
-    # Read-only inside the read-write workspace: what would run on the host later, or change the bottle.
-    git_dir = (ws / ".git").is_dir()
+    # None: bind, the default, which a start may turn into a clone when another session edits the tree in place.
+    clone = (True if spec.clone else None) if clone is None else clone
+    if discard and not clone:
+        raise ConfigError("--discard: only in clone mode (a bind-mounted workspace is your own tree); add --clone")
+    # Read-only inside the read-write workspace: what would run on the host later, or change the bottle. A clone
+    # is the agent's own: nothing of it is mounted from the host.
+    git_dir = (ws / ".git").is_dir() and not clone
     read_only = ()
     if git_dir:
         if os.path.lexists(ws / GIT_COMMONDIR):
@@ -1357,11 +1387,11 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
                               f"config and hooks, and a repository's own .git never has one (an agent may have "
                               f"written it): look at it, remove it and start again")
         read_only = (".git/hooks",) + ((".git/config",) if (ws / ".git" / "config").is_file() else ())
-    elif (ws / ".git").is_file():
+    elif (ws / ".git").is_file() and not clone:
         # A linked worktree or a submodule: `.git` names the git dir, which is not mounted. Pointed at a git
         # dir the agent made in the workspace, it would run the agent's hooks and fsmonitor on the host.
         read_only = (".git",)
-    if config.path and Path(config.path).resolve().is_relative_to(ws):
+    if config.path and Path(config.path).resolve().is_relative_to(ws) and not clone:
         read_only += (str(Path(config.path).resolve().relative_to(ws)),)
     return Plan(
         session=session_id(spec.name, suffix),
@@ -1400,6 +1430,9 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         build_args=build_args,
         state_volume=state_volume_name(str(ws), spec.name),
         fresh=fresh,
+        clone=clone,
+        repo=None,
+        discard=discard,
     )
 
 
@@ -1518,7 +1551,9 @@ def render_summary(plan: Plan) -> list:
         f"  image:      {image}",
         f"  command:    {_visible(shlex.join(plan.command))}",
         f"  user:       {user_line(plan.identity)}",
+        f"  workspace:  {clone_line(plan)}" if plan.clone else
         f"  workspace:  {_visible(plan.workspace)} -> {AGENT_WORKDIR} (read-write{git})",
+        *(f"  clone:      {_visible(note)}" for note in (plan.repo.notes if plan.clone and plan.repo else ())),
         f"  state:      {state_line(plan)}",
         f"  env:        {env}",
         f"  brokered:   {brokered_line(plan.brokered)}",
@@ -1694,6 +1729,8 @@ def identity_mounts(plan: Plan, ident: Identity) -> list:
 
 
 def workspace_mounts(plan: Plan) -> list:
+    if plan.clone:
+        return [Mount("volume", plan.workspace_volume, AGENT_WORKDIR)]
     mounts = [Mount("bind", plan.workspace, AGENT_WORKDIR)]
     if plan.git_dir:
         # .git as a mount point of its own: the agent cannot rename it away and plant a new one.
@@ -1731,7 +1768,9 @@ def agent_spec(plan: Plan, ip: str | None = None, state: str | None = None) -> C
         user=f"{ident.uid}:{ident.gid}", network=plan.internal_network, ip=ip,
         # No DNS path out, whatever the engine version: only the names the engine itself answers (the sidecar's).
         no_outside_dns=True, pids_limit=AGENT_PIDS_LIMIT, init=True, interactive=True, tty=plan.tty,
-        workdir=AGENT_WORKDIR, mounts=tuple(mounts), env=tuple(env), labels=session_labels(plan, "agent"))
+        workdir=plan.workdir, mounts=tuple(mounts), env=tuple(env),
+        labels={**session_labels(plan, "agent"), f"{LABEL}.workspace": plan.workspace,
+                f"{LABEL}.mode": "clone" if plan.clone else "bind"})
 
 
 def agent_broker_socket(ep) -> str:
@@ -2168,7 +2207,8 @@ class EngineError(BottleError):
 
 
 # The labels `ls`, `gc` and `stop` read.
-SESSION_KEYS = ("session", "role", "agent", "bottle", "owner", "owner-start", "owner-proof", "owner-dir")
+SESSION_KEYS = ("session", "role", "agent", "bottle", "owner", "owner-start", "owner-proof", "owner-dir",
+                "workspace", "mode")
 
 
 class Completed(namedtuple("Completed", "status stdout stderr")):
@@ -2218,8 +2258,9 @@ class DockerEngine(Engine):
     # -- Running the CLI: every docker command goes through `call` or `popen` --
 
     def call(self, argv, *, input: bytes | None = None, capture: bool = True, timeout: float | None = None,
-             check: bool = True) -> Completed:
-        """Run `docker ARGV`: raise EngineError on failure when `check`. Output is text when captured.
+             check: bool = True, input_stream=None, binary: bool = False) -> Completed:
+        """Run `docker ARGV`: raise EngineError on failure when `check`. Output is text when captured (bytes with
+        `binary`). `input_stream(file)` writes stdin as it goes (a tar of any size), from a thread of its own.
 
         The call runs in a session of its own, so a Ctrl-C at the terminal never kills it half-way: the CLI
         decides. It ends after `timeout` seconds, or SIGNAL_GRACE seconds after a signal when it has no timeout of
@@ -2231,13 +2272,22 @@ class DockerEngine(Engine):
         try:
             # Not captured: its output goes to the terminal as it comes, stderr too (BuildKit's progress), and stderr
             # is also kept for the error.
-            proc = subprocess.Popen(command, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE if input is not None or input_stream else
+                                    subprocess.DEVNULL,
                                     stdout=subprocess.PIPE if capture else sys.stderr,
                                     stderr=subprocess.PIPE, start_new_session=True)
         except FileNotFoundError:
             raise EngineUnavailable(self.missing()) from None
-        kept = None
-        if not capture:
+        kept, streamed = None, None
+        if input_stream is not None:
+            # stdin from one thread, stdout and stderr read by two more: a pipe never fills up and stops the rest.
+            streamed = ([], [])
+            threads = [threading.Thread(target=_feed, args=(input_stream, proc.stdin), daemon=True)]
+            threads += [threading.Thread(target=lambda s=stream, k=sink: k.append(s.read()), daemon=True)
+                        for stream, sink in zip((proc.stdout, proc.stderr), streamed)]
+            for t in threads:
+                t.start()
+        elif not capture:
             kept = []
             reader = threading.Thread(target=_tee, args=(proc.stderr, kept), daemon=True)
             reader.start()
@@ -2251,7 +2301,7 @@ class DockerEngine(Engine):
         started, ctx = time.monotonic(), self.ctx
         while True:
             try:
-                if kept is None:
+                if kept is None and streamed is None:
                     out, err = proc.communicate(input, timeout=0.1)
                 else:
                     proc.wait(timeout=0.1)
@@ -2263,7 +2313,7 @@ class DockerEngine(Engine):
                 late = timeout is None and ctx.signalled and now - ctx.signalled_at > ctx.signal_grace
                 if late or (timeout is not None and now - started > timeout):
                     proc.kill()
-                    if kept is None:
+                    if kept is None and streamed is None:
                         proc.communicate()
                     else:
                         proc.wait()
@@ -2271,7 +2321,10 @@ class DockerEngine(Engine):
         if kept is not None:
             reader.join(timeout=5)
             err = b"".join(kept)
-        out = (out or b"").decode(errors="replace")
+        if streamed is not None:
+            for t in threads:
+                t.join(timeout=5)
+            out, err = b"".join(streamed[0]), b"".join(streamed[1])
         err = (err or b"").decode(errors="replace")
         if "Cannot connect to the Docker daemon" in err:
             raise EngineUnavailable(f"docker: the daemon does not answer ({err.strip().splitlines()[-1]}); start "
@@ -2279,7 +2332,7 @@ class DockerEngine(Engine):
         self.answered = True
         if check and proc.returncode != 0:
             raise self.error(command, proc.returncode, err)
-        return Completed(proc.returncode, out, err)
+        return Completed(proc.returncode, (out or b"") if binary else (out or b"").decode(errors="replace"), err)
 
     def popen(self, argv, **kwargs):
         """Start `docker ARGV` without waiting, in this terminal's session: attached agents and followed logs."""
@@ -2508,10 +2561,11 @@ class DockerEngine(Engine):
             return []
         return [self.files_volume(spec, m) for m in spec.mounts if isinstance(m, Files) and m.kind == "dir"]
 
-    def run(self, spec: ContainerSpec, timeout: float | None = None) -> Completed:
-        """A one-off container, to its end: its exit status and output. EngineError "no_program" when the image has
-        no such program as its entrypoint."""
-        r = self.call(self.run_argv(spec), check=False, timeout=timeout)
+    def run(self, spec: ContainerSpec, timeout: float | None = None, input_stream=None,
+            binary: bool = False) -> Completed:
+        """A one-off container, to its end: its exit status and output (bytes with `binary`); `input_stream(file)`
+        writes its stdin. EngineError "no_program" when the image has no such program as its entrypoint."""
+        r = self.call(self.run_argv(spec), check=False, timeout=timeout, input_stream=input_stream, binary=binary)
         if r.status in (126, 127) or (r.status and spec.entrypoint and f'"{spec.entrypoint}"' in r.stderr):
             raise EngineError("no_program", [self.program, *self.run_argv(spec)], r.status, r.stderr)
         return r
@@ -2598,6 +2652,19 @@ def files_tar(files: Files) -> bytes:
     return buf.getvalue()
 
 
+def _feed(write, stdin) -> None:
+    """Write a command's stdin with `write(file)`; a command that stops reading ends it quietly."""
+    try:
+        write(stdin)
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+    finally:
+        try:
+            stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+
 def _tee(stream, kept: list) -> None:
     """Copy `stream` to our stderr line by line as it comes, keeping what passed."""
     for line in iter(stream.readline, b""):
@@ -2655,9 +2722,10 @@ class RecordingEngine(DockerEngine):
         self.missing_images = frozenset(missing_images)
         self.calls = []
 
-    def call(self, argv, *, input=None, capture=True, timeout=None, check=True) -> Completed:
+    def call(self, argv, *, input=None, capture=True, timeout=None, check=True, input_stream=None,
+             binary=False) -> Completed:
         self.calls.append((list(argv), self.note))
-        return Completed(0, "", "")
+        return Completed(0, b"" if binary else "", "")
 
     def popen(self, argv, **kwargs):
         self.calls.append((list(argv), self.note))
@@ -2679,8 +2747,11 @@ class RecordingEngine(DockerEngine):
         super().exec(container, argv, user, workdir, env, capture, timeout)
         return Completed(0, f"{SELF_TEST_PASSED}\n", "")
 
-    def run(self, spec: ContainerSpec, timeout: float | None = None) -> Completed:
-        super().run(spec, timeout)
+    def run(self, spec: ContainerSpec, timeout: float | None = None, input_stream=None,
+            binary: bool = False) -> Completed:
+        super().run(spec, timeout, binary=binary)
+        if binary:
+            return Completed(0, b"", "")
         # An image probe finds every tool and no user: the identity a dry run plans with (planned_identity).
         return Completed(0, "# tools\n" + "\n".join(PROBE_TOOLS) + "\n" if spec.role == "probe" else "", "")
 
@@ -2712,7 +2783,7 @@ class Teardown:
     removals are listed as possibly left, and the local steps still run.
     """
 
-    NOTES = {"volume": "teardown: the session's own state"}
+    NOTES = {"volume": "teardown: the session's own volumes"}
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -2989,6 +3060,360 @@ def quarantine_commondir(plan: Plan) -> None:
              f"(review it, and the directory it names, before deleting it)")
 
 
+# ---- The workspace as a clone: a snapshot in, the agent's work back as a branch ----
+
+# Clone mode: the agent works in a copy of the repository inside a volume of the session's own, and the user's tree is
+# never written. In: the repository's objects and refs, and a commit of the working tree as it is (tracked changes
+# and untracked files that are not ignored) on top of HEAD, made with a private index. Out: the agent's commits, and
+# at the end a commit of what it left uncommitted, fetched from a git bundle into the branch claude-bottle/SESSION.
+
+# git on this machine, for the user's repository: no optional lock (never a refresh of the user's index), no
+# automatic maintenance after a fetch.
+GIT_ENV = {"GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"}
+GIT_QUIET = ("-c", "maintenance.auto=false", "-c", "gc.auto=0")
+# The files of a clone session's own, in its private dir.
+CLONE_STATE = "clone.json"
+READY_MARK = ".git/claude-bottle-ready"
+
+
+class CloneSource(namedtuple("CloneSource", "toplevel git_dir objects head branch subdir notes size")):
+    """The repository a clone session copies: its top level, git dir and object store, HEAD (a commit id, or ""
+    before the first commit) and its branch ("" when detached), where the workspace is in it, the notes the preflight
+    shows (a rebase under way, submodules, LFS, a shallow history) and the object store's size in bytes."""
+
+    __slots__ = ()
+
+
+def git(args, cwd: str, env=None, check: bool = True, input: bytes | None = None):
+    """Run git on this machine (the user's repository); a missing git is a one-line error."""
+    import subprocess
+    try:
+        r = subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **GIT_ENV, **(env or {})}, input=input,
+                           capture_output=True, timeout=600)
+    except FileNotFoundError:
+        raise ConfigError("--clone: git is not installed on this machine; install it, or start without --clone")
+    if check and r.returncode != 0:
+        raise BottleError(f"`git {' '.join(args[:3])}` failed in {cwd}: "
+                          f"{r.stderr.decode(errors='replace').strip().splitlines()[-1:] or ['no output']}"[:400])
+    return r
+
+
+def _git_text(args, cwd: str) -> str:
+    return git(args, cwd).stdout.decode(errors="replace").strip()
+
+
+def inspect_clone(plan: Plan, why: str = "") -> Plan:
+    """Clone mode: what the copy will hold, read before anything is created; bad input is refused in one line.
+    `why` is the first note, when the start chose clone mode itself."""
+    if not plan.clone:
+        return plan
+    ws = plan.workspace
+    r = git(["rev-parse", "--is-bare-repository", "--is-inside-work-tree"], ws, check=False)
+    if r.returncode != 0:
+        raise ConfigError(f"--clone: {ws} is not in a git repository, and a clone session copies one; run "
+                          f"`git init` there (and commit what the agent should start from), or start without --clone")
+    bare, inside = r.stdout.decode().split()
+    if bare == "true" or inside != "true":
+        raise ConfigError(f"--clone: {ws} is a bare repository (no working tree to copy); start from a clone of it")
+    toplevel = _git_text(["rev-parse", "--show-toplevel"], ws)
+    git_dir = os.path.realpath(os.path.join(ws, _git_text(["rev-parse", "--git-dir"], ws)))
+    objects = os.path.realpath(os.path.join(ws, _git_text(["rev-parse", "--git-path", "objects"], ws)))
+    if os.path.exists(os.path.join(objects, "info", "alternates")):
+        raise ConfigError(f"--clone: the repository at {toplevel} borrows objects from another one "
+                          f"(objects/info/alternates), which a copy would not have; run `git repack -a -d` there "
+                          f"first, or start without --clone")
+    head = git(["rev-parse", "-q", "--verify", "HEAD^{commit}"], ws, check=False).stdout.decode().strip()
+    branch = git(["symbolic-ref", "-q", "--short", "HEAD"], ws, check=False).stdout.decode().strip()
+    if git(["rev-parse", "-q", "--verify", f"refs/heads/{plan.clone_branch}"], ws, check=False).returncode == 0:
+        raise ConfigError(f"--clone: the branch {plan.clone_branch} exists already in {toplevel}; rename or delete "
+                          f"it, then start again")
+    notes = [why] if why else []
+    for name, what in (("rebase-merge", "a rebase"), ("rebase-apply", "a rebase"), ("MERGE_HEAD", "a merge"),
+                       ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert")):
+        if os.path.exists(os.path.join(git_dir, name)):
+            notes.append(f"{what} is under way in your repository: the copy starts from HEAD with your working "
+                         f"tree as it is, conflicts included; your {what[2:]} stays yours to finish")
+            break
+    if not branch:
+        notes.append(f"HEAD is detached at {head[:12] or 'nothing'}: the work still arrives as branch "
+                     f"{plan.clone_branch}")
+    if not head:
+        notes.append("the repository has no commit yet: the copy starts from a first commit of your files")
+    if os.path.exists(os.path.join(git_dir, "shallow")) or os.path.exists(os.path.join(objects, "..", "shallow")):
+        notes.append("a shallow clone: the copy has the same (cut) history")
+    if os.path.exists(os.path.join(toplevel, ".gitmodules")):
+        notes.append("submodules are not copied: their commits are recorded, their files are not there")
+    try:
+        attributes = Path(toplevel, ".gitattributes").read_text(errors="replace")
+    except OSError:
+        attributes = ""
+    if "filter=lfs" in attributes:
+        notes.append("Git LFS files arrive as their pointers (no LFS objects are copied)")
+    size = 0
+    for root, _, files in os.walk(objects):
+        for f in files:
+            try:
+                size += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    subdir = os.path.relpath(ws, toplevel)
+    repo = CloneSource(toplevel, git_dir, objects, head, branch, "" if subdir == "." else subdir, tuple(notes), size)
+    return plan._replace(repo=repo)
+
+
+def clone_line(plan: Plan) -> str:
+    size = plan.repo.size if plan.repo else 0
+    size = f"{size / 1e6:.0f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+    return (f"{_visible(plan.repo.toplevel if plan.repo else plan.workspace)} copied into a volume ({size} of "
+            f"history) -> {AGENT_WORKDIR}; edits arrive as branch {plan.clone_branch}"
+            + ("; thrown away at the end (--discard)" if plan.discard else "") + "; your working tree is not touched")
+
+
+def make_snapshot(plan: Plan) -> str:
+    """A commit of the working tree as it is, on top of HEAD, made with a private copy of the index: the user's
+    index, working tree and refs are never written (the commit's objects go into the object store, as `git stash`
+    does). HEAD itself when nothing is uncommitted."""
+    repo, work = plan.repo, plan.repo.toplevel
+    index = os.path.join(plan.private_dir, "snapshot.index")
+    try:
+        import shutil
+        shutil.copyfile(os.path.join(repo.git_dir, "index"), index)
+    except OSError:
+        pass  # no index yet: `add` makes one
+    env = {"GIT_INDEX_FILE": index}
+    git(["add", "--all"], work, env)
+    tree = git(["write-tree"], work, env).stdout.decode().strip()
+    if repo.head and _git_text(["rev-parse", f"{repo.head}^{{tree}}"], work) == tree:
+        return repo.head
+    who = {"GIT_AUTHOR_NAME": "claude-bottle", "GIT_AUTHOR_EMAIL": "claude-bottle@localhost",
+           "GIT_COMMITTER_NAME": "claude-bottle", "GIT_COMMITTER_EMAIL": "claude-bottle@localhost"}
+    message = (f"claude-bottle: the working tree at the start of session {plan.session}\n\nUncommitted changes and "
+               f"untracked files, as they were when the agent's copy was made.\n")
+    parent = ["-p", repo.head] if repo.head else []
+    return git(["commit-tree", tree, *parent], work, who, input=message.encode()).stdout.decode().strip()
+
+
+def clone_config(repo: CloneSource) -> str:
+    """The copy's .git/config: a plain repository, the user's name for commits, the remotes' names and URLs (never
+    a password in one), and nothing else of the user's config."""
+    lines = ["[core]", "\trepositoryformatversion = 0", "\tfilemode = true", "\tbare = false"]
+    r = git(["config", "--get-regexp", r"^(user\.(name|email)|remote\.[^.]+\.(url|fetch))$"], repo.toplevel,
+            check=False)
+    values = {}
+    for line in r.stdout.decode(errors="replace").splitlines():
+        key, _, value = line.partition(" ")
+        if "\n" in value or '"' in value or "\\" in value:
+            continue
+        if key.endswith(".url"):
+            value = re.sub(r"^([a-z+]+://)[^/@]*@", r"\1", value)  # no user:password@ in a URL
+        section, _, name = key.rpartition(".")
+        values.setdefault(section, []).append((name, value))
+    for section, items in values.items():
+        head, _, sub = section.partition(".")
+        lines.append(f'[{head} "{sub}"]' if sub else f"[{head}]")
+        lines += [f"\t{name} = {json.dumps(value)}" for name, value in items]
+    return "\n".join(lines) + "\n"
+
+
+def write_clone_tar(plan: Plan, snapshot: str, out) -> None:
+    """The copy as a tar stream, written to `out`: the object store, the refs (the user's branches, tags and remote
+    branches, and the clone's own branch at the snapshot, checked out), a config of its own, the shallow list."""
+    import tarfile
+    repo = plan.repo
+    refs = git(["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags", "refs/remotes"],
+               repo.toplevel).stdout.decode(errors="replace")
+    uid, gid = plan.identity.uid, plan.identity.gid
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        def add(name: str, data: bytes, mode: int = 0o644) -> None:
+            import io
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), mode, uid, gid, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+
+        def directory(name: str) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, uid, gid, int(time.time())
+            tar.addfile(info)
+
+        directory(".git")
+        add(".git/HEAD", f"ref: refs/heads/{plan.clone_branch}\n".encode())
+        add(".git/config", clone_config(repo).encode())
+        add(".git/packed-refs", "".join(f"{line}\n" for line in refs.splitlines()
+                                        if not line.endswith(f" refs/heads/{plan.clone_branch}")).encode())
+        for d in (".git/refs", ".git/refs/heads", ".git/refs/heads/claude-bottle", ".git/refs/tags", ".git/info"):
+            directory(d)
+        add(f".git/refs/heads/{plan.clone_branch}", f"{snapshot}\n".encode())
+        for shallow in (os.path.join(repo.git_dir, "shallow"), os.path.join(repo.objects, "..", "shallow")):
+            if os.path.isfile(shallow):
+                add(".git/shallow", Path(shallow).read_bytes())
+                break
+        base = repo.objects
+        for root, dirs, files in os.walk(base):
+            rel = os.path.relpath(root, base)
+            directory(".git/objects" if rel == "." else f".git/objects/{rel}")
+            for f in sorted(files):
+                if rel == "info" and f == "alternates":
+                    continue
+                path = os.path.join(root, f)
+                try:
+                    info = tar.gettarinfo(path, arcname=f".git/objects/{f}" if rel == "." else
+                                          f".git/objects/{rel}/{f}")
+                    if not info.isreg():
+                        continue
+                    info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
+                    with open(path, "rb") as fh:
+                        tar.addfile(info, fh)
+                except (FileNotFoundError, tarfile.TarError):
+                    continue  # a pack repacked away meanwhile: its objects are in the new one
+
+
+# In the workspace volume, as root with the capabilities that takes: unpack the copy from stdin, check the snapshot
+# out, and hand everything to the agent's uid. "$1" uid:gid.
+WORKSPACE_INIT = f"""\
+set -e
+cd {AGENT_WORKDIR}
+tar -x -f -
+git -c safe.directory='*' -c core.hooksPath=/dev/null reset -q --hard
+touch {READY_MARK}
+chown -R "$1" .
+"""
+
+# Bring the agent's work out of its copy as a git bundle on stdout, as the agent's uid with no network: "$1" final
+# (first commit what is left uncommitted) or pull, "$2" the snapshot commit, "$3" the session. Exit 3: the copy was
+# never made; 4: the agent removed its repository; 5: it has no commit; stdout empty: nothing new.
+HARVEST = f"""\
+cd {AGENT_WORKDIR} 2>/dev/null || exit 3
+[ -d .git ] || exit 4
+[ -e {READY_MARK} ] || exit 3
+export HOME=/tmp GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0
+g() {{ git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c safe.directory='*' "$@"; }}
+if [ "$1" = final ]; then
+  rm -f .git/index.lock
+  g add --all >&2 || exit 6
+  g diff --cached --quiet || g -c user.name=claude-bottle -c user.email=claude-bottle@localhost \\
+    commit -q --no-verify -m "claude-bottle: what the agent left uncommitted at the end of session $3" >&2 || exit 6
+fi
+head=$(g rev-parse -q --verify 'HEAD^{{commit}}') || exit 5
+[ "$head" = "$2" ] && exit 0
+if g cat-file -e "$2^{{commit}}" 2>/dev/null && g merge-base --is-ancestor "$2" HEAD; then
+  exec git bundle create --quiet - HEAD "^$2"
+fi
+exec git bundle create --quiet - HEAD
+"""
+
+
+def workspace_init_spec(plan: Plan) -> ContainerSpec:
+    ident = planned_identity(plan)
+    return ContainerSpec(name=f"{LABEL}-{plan.session}-workspace-init", role="workspace-init", image=plan.image,
+                         entrypoint="/bin/sh", command=("-c", WORKSPACE_INIT, "claude-bottle-workspace",
+                                                        f"{ident.uid}:{ident.gid}"),
+                         user="0:0", cap_add=("CHOWN", "DAC_OVERRIDE", "FOWNER"), pids_limit=256, interactive=True,
+                         mounts=(Mount("volume", plan.workspace_volume, AGENT_WORKDIR),),
+                         labels=session_labels(plan, "workspace-init"), remove=True)
+
+
+class CloneState(namedtuple("CloneState", "session repo snapshot branch image user volume labels")):
+    """What brings a clone session's work back, kept in its private dir (clone.json) for `pull`: the session, the
+    user's repository, the snapshot commit, the branch, and the image, user, volume and labels of the container
+    that reads the copy."""
+
+    __slots__ = ()
+
+
+def clone_state(plan: Plan, snapshot: str) -> CloneState:
+    ident = planned_identity(plan)
+    return CloneState(plan.session, plan.repo.toplevel if plan.repo else plan.workspace, snapshot, plan.clone_branch,
+                      plan.image, f"{ident.uid}:{ident.gid}", plan.workspace_volume,
+                      session_labels(plan, "harvest"))
+
+
+def read_clone_state(private_dir: str) -> CloneState | None:
+    try:
+        data = json.loads(Path(private_dir, CLONE_STATE).read_text(encoding="utf-8"))
+        return CloneState(**{k: data[k] for k in CloneState._fields})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def harvest_spec(state: CloneState, final: bool, name: str) -> ContainerSpec:
+    return ContainerSpec(name=name, role="harvest", image=state.image, entrypoint="/bin/sh",
+                         command=("-c", HARVEST, "claude-bottle-harvest", "final" if final else "pull",
+                                  state.snapshot, state.session),
+                         user=state.user, pids_limit=256, mounts=(Mount("volume", state.volume, AGENT_WORKDIR),),
+                         labels=state.labels, remove=True)
+
+
+def prepare_workspace(run) -> str:
+    """Clone mode's step: the snapshot, then the copy unpacked and checked out in the session's workspace volume.
+    Returns the snapshot commit."""
+    plan, engine = run.plan, run.engine
+    snapshot = "<snapshot>" if engine.dry_run else make_snapshot(plan)
+    state = clone_state(plan, snapshot)
+    if not engine.dry_run:
+        atomic_write(os.path.join(plan.private_dir, CLONE_STATE), json.dumps(state._asdict(), indent=1) + "\n")
+    engine.create_volume(VolumeSpec(plan.workspace_volume, session_labels(plan, "workspace")))
+    r = engine.run(workspace_init_spec(plan), input_stream=lambda out: write_clone_tar(plan, snapshot, out))
+    if r.status != 0:
+        raise BottleError(f"the repository could not be copied into the session's volume (exit {r.status}): "
+                          f"{(r.stderr.strip() or 'no output').splitlines()[-1][-300:]}")
+    if not plan.discard:
+        run.td.callback(bring_back, engine, plan.private_dir, state)
+    return snapshot
+
+
+def harvest(engine, state: CloneState, private_dir: str, final: bool) -> str:
+    """Fetch the agent's work from its copy into the branch claude-bottle/SESSION of the user's repository (the
+    next free claude-bottle/SESSION-N when that branch moved meanwhile); returns the line that says what came."""
+    name = f"{LABEL}-{state.session}-{'harvest' if final else 'pull-' + os.urandom(3).hex()}"
+    engine.note = "teardown: the agent's work back as a branch, in a container of its own with no network"
+    r = engine.run(harvest_spec(state, final, name), binary=True, timeout=engine.ctx.teardown_timeout)
+    if engine.dry_run:
+        return ""
+    why = {3: "its copy was never made", 4: "the agent removed its repository (.git)",
+           5: "its repository has no commit", 6: "git could not commit what it left"}
+    if r.status in why:
+        return f"nothing brought back from session {state.session}: {why[r.status]}; your repository is as it was"
+    if r.status != 0:
+        raise BottleError(f"the work of session {state.session} could not be read from its copy (exit {r.status}): "
+                          f"{(r.stderr.strip() or 'no output').splitlines()[-1][-300:]}")
+    if not r.stdout:
+        return f"no new work in session {state.session} (its copy is at the snapshot); your repository is as it was"
+    bundle = os.path.join(private_dir, f"harvest-{os.urandom(3).hex()}.bundle")
+    with open(bundle, "wb") as f:
+        f.write(r.stdout)
+    work, snapshot = state.repo, state.snapshot
+    try:
+        fetch = [*GIT_QUIET, "-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true", "fetch",
+                 "--quiet", "--no-write-fetch-head", bundle]
+        for n in range(1, 100):
+            branch = state.branch if n == 1 else f"{state.branch}-{n}"
+            if git([*fetch, f"HEAD:refs/heads/{branch}"], work, check=False).returncode == 0:
+                break
+        else:
+            raise BottleError(f"the work of session {state.session} could not be fetched into {work}")
+    finally:
+        os.unlink(bundle)
+    based = git(["merge-base", "--is-ancestor", snapshot, branch], work, check=False).returncode == 0
+    count = _git_text(["rev-list", "--count", f"{snapshot}..{branch}" if based else branch], work)
+    stat = _git_text(["diff", "--shortstat", snapshot, branch], work) if based else ""
+    moved = "" if branch == state.branch else f" ({state.branch} had moved)"
+    return (f"the work of session {state.session} is in branch {branch}{moved}: {count} commit"
+            f"{'' if count == '1' else 's'} on top of {snapshot[:12]} (your working tree at the start)"
+            + (f", {stat}" if stat else "" if based else "; it does not build on that snapshot"))
+
+
+def bring_back(engine, private_dir: str, state: CloneState, final: bool = True) -> str:
+    """Teardown's step in clone mode once the agent is gone (and `pull`'s, while it runs): its work into the
+    branch, whatever ended the session. One at a time per session."""
+    import fcntl
+    with open(os.path.join(private_dir, "clone.lock") if not engine.dry_run else os.devnull, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        line = harvest(engine, state, private_dir, final)
+    if line and final:
+        say(f"claude-bottle: {line}")
+    return line
+
+
 class Step(namedtuple("Step", "name note after undo action then background", defaults=("", (), (), None, (), False))):
     """One step of a start, as data: the real start runs these, against the real engine or (a dry run) one that
     records instead.
@@ -3212,11 +3637,6 @@ def identify(plan: Plan, engine: Engine, environ) -> Plan:
     return plan
 
 
-def settle_identity(run: Run) -> Identity:
-    """The step's action: a start has settled the identity before its preflight; this only covers others."""
-    return identify(run.plan, run.engine, os.environ).identity
-
-
 def build_image(run: Run) -> None:
     """Build the built-in image unless its tag (a hash of the Dockerfile and build arguments) already exists.
 
@@ -3246,8 +3666,35 @@ def build_failure(plan: Plan, stderr: str) -> str:
             f"set `image =` for the agent in {CONFIG_NAME} to an image that has Claude Code")
 
 
-def reap_in_background(run: Run) -> list:
-    return reap_orphans(run.engine)
+def claim_workspace(plan: Plan, engine: Engine) -> tuple:
+    """After the answer, before anything is created: the sessions on the engine (one listing, whose orphans the
+    start then reaps), and the workspace's mode. Returns the plan, settled, and the sessions.
+
+    Two agents must never edit one working tree in place: when another live session has this workspace
+    bind-mounted, a start that was not told --bind works on a copy instead (a git repository's) and says so; told
+    --bind, or outside a repository, it refuses."""
+    sessions = find_sessions(engine)
+    if plan.clone:
+        return plan, sessions
+    other = next((s for s in sessions if s.get("workspace") == plan.workspace and s.get("mode") == "bind"
+                  and s["owner_state"] != "gone" and s["session"] != plan.session), None)
+    if other is None:
+        return plan, sessions
+    fix = f"stop it first (claude-bottle stop {other['session']})"
+    if plan.clone is False:
+        raise BottleError(f"workspace: session {other['session']} is editing {plan.workspace} in place, and two "
+                          f"agents in one working tree overwrite each other's work; {fix}, or start this one on a "
+                          f"copy: claude-bottle start {plan.agent} --clone")
+    if git(["rev-parse", "--is-inside-work-tree"], plan.workspace, check=False).returncode != 0:
+        raise BottleError(f"workspace: session {other['session']} is editing {plan.workspace} in place, and two "
+                          f"agents in one working tree overwrite each other's work; {fix} (a copy needs a git "
+                          f"repository, which {plan.workspace} is not)")
+    plan = identify(inspect_clone(plan._replace(clone=True, git_dir=False, read_only=()),
+                                  f"session {other['session']} is editing this working tree in place, so this one "
+                                  f"works on a copy (--bind to refuse instead)"), engine, os.environ)
+    say(f"claude-bottle: session {other['session']} is editing {plan.workspace} in place, so this one works on a "
+        f"copy: {clone_line(plan)}")
+    return plan, sessions
 
 
 def launch_agent(run: Run):
@@ -3324,18 +3771,12 @@ def create_network(run: Run, name: str, internal: bool) -> str:
 
 def run_sidecar(run: Run) -> None:
     ip = None if run.plan.egress_network else subnet_address(run.results.network_egress, 2)
-    spec = sidecar_spec(run.plan, ip)
-    for volume in run.engine.file_volumes(spec):
-        run.td.volume(volume)
-    run.engine.run_detached(spec)
+    run.engine.run_detached(sidecar_spec(run.plan, ip))
 
 
 def create_agent(run: Run) -> None:
     # Its own fixed address: left to the engine, it could take the one the sidecar is about to be given.
-    spec = agent_spec(run.plan, subnet_address(run.results.network_internal, 3), run.results.state)
-    for volume in run.engine.file_volumes(spec):
-        run.td.volume(volume)
-    run.engine.create(spec)
+    run.engine.create(agent_spec(run.plan, subnet_address(run.results.network_internal, 3), run.results.state))
 
 
 def prepare_state(run: Run) -> str:
@@ -3476,27 +3917,25 @@ def report_egress(engine: Engine, plan: Plan, report_json: str | None, quiet: bo
 
 
 def start_steps(plan: Plan, engine: Engine, report_json: str | None = None, quiet: bool = False, broker=None,
-                save_learned: bool = False) -> list:
+                save_learned: bool = False, sessions=()) -> list:
     """Every engine step of a start, in an order that respects `after`; teardown is their undo entries.
 
-    `broker`, the session's CredentialBroker (None in a dry run), only feeds the egress report."""
+    `broker`, the session's CredentialBroker (None in a dry run), only feeds the egress report; `sessions`, what
+    the preflight found on the engine, has its orphans reaped in the background."""
     agent, sidecar = plan.agent_container, plan.sidecar
     steps = []
     ready = ()
     if plan.egress_network:
         steps.append(Step("egress_network", "the bottle's egress_network must exist", action=require_network))
         ready = ("egress_network",)
-    if not plan.build_image:
-        steps.append(Step("identity", "before anything is created: the image's users, homes and tools; once per "
-                          "image id, then cached", after=ready, action=settle_identity))
-        ready = ("identity",)
     if plan.build_image:
         steps += [Step("image", "reuse the agent image when it exists", after=ready, action=image_present),
                   Step("build", "only when it is missing; the embedded Dockerfile on stdin", after=("image",),
                        action=build_image)]
         ready = ("build",)
-    steps.append(Step("orphans", "in the background: find orphaned sessions (their CLI is gone) and tear them down",
-                      after=ready, action=reap_in_background, background=True))
+    steps.append(Step("orphans", "in the background: tear down the sessions the preflight found orphaned (their "
+                      "CLI is gone)", after=ready, action=lambda run: reap_orphans(run.engine, sessions),
+                      background=True))
     for name, internal in plan.created_networks:
         steps.append(Step(f"network_{'internal' if internal else 'egress'}",
                           f"a /{SUBNET_BITS} of its own from {SUBNETS_ENV}; the next candidate when it is taken",
@@ -3510,12 +3949,21 @@ def start_steps(plan: Plan, engine: Engine, report_json: str | None = None, quie
         steps.append(Step("state", "kept across sessions; created and made the agent's only when missing (a fresh "
                           "one, removed at teardown, when another session holds it)", after=ready,
                           action=prepare_state))
+    if plan.clone:
+        steps.append(Step("workspace", "a copy of the repository as it is now (history, uncommitted and untracked "
+                          "files) in a volume of the session's own; your working tree is only read", after=ready,
+                          undo=(("volume", plan.workspace_volume),
+                                ("container", workspace_init_spec(plan).name)), action=prepare_workspace))
     report = (("call", report_egress, (engine, plan, report_json, quiet, broker, save_learned)),)
+    # The volumes of the sidecar's and the agent's Files (where the engine copies them): undone after the container.
+    sidecar_files = tuple(("volume", v) for v in engine.file_volumes(sidecar_spec(plan)))
+    agent_files = tuple(("volume", v) for v in engine.file_volumes(agent_spec(plan)))
     steps += [
-        Step("sidecar", after=ready + nets, undo=(("container", sidecar),), action=run_sidecar),
+        Step("sidecar", after=ready + nets, undo=(*sidecar_files, ("container", sidecar)), action=run_sidecar),
         Step("connect", after=("sidecar",), action=connect_sidecar),
-        Step("agent", "at the same time as the sidecar", after=ready + nets + ("state",),
-             undo=(("container", agent),), action=create_agent),
+        Step("agent", "at the same time as the sidecar",
+             after=ready + nets + ("state",) + (("workspace",) if plan.clone else ()),
+             undo=(*agent_files, ("container", agent)), action=create_agent),
     ]
     if plan.egress_network and (plan.self_test or plan.brokered):
         steps.append(Step("addresses", "its address on the egress_network, for the self-test and the credential "
@@ -3559,14 +4007,17 @@ def record_start(plan: Plan, ctx: Context | None = None) -> RecordingEngine:
     The host side of a start (the private dir, the broker, the ssh-agent relay, the workspace's guards) is not
     part of it."""
     engine = RecordingEngine(ctx, missing_images={plan.image} if plan.build_image else ())
+    engine.note = "before anything is created"
+    plan = identify(inspect_clone(plan), engine, os.environ)
+    plan, sessions = claim_workspace(plan, engine)
     with Teardown(engine) as td:
-        results = run_steps(start_steps(plan, engine, quiet=True), Run(plan, td), workers=1)
+        results = run_steps(start_steps(plan, engine, quiet=True, sessions=sessions), Run(plan, td), workers=1)
         wait_agent(results.start, engine.ctx)
     return engine
 
 
 def run_session(plan: Plan, engine: Engine, secret: str, report_json: str | None = None, quiet: bool = False,
-                save_learned: bool = False) -> int:
+                save_learned: bool = False, sessions=()) -> int:
     """Create the bottle, run the agent attached to this terminal, and always tear everything down.
 
     The host-side setup (private files, the ssh-agent relay, the workspace's guards) comes first; then
@@ -3594,7 +4045,7 @@ def run_session(plan: Plan, engine: Engine, secret: str, report_json: str | None
             os.makedirs(os.path.join(plan.workspace, ".git", "hooks"), exist_ok=True)
             # Runs after the agent's container is gone, so it cannot write another.
             td.callback(quarantine_commondir, plan)
-        steps = start_steps(plan, engine, report_json, quiet, broker, save_learned)
+        steps = start_steps(plan, engine, report_json, quiet, broker, save_learned, sessions)
         results = run_steps(steps, Run(plan, td, broker))
         status = wait_agent(results.start, engine.ctx)
     if td.left:
@@ -4548,6 +4999,8 @@ def find_sessions(engine: Engine, session: str | None = None) -> list:
             **{k: label[k] for k in SESSION_KEYS if k.startswith("owner")},
             "containers": [], "networks": [], "created": None,
         })
+        for key in ("workspace", "mode"):
+            s[key] = s.get(key) or label[key]
         entry = {"name": r.name, "role": label["role"]}
         if r.kind == "container":
             entry["state"] = r.state
@@ -4588,10 +5041,10 @@ def teardown_session(engine: Engine, session: dict) -> None:
             td.container(c["name"])
 
 
-def reap_orphans(engine: Engine) -> list:
-    """Tear down every orphaned session; never fails a start."""
+def reap_orphans(engine: Engine, sessions=None) -> list:
+    """Tear down every orphaned session (of `sessions`, or of all on the engine); never fails a start."""
     try:
-        orphans = [s for s in find_sessions(engine) if is_orphan(s)]
+        orphans = [s for s in (find_sessions(engine) if sessions is None else sessions) if is_orphan(s)]
         for s in orphans:
             engine.ctx.log(f"reaping orphaned session {s['session']} (owner {s['owner'] or 'unknown'} is gone)")
             teardown_session(engine, s)
@@ -4894,6 +5347,8 @@ def _plan(args, config: Config, agent: str | None, command=None, secret: str = "
         owner_proof=proof_of(secret) if secret else "", self_test=not getattr(args, "no_self_test", False),
         learn=getattr(args, "learn", False),
         fresh=getattr(args, "fresh", False),
+        clone=True if getattr(args, "clone", False) else False if getattr(args, "bind", False) else None,
+        discard=getattr(args, "discard", False),
     )
     return plan._replace(private_dir=str(Path(tempfile.gettempdir(), f"{LABEL}-{os.getuid()}", plan.session)))
 
@@ -4926,6 +5381,7 @@ def confirm(ctx: Context, prompt: str = "Start this bottle? [y/N] ") -> bool:
 
 def dry_run(plan: Plan, as_json: bool, ctx: Context) -> int:
     """The preflight and every engine command of a start, from the real steps run against a RecordingEngine."""
+    plan = inspect_clone(plan)
     runtime_base()
     make_private_dir(plan.private_dir)
     try:
@@ -4954,7 +5410,7 @@ def cmd_start(args, command, ctx: Context) -> int:
         if given and not args.learn:
             raise ConfigError(f"{flag}: only with --learn; add --learn, or drop {flag}")
     engine = engine_for(ctx)
-    plan = identify(plan, engine, os.environ)
+    plan = identify(inspect_clone(plan), engine, os.environ)
     if not args.quiet or plan.learn:
         print("\n".join(render_summary(plan)), flush=True)
     if plan.learn and not args.yes_learn:
@@ -4969,7 +5425,8 @@ def cmd_start(args, command, ctx: Context) -> int:
         print("Not started.", file=sys.stderr)
         return 1
     runtime_base()
-    return run_session(plan, engine, secret, args.report_json, args.quiet, args.save)
+    plan, sessions = claim_workspace(plan, engine)
+    return run_session(plan, engine, secret, args.report_json, args.quiet, args.save, sessions)
 
 
 def every_plan(args, config: Config) -> list:
@@ -5150,6 +5607,19 @@ def cmd_logs(args, command, ctx: Context) -> int:
     return 0
 
 
+def cmd_pull(args, command, ctx: Context) -> int:
+    """Bring a running clone session's commits so far into its branch, as its end will (uncommitted work stays)."""
+    engine = engine_for(ctx)
+    session = select_sessions(find_sessions(engine), args.session, False)[0]
+    private = live_dir(session)
+    state = read_clone_state(private)
+    if state is None:
+        raise BottleError(f"pull: session {session['session']} does not work on a copy (its workspace is "
+                          f"bind-mounted, so its edits are in your working tree already)")
+    print(bring_back(engine, private, state, final=False))
+    return 0
+
+
 def cmd_install(args, command, ctx: Context) -> int:
     packages = [check_package(p) for p in args.packages]
     engine = engine_for(ctx)
@@ -5291,6 +5761,14 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--report-json", metavar="PATH", help="write the egress report as JSON to PATH")
     start.add_argument("--fresh", action="store_true", help="run with an empty Claude Code state, thrown away at "
                        "the end, instead of the one kept for this agent and project")
+    mode = start.add_mutually_exclusive_group()
+    mode.add_argument("--clone", action="store_true", help="let the agent work on a copy of the repository (your "
+                      "uncommitted files included); its work comes back as the branch claude-bottle/SESSION and "
+                      "your working tree is never written")
+    mode.add_argument("--bind", action="store_true", help="mount the workspace itself, read-write, even when the "
+                      "agent's config says clone = true")
+    start.add_argument("--discard", action="store_true", help="with --clone: bring nothing back; the copy is "
+                       "thrown away at the end")
     start.set_defaults(func=cmd_start)
 
     check = sub.add_parser("check", parents=[common], help="validate the config and every agent's plan",
@@ -5359,6 +5837,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new decisions")
     logs.add_argument("--json", action="store_true", help="print pipelock's JSON events")
     logs.set_defaults(func=cmd_logs)
+
+    pull = sub.add_parser("pull", parents=[common], help="bring a clone session's commits so far into its branch",
+                          description="Fetch the commits the agent of SESSION has made so far (in its copy of the "
+                          "repository) into the branch claude-bottle/SESSION of your repository. Only for a "
+                          "session of yours that runs; its uncommitted work comes back when it ends.")
+    pull.add_argument("session", metavar="SESSION", help="a session id (or a unique prefix)")
+    pull.set_defaults(func=cmd_pull)
 
     install = sub.add_parser("install", parents=[common], help="install Debian packages into a running session",
                              description="Run apt-get update and apt-get install PACKAGE... as root in the agent "

@@ -430,7 +430,9 @@ class Start(CliTest):
         rules = [{"match": ["network", "inspect"], "rc": 1, "stderr": "Error: No such network: corp-egress\n"}]
         proc = self.cli("start", "--yes", "--", "true", env=self.env(rules))
         self.assertOneLineError(proc, 2, "egress_network", "corp-egress")
-        self.assertEqual([a[:2] for a in self.fake.argvs()], [["network", "inspect"]])
+        # After the sessions are listed (reads), nothing is created: the check comes first of the steps.
+        self.assertEqual([a[:2] for a in self.fake.argvs()], [["ps", "--all"], ["network", "ls"],
+                                                              ["network", "inspect"]])
 
     def test_egress_network_used_not_created(self):
         self.write_config('[bottles.default]\negress_network = "corp-egress"\n')

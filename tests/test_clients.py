@@ -71,7 +71,8 @@ class Prompt(CliTest):
 
     def test_yes_starts(self):
         screen, end = self.run_in_tmux("y", self.env(start_rc=0))
-        self.assertEqual(self.fake.calls()[0]["argv"][:2], ["image", "inspect"])
+        # The first command comes after the answer: a read of the sessions on the engine.
+        self.assertEqual(self.fake.calls()[0]["argv"][:2], ["ps", "--all"])
         self.assertIn("EXIT=0", end)
         self.assertTrue(any(c["argv"][0] == "start" for c in self.fake.calls()))
         create = next(c["argv"] for c in self.fake.calls() if c["argv"][0] == "create")

@@ -32,7 +32,7 @@ class Recorder(cb.DockerEngine):
         self.calls, self.answers = [], list(answers)
         self.answered = True
 
-    def call(self, argv, *, check=True, input=None, capture=True, timeout=None):
+    def call(self, argv, *, check=True, input=None, capture=True, timeout=None, input_stream=None, binary=False):
         self.calls.append(list(argv))
         for prefix, answer in self.answers:
             if list(argv[:len(prefix)]) == prefix:

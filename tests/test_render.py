@@ -428,10 +428,12 @@ class ArgvTest(Base):
                            (guard.agent_create_argv(plan), "agent"),
                            (guard.network_create_argv(plan, plan.internal_network, True, "10.213.0.16/28"), "internal")):
             labels = values_after(argv, "--label")
+            # The agent also says which workspace it has and how: a second session must not edit it in place too.
+            mode = [f"claude-bottle.workspace={plan.workspace}", "claude-bottle.mode=bind"] if role == "agent" else []
             self.assertEqual(labels, [f"claude-bottle.session={plan.session}", f"claude-bottle.role={role}",
                                       "claude-bottle.agent=reviewer", "claude-bottle.bottle=default",
                                       f"claude-bottle.owner={OWNER}", "claude-bottle.owner-start=",
-                                      "claude-bottle.owner-proof=", f"claude-bottle.owner-dir={PRIVATE_DIR}"])
+                                      "claude-bottle.owner-proof=", f"claude-bottle.owner-dir={PRIVATE_DIR}", *mode])
 
     def test_internal_network_has_no_host_address(self):
         """An internal network still puts its gateway on a host bridge, and every host service on 0.0.0.0 would be
@@ -510,8 +512,8 @@ class PlannedCommandsTest(Base):
         plan = self.plan_from("defaults")
         cmds = cb.planned_commands(plan)
         self.assertEqual([kind(a) for a, _ in cmds], [
+            "ps", "network ls",  # the sessions: a workspace edited in place by another one, orphans to reap
             "image inspect", "build",
-            "ps", "network ls",  # orphans looked for in the background
             "network create", "network create",
             "ps", "volume inspect", "volume create", "run",  # the state volume: made only when missing
             "run", "network connect", "create",
@@ -521,7 +523,7 @@ class PlannedCommandsTest(Base):
         self.assertIn("--internal", cmds[4][0])
         self.assertEqual(cmds[5][0][-1], plan.egress)
         self.assertNotIn("--internal", cmds[5][0])
-        self.assertIn("label=claude-bottle.session", cmds[2][0])
+        self.assertIn("label=claude-bottle.session", cmds[0][0])
         self.assertEqual(cmds[14][0][:4], ["exec", plan.agent_container, "sh", "-c"])
         self.assertIn("/health", cmds[14][0][-1], "the self-test waits for pipelock's health from the agent")
         # The self-test probes the sidecar's egress-side address and the internal gateway, both of the session's
@@ -538,7 +540,7 @@ class PlannedCommandsTest(Base):
     def test_order_with_image_and_ssh(self):
         plan = self.plan_from("ssh")
         self.assertEqual(self.kinds(plan), [
-            "image inspect", "run",  # the image probe, before anything is created
+            "image inspect", "run",  # the image probe, before the y/N
             "ps", "network ls", "network create", "network create", "ps", "volume inspect", "volume create", "run",
             "run", "network connect", "create", "start", "exec", "logs", "rm", "network rm"])
 
@@ -553,10 +555,10 @@ class PlannedCommandsTest(Base):
                               'image = "registry.example/a:1"\n', "a")
         cmds = cb.planned_commands(plan)
         self.assertEqual([kind(a) for a, _ in cmds], [
-            "network inspect", "image inspect", "run", "ps", "network ls", "network create", "ps", "volume inspect",
+            "image inspect", "run", "ps", "network ls", "network inspect", "network create", "ps", "volume inspect",
             "volume create", "run", "run", "network connect", "create", "inspect", "start", "exec", "logs", "rm",
             "network rm"])
-        self.assertEqual(cmds[0][0][-1], "corp-egress")
+        self.assertEqual(cmds[4][0][-1], "corp-egress")
         self.assertEqual(cmds[5][0][:3], ["network", "create", "--internal"])
         self.assertEqual(cmds[5][0][-1], plan.internal_network)
         self.assertEqual(cmds[-1][0], ["network", "rm", plan.internal_network])
@@ -564,7 +566,7 @@ class PlannedCommandsTest(Base):
         self.assertEqual(len(creates), 1)
         self.assertEqual(values_after(guard.sidecar_run_argv(plan), "--network"), ["corp-egress"])
         self.assertNotIn("--ip", guard.sidecar_run_argv(plan), "an address on the user's network is docker's to give")
-        self.assertNotIn("corp-egress", " ".join(" ".join(a) for a, _ in cmds[3:]
+        self.assertNotIn("corp-egress", " ".join(" ".join(a) for a, _ in cmds[5:]
                                                  if kind(a) in ("network create", "network rm")))
 
     def test_plan_json(self):

@@ -20,6 +20,7 @@ import time
 import unittest
 from pathlib import Path
 
+import claude_bottle as cb
 from tests.e2e import images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,10 +61,31 @@ def session_of(text: str) -> str:
     return m.group(1)
 
 
+# CLAUDE_BOTTLE_E2E_SHARED=1: other test runs use this engine at the same time (several engineers, one machine), so
+# the check for leftovers looks only at sessions whose CLI this run started; by default (CI) it looks at everything.
+SHARED = os.environ.get("CLAUDE_BOTTLE_E2E_SHARED") == "1"
+# The CLIs this run started: pid -> the owner-start token their sessions carry. A pid alone names another process
+# once it is reused (on a busy machine pids wrap within minutes), and its sessions are not this run's to remove.
+STARTED = {}
+
+
+def owned_by(pid: int) -> list:
+    """docker filters for the sessions of the CLI `pid` this run started: its owner and owner-start labels."""
+    return ["--filter", f"label=claude-bottle.owner={os.uname().nodename}:{pid}",
+            "--filter", f"label=claude-bottle.owner-start={STARTED.get(pid, '')}"]
+
+
 def leftovers(session: str | None = None) -> list:
     """Containers and networks of claude-bottle still present (of one session, or any)."""
     label = f"label=claude-bottle.session={session}" if session else "label=claude-bottle.session"
     flt = ["--filter", label]
+    if SHARED and session is None:
+        names = []
+        for pid in sorted(STARTED):
+            own = owned_by(pid)
+            names += docker("ps", "-a", "--format", "{{.Names}}", *own).stdout.split()
+            names += docker("network", "ls", "--format", "{{.Name}}", *own).stdout.split()
+        return sorted(set(names))
     names = docker("ps", "-a", "--format", "{{.Names}}", *flt).stdout.split()
     names += docker("network", "ls", "--format", "{{.Name}}", *flt).stdout.split()
     if session is None:
@@ -74,8 +96,9 @@ def leftovers(session: str | None = None) -> list:
 
 
 def remove_owned_by(pid: int) -> None:
-    """Remove every container and network whose claude-bottle owner is the CLI process `pid` of this host."""
-    flt = ["--filter", f"label=claude-bottle.owner={os.uname().nodename}:{pid}"]
+    """Remove every container, network and volume whose claude-bottle owner is the CLI process `pid` this run
+    started."""
+    flt = owned_by(pid)
     containers = docker("ps", "-aq", *flt).stdout.split()
     if containers:
         docker("rm", "--force", *containers, check=False)
@@ -243,6 +266,7 @@ class World:
         proc = subprocess.Popen(argv, cwd=project, env=env or self.env(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.started.append(proc)
+        STARTED[proc.pid] = cb.process_start(proc.pid) or ""
         return proc
 
     def reap(self) -> None:
@@ -297,8 +321,9 @@ class E2ETest(unittest.TestCase):
     def tearDown(self):
         left = leftovers()
         self.assertEqual(left, [], "claude-bottle left containers or networks behind")
-        fresh = docker("volume", "ls", "--format", "{{.Name}}", "--filter", "label=claude-bottle.session").stdout
-        self.assertEqual(fresh.split(), [], "claude-bottle left a session's own state volume behind")
+        owners = [owned_by(pid) for pid in sorted(STARTED)] if SHARED else [["--filter", "label=claude-bottle.session"]]
+        fresh = [v for owner in owners for v in docker("volume", "ls", "--format", "{{.Name}}", *owner).stdout.split()]
+        self.assertEqual(fresh, [], "claude-bottle left a session's own volume behind")
 
     def assertNoLeftovers(self, session: str):
         self.assertEqual(leftovers(session), [])

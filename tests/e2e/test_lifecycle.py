@@ -9,7 +9,8 @@ import sys
 import time
 import unittest
 
-from tests.e2e.harness import (CLI, READY_ECHO, E2ETest, docker, leftovers, module_fixtures, remove_owned_by,
+from tests.e2e.harness import (CLI, READY_ECHO, E2ETest, docker, leftovers, module_fixtures, owned_by,
+                               remove_owned_by,
                                session_of, wait_ready)
 
 world = None
@@ -164,7 +165,7 @@ class Lifecycle(E2ETest):
                 proc.send_signal(signum)
                 out, err = proc.communicate(timeout=120)
                 self.assertEqual(proc.returncode, 128 + signum, err)
-                flt = ["--filter", f"label=claude-bottle.owner={os.uname().nodename}:{proc.pid}"]
+                flt = owned_by(proc.pid)
                 left = docker("ps", "-aq", *flt).stdout.split() + docker("network", "ls", "-q", *flt).stdout.split()
                 self.assertEqual(left, [], f"left behind after a signal {moment:.2f} s into setup: {err}")
                 remove_owned_by(proc.pid)

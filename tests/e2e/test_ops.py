@@ -91,7 +91,7 @@ class Operations(E2ETest):
                             env=world.env(SSH_AUTH_SOCK=world.agent_sock), timeout=120)
         self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
         for check in ("docker CLI", "docker daemon", "engine DNS", "config", "pipelock image", "agent image",
-                      "socat and ssh in the agent image", "ssh-agent"):
+                      "ssh, socat and git in the agent image", "ssh-agent"):
             self.assertRegex(ok.stdout, rf"(?m)^ok    {check}: ")
         missing = "127.0.0.1:1/nothing@sha256:" + "0" * 64
         bad = subprocess.run([sys.executable, str(CLI), "doctor"], cwd=project, capture_output=True, text=True,
