@@ -288,8 +288,9 @@ class RunnerTest(SeamTest):
                                private_dir="/p")
         engine = self.use(Recorder([(["image", "inspect"], (1, "Error: No such image")),
                                     (["volume", "inspect"], (1, "Error: No such volume"))]))
-        with cb.Teardown(engine) as td:
-            cb.run_steps(cb.start_steps(plan, engine, quiet=True), cb.Run(plan, td), workers=1)
+        plan, sessions = cb.claim_workspace(plan, engine)
+        with mock.patch.object(sys, "stderr", io.StringIO()), cb.Teardown(engine) as td:
+            cb.run_steps(cb.start_steps(plan, engine, quiet=True, sessions=sessions), cb.Run(plan, td), workers=1)
         shown = [argv for argv, _ in cb.planned_commands(plan)]
         self.assertEqual(shown, engine.calls)
         self.assertEqual(shown[-3:], [["logs", plan.sidecar],
