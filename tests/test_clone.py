@@ -5,12 +5,9 @@ workspace volume, by a LocalEngine that runs each one-off container's script wit
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import subprocess
-import sys
-import tarfile
 import tempfile
 import unittest
 from pathlib import Path
@@ -305,7 +302,7 @@ class ModeTest(unittest.TestCase):
         spec = cb.agent_spec(self.plan(clone=True))
         binds = [m for m in spec.mounts if isinstance(m, cb.Mount) and m.kind == "bind"]
         self.assertFalse([m for m in binds if m.source.startswith(str(self.root))], binds)
-        self.assertIn(cb.Mount("volume", f"claude-bottle-claude-abc123-workspace", cb.AGENT_WORKDIR), spec.mounts)
+        self.assertIn(cb.Mount("volume", "claude-bottle-claude-abc123-workspace", cb.AGENT_WORKDIR), spec.mounts)
         self.assertEqual(spec.labels["claude-bottle.mode"], "clone")
 
     def test_a_bind_session_on_a_tree_another_one_edits_works_on_a_copy_or_is_refused(self):

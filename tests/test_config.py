@@ -608,9 +608,17 @@ class ResolvePlanTest(Base):
         self.assertEqual(plan.egress, "corp-egress")
         self.assertEqual(plan.created_networks, ((plan.internal_network, True),))
 
-    def test_command_override_tty_and_owner(self):
-        plan = self.plan(command=["bash", "-lc", "true"], tty=True, owner="h:1")
-        self.assertEqual((plan.command, plan.tty, plan.owner), (("bash", "-lc", "true"), True, "h:1"))
+    def test_command_override_tty_and_owner_reach_the_agent(self):
+        (self.repo / ".claude" / "agents").mkdir(parents=True)
+        (self.repo / ".claude" / "agents" / "reviewer.md").write_text("---\nname: reviewer\ndescription: r\n---\n")
+        self.assertEqual(self.plan(agent="reviewer").command, ("claude", "--agent", "reviewer"))
+        spec = cb.agent_spec(self.plan(agent="reviewer", command=["bash", "-lc", "true"], tty=True, owner="h:1"))
+        # `-- COMMAND` replaces the agent's own command, after the gate; a terminal gets a TTY; the owner is labelled.
+        self.assertEqual(spec.command[-3:], ("bash", "-lc", "true"))
+        self.assertNotIn("--agent", spec.command)
+        self.assertTrue(spec.tty)
+        self.assertEqual(spec.labels["claude-bottle.owner"], "h:1")
+        self.assertFalse(cb.agent_spec(self.plan()).tty)
 
     def test_ssh_agent_only_for_a_bottle_with_ssh(self):
         environ = {**self.environ, "SSH_AUTH_SOCK": "/run/user/1000/agent.sock"}
@@ -619,10 +627,6 @@ class ResolvePlanTest(Base):
         config = self.load(FULL_CONFIG)
         self.assertEqual(self.plan(config, "implementer", environ=environ).ssh_agent, "/run/user/1000/agent.sock")
         self.assertIsNone(self.plan(config, "implementer").ssh_agent)
-
-    def test_plan_is_frozen(self):
-        with self.assertRaises(AttributeError):
-            self.plan().hosts = ()
 
 
 if __name__ == "__main__":
