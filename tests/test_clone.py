@@ -180,6 +180,28 @@ class CloneTest(unittest.TestCase):
             self.assertIn(needle, notes)
         self.assertIn("your working tree is not touched", cb.clone_line(self.plan()))
 
+    def test_a_symlink_out_of_the_workspace_is_copied_as_a_link_never_what_it_points_to(self):
+        outside = self.root / "outside-secret"
+        outside.write_text("the user's secret\n")
+        (self.repo / "link").symlink_to(outside)
+        engine, td, snapshot = self.copy(self.plan())
+        self.assertTrue((self.volume / "link").is_symlink())
+        self.assertEqual(os.readlink(self.volume / "link"), str(outside))
+        tar = io.BytesIO()
+        cb.write_clone_tar(self.plan(), snapshot, tar)
+        self.assertNotIn(b"the user's secret", tar.getvalue())
+
+    def test_a_shallow_clone_stays_shallow(self):
+        shallow = self.root / "shallow"
+        sh(self.repo, "git", "commit", "-q", "--allow-empty", "-m", "second")
+        sh(self.root, "git", "clone", "-q", "--depth", "1", f"file://{self.repo}", str(shallow))
+        plan = cb.inspect_clone(cb.resolve_plan(cb.Config(), None, cwd=shallow, environ={"HOME": "/no"},
+                                                suffix="abc123", clone=True, private_dir=str(self.private)))
+        self.assertIn("shallow", " ".join(plan.repo.notes))
+        engine, td, snapshot = self.copy(plan)
+        self.assertEqual(self.in_copy("git", "log", "--format=%s").splitlines(), ["second"])
+        self.assertEqual(self.in_copy("git", "rev-parse", "--is-shallow-repository").strip(), "true")
+
     def test_a_workspace_below_the_top_works_there(self):
         (self.repo / "sub").mkdir()
         (self.repo / "sub" / "x").write_text("x\n")
