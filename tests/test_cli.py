@@ -87,6 +87,29 @@ class HelpAndVersion(CliTest):
         self.assertEqual(proc.returncode, 0)
         self.assertRegex(proc.stdout, r"^claude-bottle \d+\.\d+\.\d+\n$")
 
+    @unittest.skipUnless(shutil.which("make"), "make is not installed")
+    def test_make_install_keeps_the_bytecode_and_the_launcher_runs_it(self):
+        """`make install`: the file beside its compiled bytecode and a launcher that imports it, so no command pays
+        for compiling 5,000 lines; a start runs through it like through the file (its owner is the launcher)."""
+        with tempfile.TemporaryDirectory() as d:
+            subprocess.run(["make", "-s", "-C", str(CLI.parent), "install", f"PREFIX={d}", f"PYTHON={sys.executable}"],
+                           check=True, capture_output=True)
+            lib = Path(d, "lib", "claude-bottle")
+            import importlib.util
+            cached = Path(importlib.util.cache_from_source(str(lib / "claude_bottle.py")))
+            self.assertTrue(cached.is_file(), "the bytecode is kept beside the file")
+            # Valid for the installed source (its mtime and size in the header): an import loads it, compiling nothing.
+            header, source = cached.read_bytes()[:16], (lib / "claude_bottle.py").stat()
+            self.assertEqual(int.from_bytes(header[4:8], "little"), 0, "a timestamp-checked cache")
+            self.assertEqual(int.from_bytes(header[8:12], "little"), int(source.st_mtime) & 0xFFFFFFFF)
+            self.assertEqual(int.from_bytes(header[12:16], "little"), source.st_size & 0xFFFFFFFF)
+            launcher = Path(d, "bin", "claude-bottle")
+            proc = subprocess.run([str(launcher), "start", "--yes", "--", "true"], cwd=self.project,
+                                  env=self.env(start_rc=0), capture_output=True, text=True)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertTrue(any(a[0] == "start" for a in self.fake.argvs()))
+            self.assertTrue(launcher.read_text().startswith(f"#!{sys.executable}\n"), "no PATH lookup, no shim")
+
     def test_usage_error_is_exit_2(self):
         self.assertOneLineError(self.cli("start", "--no-such-flag"), 2, "--no-such-flag")
         self.assertOneLineError(self.cli("frobnicate"), 2)
