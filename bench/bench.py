@@ -58,7 +58,12 @@ SIGINT_MAX = 1.5
 DRY_RUN_MAX = 0.100
 
 # Measured runs per section when --runs is not given. A concurrency run already holds one sample per session.
-RUNS = {"start": 5, "sigint": 5, "dry": 10, "concurrency": 1, "throughput": 3}
+RUNS = {"start": 5, "sigint": 5, "dry": 10, "concurrency": 1, "throughput": 3, "clone": 3}
+# The clone section's repositories: this many MB of incompressible history each, and a change not yet committed.
+CLONE_MB = (10, 500)
+# Its agent command: stamps on stdout (a clone's /workspace is not this machine's), and one new file to bring back.
+CLONE_CMD = 'echo "READY $(date +%s.%N)"; echo "SESSION $CLAUDE_BOTTLE_SESSION"; echo new > agent.txt; ' \
+            'echo "EXIT $(date +%s.%N)"'
 COUNTS = (8, 16, 32, 64)
 SIZES_MB = (1, 50)
 REPO_MB = 60
@@ -289,7 +294,9 @@ class Bench:
             self.problems.append(f"claude-bottle left {', '.join(stranded)}; removed by the bench")
         remove(*listed([f"label={self.label}"]))
         # The Claude Code state every session of a bench project kept (claude-bottle keeps it on purpose).
-        states = [json.loads(line) for line in docker(*cb.state_volumes_argv(), check=False).stdout.splitlines()]
+        fmt = '{"name":{{json .Name}},"project":{{json (.Label "claude-bottle.project")}}}'
+        states = [json.loads(line) for line in docker("volume", "ls", "--filter", f"label={cb.STATE_LABEL}=1",
+                                                      "--format", fmt, check=False).stdout.splitlines()]
         kept = [v["name"] for v in states if (v.get("project") or "").startswith(f"{self.tmp}/")]
         if kept:
             docker("volume", "rm", *kept, check=False)
@@ -468,6 +475,66 @@ def rounds(b: Bench, what: str, variants: dict, runs: int, warmup: int | None = 
                 if isinstance(value, float) and not key.startswith("_"):
                     results[name].setdefault(key, Samples()).add(value)
     return results
+
+
+def clone_repository(b: Bench, mb: int) -> Path:
+    """A bench project that is a git repository of `mb` MB (random files, packed), with a file changed."""
+    ws = b.workspace(f"clone-{mb}", b.config)
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.test"]
+    run([*git, "init", "-q"], cwd=ws)
+    for i in range(max(1, mb // 10)):
+        (ws / f"blob-{i}.bin").write_bytes(os.urandom(min(mb, 10) * 10**6))
+    (ws / "notes.txt").write_text("one\n")
+    run([*git, "add", "-A"], cwd=ws, timeout=1800)
+    run([*git, "commit", "-qm", "bench"], cwd=ws, timeout=1800)
+    run([*git, "repack", "-adq", "--window=0"], cwd=ws, timeout=1800)
+    (ws / "notes.txt").write_text("one\ntwo\n")
+    return ws
+
+
+def clone_once(b: Bench, ws: Path, mode: str, i: int) -> dict:
+    """`start --clone|--bind ... -- sh -c CLONE_CMD`: ready = its READY stamp; end = its EXIT stamp to the CLI's
+    exit (for a clone: the agent's work fetched back as a branch, and the volume removed)."""
+    (ws / "agent.txt").unlink(missing_ok=True)
+    log = b.tmp / f"clone-{ws.name}-{mode}-{i}.log"
+    t0 = time.time()
+    proc = b.cli("start", "--yes", "-q", f"--{mode}", AGENT, "--", "sh", "-c", CLONE_CMD, cwd=ws, log=log)
+    rc = proc.wait()
+    t_end = time.time()
+    text = log.read_text()
+    if rc != 0:
+        raise BenchError(f"claude-bottle start --{mode} exited {rc}: {text[-800:]}")
+    stamp = dict(re.findall(r"^(READY|EXIT|SESSION) (\S+)$", text, re.M))
+    left = cb_leftovers(stamp["SESSION"], proc.pid)
+    if left:
+        raise BenchError(f"claude-bottle session {stamp['SESSION']} left {left}")
+    if mode == "clone" and "is in branch" not in text:
+        raise BenchError(f"the clone session's work did not come back: {text[-400:]}")
+    return {"ready": float(stamp["READY"]) - t0, "end": t_end - float(stamp["EXIT"])}
+
+
+def measure_clone(b: Bench) -> dict:
+    results = {}
+    for mb in CLONE_MB:
+        progress(f"clone: a repository of {mb} MB")
+        ws = clone_repository(b, mb)
+        results.update(rounds(b, "clone", {f"{mb} MB, {mode}": (lambda r, mode=mode, ws=ws: clone_once(b, ws, mode, r))
+                                          for mode in ("bind", "clone")}, b.runs("clone")))
+    return results
+
+
+def report_clone(res: dict) -> list:
+    out = ["", "6. clone mode: start-to-ready and the end (the agent's exit -> the CLI's, its work fetched back), "
+           "beside a bind session of the same repository, same runs"]
+    for mb in CLONE_MB:
+        bind, clone = res.get(f"{mb} MB, bind"), res.get(f"{mb} MB, clone")
+        if not bind or not clone:
+            continue
+        for what in ("ready", "end"):
+            out.append(row(f"{mb} MB: {what}, bind", bind[what]))
+            out.append(row(f"{mb} MB: {what}, clone", clone[what]))
+            out.append(f"  {f'{mb} MB: {what}, clone adds':<44} {clone[what].median - bind[what].median:>9.3f}s")
+    return out
 
 
 def measure_start(b: Bench) -> dict:
@@ -1261,12 +1328,14 @@ def report(b: Bench, res: dict, wall: float, load: list) -> list:
         out += report_throughput(res["throughput"])
     if "trace" in res:
         out += report_trace(res["trace"], b)
+    if "clone" in res:
+        out += report_clone(res["clone"])
     out += ["", f"whole bench: {wall:.1f} s wall"]
     out += [f"PROBLEM: {p}" for p in b.problems]
     return out
 
 
-SECTIONS = ("start", "sigint", "dry", "concurrency", "throughput", "trace")
+SECTIONS = ("start", "sigint", "dry", "concurrency", "throughput", "trace", "clone")
 
 
 def positive(text: str) -> int:
@@ -1322,6 +1391,8 @@ def main(argv=None) -> int:
             res["throughput"] = measure_throughput(b, args.sizes, args.repo_mb, args.timeout)
         if "trace" in sections:
             res["trace"] = measure_trace(b)
+        if "clone" in sections:
+            res["clone"] = measure_clone(b)
         load[1] = os.getloadavg()[0]
     except BenchError as e:
         print(f"bench: error: {e}", file=sys.stderr)
