@@ -55,8 +55,9 @@ Attributes: ``tag``, ``name`` (its container, also its network), ``volume``, ``h
   engine. ``ssh_argv(multiplex=False)``: ``ssh -F <its config>``, to run ``[*argv, engine.alias, command]``.
 - ``close()``: removes the container, the volume and the network, and the temporary directory of keys and configs;
   nothing else. It runs on ``with`` exit, at interpreter exit (an uncaught Ctrl-C), and on SIGTERM (turned into
-  KeyboardInterrupt while an engine runs, when nothing else handles SIGTERM). What a ``kill -9`` left is removed
-  by the next ``RemoteEngine`` (``reap_stale()``: objects whose owner process on this host is gone).
+  KeyboardInterrupt while an engine runs, when nothing else handles SIGTERM); SIGINT and SIGTERM wait while it runs.
+  What a ``kill -9`` left is removed by the next ``RemoteEngine`` (``reap_stale()``: objects whose owner process on
+  this host is gone), with its temporary directory.
 
 ``leftovers(tag=None)``: names of a rig's objects (or any rig's) still on the local engine. ``require_remote()``
 and ``start_or_skip()`` turn "cannot build" or "cannot start" into ``unittest.SkipTest`` with a one-line reason, or
@@ -241,7 +242,7 @@ def leftovers(tag: str | None = None) -> list:
     return sorted(set(names))
 
 
-def _remove(tag: str) -> None:
+def _remove_rig(tag: str) -> None:
     """Remove one rig's container, volume and network from the local engine, and its temporary directory of keys
     and configs; missing ones are fine."""
     name = PREFIX + tag
@@ -263,7 +264,7 @@ def reap_stale() -> list:
             if tag and _owner_gone(owner):
                 found.add(tag)
     for tag in sorted(found):
-        _remove(tag)
+        _remove_rig(tag)
     return sorted(found)
 
 
@@ -563,6 +564,17 @@ class RemoteEngine:
         if self.closed:
             return
         self.closed = True
+        # A second Ctrl-C or SIGTERM must not cut the removal short: held until it is done.
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self._teardown()
+        finally:
+            if main:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+    def _teardown(self) -> None:
         try:
             mux = self.tmp / "ssh_config-mux"
             if any(self.tmp.glob("mux-*")):
@@ -570,7 +582,7 @@ class RemoteEngine:
         except (OSError, subprocess.SubprocessError):
             pass
         try:
-            _remove(self.tag)
+            _remove_rig(self.tag)
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
             _untrack(self)
