@@ -22,7 +22,7 @@ PREREQS = ROOT / "tests" / "prereqs.sh"
 SKIP_HINT = "CLAUDE_BOTTLE_NO_INSTALL=1 make test"
 # What the suite needs after this round; the script may list more.
 NEEDED = ("debootstrap python3-yaml socat openssh-client tmux pre-commit make git busybox-static openssl dpkg-dev "
-          "apt-utils python3-pyflakes ca-certificates curl").split()
+          "apt-utils python3-pyflakes ca-certificates curl strace").split()
 # Variables a surrounding `make` passes down; the runs here must see what a newcomer's shell has.
 MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "TESTFLAGS", "PYTHON")
 
@@ -285,6 +285,46 @@ class E2EImagesAsNonRoot(unittest.TestCase):
     def test_under_ci_they_fail(self):
         with self.assertRaisesRegex(RuntimeError, "needs root .* and CI is set"):
             self.require_engine(CI="1")
+
+
+class E2ESecondEngineCannotStart(unittest.TestCase):
+    """The second engine (tests/e2e/remote.py) that cannot be built or started: skip in one line, or fail under CI."""
+
+    def start(self, failure, **environ):
+        from tests.e2e import remote
+        with mock.patch.dict(os.environ, environ), mock.patch.object(remote, "RemoteEngine", side_effect=failure):
+            if "CI" not in environ:
+                os.environ.pop("CI", None)
+            return remote.start_or_skip()
+
+    def test_outside_ci_it_skips_with_the_reason_in_one_line(self):
+        from tests.e2e import images, remote
+        for failure, reason in (
+                (remote.RemoteEngineError("docker run failed (125): docker: Error response from daemon: unable to "
+                                          "apply caps\nRun 'docker run --help' for more information"),
+                 "e2e: the second engine cannot start here: docker run failed (125): docker: Error response from "
+                 "daemon: unable to apply caps | Run 'docker run --help' for more information"),
+                (images.ImageBuildError("debootstrap not found; install it with: apt-get install debootstrap"),
+                 "e2e: no second engine: debootstrap not found; install it with: apt-get install debootstrap")):
+            with self.subTest(reason=reason), self.assertRaises(unittest.SkipTest) as caught:
+                self.start(failure)
+            self.assertEqual(str(caught.exception), reason)
+
+    def test_under_ci_it_fails(self):
+        from tests.e2e import remote
+        with self.assertRaisesRegex(RuntimeError, "^e2e: the second engine cannot start here: no answer, and CI is "
+                                                  "set: the end-to-end tests must run$"):
+            self.start(remote.RemoteEngineError("no answer"), CI="1")
+
+    def test_an_image_that_cannot_be_built_skips(self):
+        from tests.e2e import harness, images, remote
+        failure = images.ImageBuildError("building claude-bottle-test/remote-engine:x needs root (debootstrap)")
+        with mock.patch.object(harness, "require_engine", return_value={}), \
+                mock.patch.object(remote, "remote_engine_image", side_effect=failure), \
+                mock.patch.dict(os.environ), self.assertRaises(unittest.SkipTest) as caught:
+            os.environ.pop("CI", None)
+            remote.require_remote()
+        self.assertEqual(str(caught.exception), f"e2e: no second engine: {failure}")
 
 
 if __name__ == "__main__":

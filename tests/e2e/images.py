@@ -222,7 +222,7 @@ def _busybox_bytes() -> bytes:
 
 
 @contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
+def build_lock() -> Iterator[None]:
     # Two test runs starting together would otherwise both debootstrap the same image. Locking this very file
     # leaves nothing behind.
     with open(__file__, "rb") as fh:
@@ -257,25 +257,27 @@ def _remove_root(root: str) -> None:
 
 # ---- Builds ----
 
-def build_debian(tag: str) -> None:
+def build_root(tag: str, packages, setup: str, cmd: str = '["/bin/bash"]') -> None:
+    """debootstrap a `VARIANT` `SUITE` root with `packages`, run `setup` in it (chroot, sh) and `docker import` it
+    as `tag`, labelled `LABEL`, with `cmd` (JSON exec form) as its CMD. Needs root and debootstrap."""
     if os.geteuid() != 0:
-        raise ImageBuildError("building the debian test image needs root (debootstrap); run the e2e tests as root")
+        raise ImageBuildError(f"building {tag} needs root (debootstrap); run the e2e tests as root")
     if shutil.which("debootstrap") is None:
         raise ImageBuildError("debootstrap not found; install it with: apt-get install debootstrap")
     root = tempfile.mkdtemp(prefix="claude-bottle-test-rootfs-")
     try:
         started = time.monotonic()
-        _run(["debootstrap", f"--variant={VARIANT}", "--include=" + ",".join(PACKAGES), SUITE, root, MIRROR])
+        _run(["debootstrap", f"--variant={VARIANT}", "--include=" + ",".join(packages), SUITE, root, MIRROR])
         _progress(f"debootstrap took {time.monotonic() - started:.1f}s")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
-        _run(["chroot", root, "/bin/sh", "-c", SETUP_SCRIPT], env=env)
+        _run(["chroot", root, "/bin/sh", "-c", setup], env=env)
         started = time.monotonic()
         # Device nodes stay out: Docker gives every container its own /dev.
         tar = subprocess.Popen(["tar", "--numeric-owner", "--exclude=./dev/*", "--exclude=./proc/*",
                                 "--exclude=./sys/*", "-C", root, "-c", "."],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            _run(["docker", "import", "--change", f"LABEL {LABEL}", "--change", 'CMD ["/bin/bash"]', "-", tag],
+            _run(["docker", "import", "--change", f"LABEL {LABEL}", "--change", f"CMD {cmd}", "-", tag],
                  stdin=tar.stdout)
         finally:
             tar.stdout.close()
@@ -286,6 +288,10 @@ def build_debian(tag: str) -> None:
         _progress(f"docker import took {time.monotonic() - started:.1f}s")
     finally:
         _remove_root(root)
+
+
+def build_debian(tag: str) -> None:
+    build_root(tag, PACKAGES, SETUP_SCRIPT)
 
 
 def _docker_build(tag: str, dockerfile: str, files: dict[str, bytes]) -> None:
@@ -346,7 +352,7 @@ def ensure_images(verbose: bool = False) -> dict[str, str]:
     global _verbose
     _verbose = verbose
     images = {}
-    with _build_lock():
+    with build_lock():
         debian = images["debian"] = _ensure(debian_tag(), build_debian)
         override = os.environ.get(PIPELOCK_IMAGE_ENV)
         if override:
