@@ -1628,8 +1628,9 @@ class Mount(namedtuple("Mount", "kind source target readonly options", defaults=
 
 class Files(namedtuple("Files", "kind source target readonly uid gid", defaults=(True, 0, 0))):
     """Files claude-bottle wrote for a container: `source`, a file (kind "file") or a directory ("dir") in the
-    session's private dir, seen at `target`. Read-only ones belong to root in the container; writable ones to uid:gid. The engine decides
-    how they get there: a bind mount where it shares this machine's files, a copy through the engine otherwise."""
+    session's private dir, seen at `target`. Read-only ones belong to root in the container; writable ones to
+    uid:gid. The engine decides how they get there: a bind mount where it shares this machine's files, a copy
+    through the engine otherwise."""
 
     __slots__ = ()
 

@@ -126,7 +126,8 @@ class CloneTest(unittest.TestCase):
         self.assertEqual((self.volume / "new.txt").read_text(), "untracked\n")
         self.assertFalse((self.volume / "debug.log").exists(), "ignored files stay out")
         self.assertIn("first", self.in_copy("git", "log", "--format=%s"))
-        self.assertEqual(self.in_copy("git", "rev-parse", "main").strip(), sh(self.repo, "git", "rev-parse", "main").strip())
+        self.assertEqual(self.in_copy("git", "rev-parse", "main").strip(),
+                         sh(self.repo, "git", "rev-parse", "main").strip())
         self.assertEqual(list((self.volume / ".git" / "hooks").glob("*")) if (self.volume / ".git" / "hooks").exists()
                          else [], [], "no hook of the user's reaches the copy")
 

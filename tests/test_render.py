@@ -426,7 +426,8 @@ class ArgvTest(Base):
         plan = self.plan_from("defaults")
         for argv, role in ((guard.sidecar_run_argv(plan), "pipelock"),
                            (guard.agent_create_argv(plan), "agent"),
-                           (guard.network_create_argv(plan, plan.internal_network, True, "10.213.0.16/28"), "internal")):
+                           (guard.network_create_argv(plan, plan.internal_network, True, "10.213.0.16/28"),
+                            "internal")):
             labels = values_after(argv, "--label")
             # The agent also says which workspace it has and how: a second session must not edit it in place too.
             mode = [f"claude-bottle.workspace={plan.workspace}", "claude-bottle.mode=bind"] if role == "agent" else []

@@ -29,7 +29,8 @@ def fingerprint(repo: Path) -> dict:
              if p.is_file() and p.relative_to(repo).parts[0] != ".git"}
     refs = [line for line in git(repo, "for-each-ref", "--format=%(objectname) %(refname)").splitlines()
             if "refs/heads/claude-bottle/" not in line]
-    return {"files": files, "index": (repo / ".git" / "index").read_bytes(), "head": (repo / ".git" / "HEAD").read_text(),
+    return {"files": files, "index": (repo / ".git" / "index").read_bytes(),
+            "head": (repo / ".git" / "HEAD").read_text(),
             "refs": refs, "objects": git(repo, "rev-list", "--objects", "--exclude=refs/heads/claude-bottle/*",
                                          "--all")}
 
@@ -134,7 +135,8 @@ class FilesThroughTheEngine(E2ETest):
         env = world.env(CLAUDE_BOTTLE_FILES="copy", SSH_AUTH_SOCK=world.agent_sock)
         script = ("test -s ~/.ssh/config && git ls-remote gitserver:/srv/git/repo.git | grep -q refs/heads/main && "
                   "echo ssh-ok; echo ready; for i in $(seq 1 120); do code=$(curl -s -o /dev/null -w '%{http_code}' "
-                  "http://other:8000/); [ \"$code\" = 200 ] && { echo reached-other; exit 0; }; sleep 0.5; done; exit 1")
+                  "http://other:8000/); [ \"$code\" = 200 ] && { echo reached-other; exit 0; }; sleep 0.5; done; "
+                  "exit 1")
         proc = world.popen(project, script, "--clone", env=env)
         try:
             out = read_until(proc, "ready")

@@ -197,11 +197,12 @@ class ProbeCost(E2ETest):
         cache = Path(tempfile.mkdtemp(prefix="cbtest-cache-"))
         self.addCleanup(shutil.rmtree, cache, True)
         environ = {"XDG_CACHE_HOME": str(cache)}
+        engine = cb.DockerEngine(cb.Context(environ))
         timings = {}
         for name in ("node", "busybox"):
             for run in ("first", "cached"):
                 started = time.monotonic()
-                probe = cb.probe_image(world.images[name], environ)
+                probe = cb.probe_image(engine, world.images[name], environ)
                 timings[f"{name} {run}"] = time.monotonic() - started
             self.assertIn("/home/node" if name == "node" else "wget", str(probe))
         print("\nimage probe: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()), file=sys.stderr)

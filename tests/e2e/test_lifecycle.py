@@ -107,8 +107,10 @@ class Lifecycle(E2ETest):
         self.assertEqual(leftovers(session_of(proc.stdout)), [])
 
     def test_a_renamed_copy_a_symlink_and_python_m_survive_another_start_and_gc(self):
-        """The owner is its pid, start time and secret, not its name: none of these is mistaken for gone."""
-        project = world.project(world.config())
+        """The owner is its pid, start time and secret, not its name: none of these is mistaken for gone.
+
+        Each session has a project of its own: two agents are never let into one working tree in place."""
+        projects = {name: world.project(world.config()) for name in ("renamed copy", "symlink", "python3 -m", "other")}
         bin_dir = world.tmp / f"bin-{os.urandom(3).hex()}"
         bin_dir.mkdir()
         shutil.copy(CLI, bin_dir / "cb.py")
@@ -119,9 +121,10 @@ class Lifecycle(E2ETest):
                 "python3 -m": [sys.executable, "-m", "claude_bottle"]}
         running = {}
         for name, cli in ways.items():
-            proc = world.popen(project, wait, cli=cli, env=env)
+            proc = world.popen(projects[name], wait, cli=cli, env=env)
             running[name] = (proc, session_of(proc.stdout.readline()))
             wait_ready(proc)
+        project = projects["other"]
         other = world.start(project, "true")
         self.assertEqual(other.returncode, 0, other.stderr)
         gc = subprocess.run([sys.executable, str(CLI), "gc"], cwd=project, env=world.env(), capture_output=True,
@@ -137,7 +140,7 @@ class Lifecycle(E2ETest):
                 self.assertEqual(states[session], "alive")
                 self.assertNotIn(session, gc.stdout)
         for name, (proc, session) in running.items():
-            (project / f"stop-{session}").touch()
+            (projects[name] / f"stop-{session}").touch()
             proc.wait(timeout=60)
             self.assertEqual(proc.returncode, 0, name)
             self.assertNoLeftovers(session)

@@ -79,6 +79,10 @@ class State(E2ETest):
         self.assertIn("marker=none", after.stdout, "a new, empty state after state rm")
 
     def test_second_session_of_the_agent_gets_a_fresh_state_and_state_rm_refuses(self):
+        # A repository: the second session, in the tree the first edits in place, works on a copy of it.
+        for argv in (["init", "-q"], ["add", "-A"],
+                     ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+            subprocess.run(["git", "-c", "safe.directory=*", *argv], cwd=self.project, check=True, capture_output=True)
         seed = world.start(self.project, 'echo from-before > "$CLAUDE_CONFIG_DIR/marker"')
         self.assertEqual(seed.returncode, 0, seed.stderr)
         holder = world.popen(self.project, f"echo {READY_ECHO}; while [ ! -e /workspace/stop ]; do sleep 0.05; done")
@@ -87,6 +91,7 @@ class State(E2ETest):
             second = world.start(self.project, PROBE + 'echo second > "$CLAUDE_CONFIG_DIR/marker"')
             self.assertEqual(second.returncode, 0, second.stderr)
             self.assertIn(f"the state {self.volume} is in use by", second.stderr)
+            self.assertIn("works on a copy", second.stderr)
             self.assertIn("marker=none", second.stdout, "its own state, not the one in use")
             self.assertNoLeftovers(session_of(second.stdout))
             self.assertEqual(own_volumes(session_of(second.stdout)), [], "its own state is thrown away")
