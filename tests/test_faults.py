@@ -75,7 +75,7 @@ class LimitsConfig(unittest.TestCase):
                 ('[agents.a]\ncpus = "2"\n', "cpus: '2' is not a number of CPUs"),
                 ('[agents.a]\ntmpfs_size = true\n', "tmpfs_size: True is not a size"),
                 ('[bottles.default]\nsidecar_pids = 2\n', "sidecar_pids: 2 is not a whole number from 16"),
-                ('[agents.a]\nsidecar_memory = "1g"\n', "unknown key sidecar_memory"),
+                ('[agents.a]\nsidecar_memory = "1g"\n', "unknown key 'sidecar_memory'"),
         ):
             with self.subTest(table=table), self.assertRaises(cb.ConfigError) as cm:
                 cb.parse_config(cb.tomllib.loads(table), "claude-bottle.toml")
