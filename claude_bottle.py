@@ -2976,6 +2976,8 @@ class Teardown:
         self.steps = []
         self.procs = []
         self.left = []
+        # Set when the engine went away under the session: nothing is asked of it, `gc` removes the rest later.
+        self.lost = False
         # Set when a create was killed before the engine answered: it may still appear, so look again at the end.
         self.uncertain = None
 
@@ -3008,7 +3010,7 @@ class Teardown:
     def _remove(self, kind: str, names: list) -> None:
         if not names:
             return
-        if self.left:
+        if self.left or self.lost:
             self.left += names
             return
         self.engine.note = self.NOTES.get(kind, "teardown")
@@ -3034,7 +3036,7 @@ class Teardown:
                 self.left.append(f"(the engine did not answer: {e})")
             except Exception as e:
                 warn(f"teardown step {getattr(fn, '__name__', fn)} failed: {e}")
-        if self.uncertain and not self.left:
+        if self.uncertain and not self.left and not self.lost:
             self._sweep(self.uncertain)
         for proc in self.procs:
             try:
@@ -3042,7 +3044,7 @@ class Teardown:
             except Exception:
                 proc.kill()
                 proc.wait()
-        if self.left:
+        if self.left and not self.lost:
             warn(f"the engine did not answer within {self.engine.ctx.teardown_timeout:.0f} s, so these may be left: "
                  f"{', '.join(n for n in self.left if not n.startswith('('))}; once this CLI has exited, "
                  f"`claude-bottle gc` removes them")
@@ -3910,8 +3912,7 @@ def sidecar_stopped(engine: Engine, plan: Plan) -> BottleError:
     try:
         state = engine.container_state(plan.sidecar)
     except BottleError as e:
-        return BottleError(f"the engine stopped answering while the agent ran (restarted or stopped?), so the "
-                           f"session was ended: {e}; run `claude-bottle gc` once it answers again")
+        return engine_lost(e)
     if state is None:
         why = "was removed"
     elif state.oom_killed:
@@ -3926,14 +3927,25 @@ def sidecar_stopped(engine: Engine, plan: Plan) -> BottleError:
                        f"{plan.agent}")
 
 
+class EngineLost(BottleError):
+    """The engine stopped answering under a running session: teardown leaves the rest to `gc`."""
+
+
+def engine_lost(e: BottleError) -> BottleError:
+    return EngineLost(f"the engine stopped answering while the agent ran (restarted or stopped?), so the session "
+                       f"was ended ({str(e)[-200:]}); run `claude-bottle gc` once it answers again, which removes what "
+                       f"is left (the agent's state volume stays)")
+
+
 def oom_line(engine: Engine, plan: Plan, status: int) -> str:
     """After the agent's end, before its container is removed: a line when the kernel killed the agent (or a
-    process of it) for memory at its limit, with how to raise it; else ""."""
+    process of it) for memory at its limit, with how to raise it; else "". An engine that does not answer (it
+    restarted under the session, which is what ended the agent) is an error saying so."""
     engine.note = "teardown: was the agent killed for memory?"
     try:
         state = engine.container_state(plan.agent_container)
-    except BottleError:
-        return ""
+    except BottleError as e:
+        raise engine_lost(e) from None
     if state is None or not state.oom_killed:
         return ""
     fix = limit_fix(plan, "memory", f'"{size_text(plan.limits.memory * 2)}"')
@@ -4302,8 +4314,15 @@ def run_session(plan: Plan, engine: Engine, secret: str, report_json: str | None
             td.callback(quarantine_commondir, plan)
         steps = start_steps(plan, engine, report_json, quiet, broker, save_learned, sessions)
         results = run_steps(steps, Run(plan, td, broker))
-        status = wait_agent(results.start, engine.ctx, results.watch, lambda: sidecar_stopped(engine, plan))
-        oom = oom_line(engine, plan, status)
+        try:
+            status = wait_agent(results.start, engine.ctx, results.watch, lambda: sidecar_stopped(engine, plan))
+            if results.watch.poll() is not None:
+                # The sidecar ended with the agent: an engine restart stops both.
+                raise sidecar_stopped(engine, plan)
+            oom = oom_line(engine, plan, status)
+        except EngineLost:
+            td.lost = True
+            raise
     if oom:
         say(oom)
     if td.left:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Seconds each module took in a quiet run, longest first (the order modules start in; unknown ones go first).
 WEIGHTS = {"tests.e2e.test_security": 150, "tests.e2e.test_lifecycle": 150, "tests.e2e.test_live": 90,
            "tests.e2e.test_broker": 90, "tests.e2e.test_identity": 90, "tests.e2e.test_egress": 80,
-           "tests.e2e.test_clone": 60}
+           "tests.e2e.test_clone": 60, "tests.e2e.test_faults": 200}
 
 
 def modules(unit_only: bool) -> list:

@@ -1,15 +1,21 @@
 """End to end, when parts fail (PRD 0010): an agent past its memory limit is killed inside its bottle while another
 session keeps answering; a sidecar killed under a running agent ends the session with one line; a full TMPDIR gives
-one line and leaves nothing. The numbers (latency, time to the CLI's word) are printed, never asserted."""
+one line and leaves nothing; an engine restart (the second engine of remote.py) ends the session with one line, and
+`gc` then leaves only the agent's state volume. The numbers (latency, time to the CLI's word) are printed, never asserted."""
 
 import os
+import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import unittest
+from pathlib import Path
 
-from tests.e2e.harness import READY_ECHO, E2ETest, docker, leftovers, module_fixtures, session_of, wait_ready
+from tests.e2e import remote
+from tests.e2e.harness import CLI, READY_ECHO, E2ETest, docker, leftovers, module_fixtures, session_of, wait_ready
 
 world = None
 setUpModule, tearDownModule = module_fixtures(globals())
@@ -121,3 +127,51 @@ class Faults(E2ETest):
         self.assertNotIn("AGENT-RAN", proc.stdout)
         self.assertEqual(leftovers(session_of(proc.stdout)), [])
         self.assertEqual(os.listdir(os.path.join(tmp, f"claude-bottle-{os.getuid()}")), [])
+
+
+class EngineRestart(unittest.TestCase):
+    """On the second engine (tests/e2e/remote.py), which a test may restart: this machine's engine is shared."""
+
+    def test_an_engine_restart_ends_the_session_with_one_line_and_gc_leaves_only_the_state(self):
+        tags = remote.require_remote()
+        with remote.start_or_skip() as engine:
+            engine.load([tags["debian"], tags["pipelock"]])
+            project = tempfile.mkdtemp(prefix="cbtest-restart-")
+            self.addCleanup(shutil.rmtree, project, True)
+            # Clone mode and copied files: nothing of this machine's is bind-mounted on the other engine.
+            subprocess.run("git init -q && echo x > a && git add a && git -c user.name=t -c user.email=t@t.test "
+                           "commit -qm x", shell=True, cwd=project, check=True)
+            Path(project, "claude-bottle.toml").write_text(f'[agents.e2e]\nimage = "{tags["debian"]}"\n')
+            env = {**engine.env_tcp(), "CLAUDE_BOTTLE_FILES": "copy", "CLAUDE_BOTTLE_PIPELOCK_IMAGE": tags["pipelock"],
+                   "XDG_CACHE_HOME": os.path.join(project, ".cache")}
+            proc = subprocess.Popen([sys.executable, str(CLI), "start", "e2e", "--yes", "--clone", "--", "sh", "-c",
+                                     f"echo {READY_ECHO}; sleep 300"], cwd=project, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+            try:
+                session = session_of(proc.stdout.readline())
+                wait_ready(proc)
+                restarted = time.monotonic()
+                engine.restart_engine()
+                out, err = proc.communicate(timeout=120)
+            finally:
+                proc.kill()
+            print(f"\n[faults] engine restart to the CLI's exit: {time.monotonic() - restarted:.1f} s")
+            self.assertEqual(proc.returncode, 1, err)
+            errors = [ln for ln in err.splitlines() if ln.startswith("claude-bottle: error:")]
+            self.assertEqual(len(errors), 1, err)
+            self.assertIn("the engine stopped answering while the agent ran (restarted or stopped?), so the session "
+                          "was ended", errors[0])
+            self.assertTrue(err.rstrip().endswith("(the agent's state volume stays)"), err)
+            left = engine.docker("ps", "--all", "--quiet", "--filter", f"label=claude-bottle.session={session}")
+            self.assertNotEqual(left.stdout.split(), [], "the restart left the session's containers to gc")
+            gc = subprocess.run([sys.executable, str(CLI), "gc"], cwd=project, env=env, capture_output=True,
+                                text=True, timeout=120)
+            self.assertEqual(gc.returncode, 0, gc.stderr)
+            self.assertIn(f"removed {session}", gc.stdout)
+            for argv in (["ps", "--all"], ["network", "ls"], ["volume", "ls"]):
+                names = engine.docker(*argv, "--format", "{{.Names}}" if argv[0] == "ps" else "{{.Name}}").stdout
+                self.assertEqual([n for n in names.split() if session in n], [], f"{argv}: {names}")
+            volumes = engine.docker("volume", "ls", "--format", "{{.Name}}").stdout.split()
+            self.assertEqual(len([v for v in volumes if v.startswith("claude-bottle-state-e2e-")]), 1,
+                             "the agent's state volume survives")
