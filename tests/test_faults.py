@@ -160,6 +160,27 @@ class CliFaults(CliTest):
                                          'sidecar_memory = "1g" in claude-bottle.toml: [bottles.default])')
 
 
+    def test_an_engine_gone_under_the_agent_ends_with_one_line_and_asks_it_nothing_more(self):
+        rules = [{"match": ["container", "inspect"], "rc": 1,
+                  "stderr": 'error during connect: Get "http://127.0.0.1:1/v1.50/containers/x/json": EOF\n'}]
+        proc = self.cli("start", "--yes", "--quiet", "--", "true", env=self.env(rules, start_rc=143))
+        self.assertOneLineError(proc, 1, "the engine stopped answering while the agent ran (restarted or stopped?)",
+                                "run `claude-bottle gc` once it answers again")
+        calls = self.fake.argvs()
+        after = calls[calls.index(next(c for c in calls if c[:2] == ["container", "inspect"])) + 1:]
+        self.assertEqual([c for c in after if c[0] == "rm" or c[:2] == ["network", "rm"]], [],
+                         "teardown leaves the rest to gc")
+        self.assertNoPrivateDir()
+
+    def test_a_sidecar_that_ended_with_the_agent_is_the_reason(self):
+        # An engine restart stops both: the agent's end is not the agent's own.
+        rules = [{"match": ["wait"], "stdout": "0\n"},
+                 {"match": ["container", "inspect"], "contains": "-pipelock",
+                  "stdout": json.dumps({"Status": "exited", "ExitCode": 0, "OOMKilled": False})}]
+        proc = self.cli("start", "--yes", "--quiet", "--", "true", env=self.env(rules, start_rc=143))
+        self.assertOneLineError(proc, 1, "stopped (exit status 0) while the agent ran")
+
+
 class FullDisk(unittest.TestCase):
     def setUp(self):
         self.dir = Path(tempfile.mkdtemp(prefix="cb-disk-"))

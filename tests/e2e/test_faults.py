@@ -1,7 +1,8 @@
 """End to end, when parts fail (PRD 0010): an agent past its memory limit is killed inside its bottle while another
 session keeps answering; a sidecar killed under a running agent ends the session with one line; a full TMPDIR gives
 one line and leaves nothing; an engine restart (the second engine of remote.py) ends the session with one line, and
-`gc` then leaves only the agent's state volume. The numbers (latency, time to the CLI's word) are printed, never asserted."""
+`gc` then leaves only the agent's state volume. The numbers (latency, time to the CLI's word) are printed, never
+asserted."""
 
 import os
 import shutil
