@@ -2062,6 +2062,7 @@ def plan_json(plan: Plan) -> dict:
     data["ssh"] = [s._asdict() for s in plan.ssh]
     data["brokered"] = [{**ep._asdict(), "line": brokered_text(ep)} for ep in plan.brokered]
     data["identity"] = plan.identity._asdict()
+    data["limits"] = {**plan.limits._asdict(), "set_by": dict(plan.limits.set_by), "agent_pids": AGENT_PIDS_LIMIT}
     data.update(
         version=__version__,
         containers={"agent": plan.agent_container, "pipelock": plan.sidecar},

@@ -50,6 +50,13 @@ class LimitsConfig(unittest.TestCase):
         self.assertIn("limits:     agent 4 GiB memory (no swap), 2 CPUs, 4096 pids, 1 GiB per tmpfs; pipelock "
                       "512 MiB, 1 CPU, 512 pids", "\n".join(cb.render_summary(plan)))
 
+    def test_the_json_plan_has_them(self):
+        plan = plan_with('[agents.a]\nimage = "x:1"\nmemory = "1g"\n', "a")
+        limits = json.loads(json.dumps(cb.plan_json(plan)))["limits"]
+        self.assertEqual((limits["memory"], limits["cpus"], limits["sidecar_pids"], limits["agent_pids"]),
+                         (1 << 30, 2.0, 512, 4096))
+        self.assertEqual(list(limits["set_by"]), ["memory"])
+
     def test_every_tmpfs_is_sized(self):
         plan = plan_with('[agents.a]\nimage = "x:1"\ntmpfs_size = "64m"\n', "a", uid=1234, gid=1235)
         ident = cb.agent_identity({"passwd": [], "group": [], "tools": [], "dirs": {}}, 1234, 1235)
