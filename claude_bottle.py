@@ -405,9 +405,11 @@ def check_size(value, field: str, low: int) -> int:
         size = int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
     else:
         raise ConfigError(f"{field}: {_printable(value)} is not a size; write a number with k, m or g, like \"4g\"")
-    if not low <= size <= 1 << 50:
+    if size < low:
         raise ConfigError(f"{field}: {_printable(value)} is too small; give it at least {human_size(low)}, "
                           f"like \"{low >> 20}m\"")
+    if size > 1 << 50:
+        raise ConfigError(f"{field}: {_printable(value)} is more than any engine has; write e.g. \"4g\"")
     return size
 
 
