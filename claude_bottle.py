@@ -119,6 +119,16 @@ AGENT_SSH_AUTH_SOCK = "/run/claude-bottle/ssh-agent.sock"
 AGENT_STATE_DIR = "/var/lib/claude-bottle/state"
 AGENT_PIDS_LIMIT = 4096
 SIDECAR_PIDS_LIMIT = 512
+# Resource limits (PRD 0010), each a key of a bottle (and the agent's three of an agent too). The agent's memory has
+# no swap on top (a hog is stopped, not paged to death), its tmpfs mounts (home, /tmp) a size each, charged to that
+# memory; the sidecar's limits keep a flood of requests from starving the host. A default above what the engine has
+# is lowered to it; a value set in the config above it is refused.
+MiB, GiB = 1 << 20, 1 << 30
+AGENT_MEMORY = 4 * GiB
+AGENT_CPUS = 2.0
+AGENT_TMPFS_SIZE = 1 * GiB
+SIDECAR_MEMORY = 512 * MiB
+SIDECAR_CPUS = 1.0
 # Variables passed raw into the agent when an agent names none. Claude Code's own credentials are brokered instead
 # (see the credential broker): the agent gets a placeholder and the broker's address, never the value.
 DEFAULT_ENV = ()
@@ -383,6 +393,44 @@ def check_int(value, field: str, low: int, high: int) -> int:
     return value
 
 
+_SIZE_RE = re.compile(r"([0-9]+)([kmg]?)", re.IGNORECASE)
+
+
+def check_size(value, field: str, low: int) -> int:
+    """A size like "4g", "512m", "64k" (or a whole number of bytes), in bytes, at least `low`."""
+    m = _SIZE_RE.fullmatch(value) if isinstance(value, str) else None
+    if type(value) is int:
+        size = value
+    elif m:
+        size = int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
+    else:
+        raise ConfigError(f"{field}: {_printable(value)} is not a size; write a number with k, m or g, like \"4g\"")
+    if size < low:
+        raise ConfigError(f"{field}: {_printable(value)} is too small; give it at least {human_size(low)}, "
+                          f"like \"{low >> 20}m\"")
+    if size > 1 << 50:
+        raise ConfigError(f"{field}: {_printable(value)} is more than any engine has; write e.g. \"4g\"")
+    return size
+
+
+def check_cpus(value, field: str) -> float:
+    if type(value) not in (int, float) or not 0.01 <= value <= 1024:
+        raise ConfigError(f"{field}: {_printable(value)} is not a number of CPUs; write e.g. 2 or 0.5")
+    return float(value)
+
+
+def human_size(size: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            n = size / (1 << shift)
+            return f"{n:.0f} {unit}" if n == int(n) else f"{n:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def human_cpus(cpus: float) -> str:
+    return f"{cpus:g} CPU" + ("" if cpus == 1 else "s")
+
+
 def _ipv4(text: str) -> int | None:
     parts = text.split(".")
     if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
@@ -443,16 +491,16 @@ class SshHost(namedtuple("SshHost", "alias hostname user port", defaults=(None, 
 
 
 class Bottle(namedtuple("Bottle", "name allow trusted ssh egress_network max_tunnel_seconds idle_timeout_seconds "
-                                  "credentials",
-                        defaults=((), (), (), None, MAX_TUNNEL_SECONDS, IDLE_TIMEOUT_SECONDS, ()))):
-    """A `[bottles.NAME]` table: extra hosts, trusted hosts, SshHost entries, egress network, lifetimes, and the
-    Credential entries the broker holds for it."""
+                                  "credentials limits",
+                        defaults=((), (), (), None, MAX_TUNNEL_SECONDS, IDLE_TIMEOUT_SECONDS, (), ()))):
+    """A `[bottles.NAME]` table: extra hosts, trusted hosts, SshHost entries, egress network, lifetimes, the
+    Credential entries the broker holds for it, and the resource limits it sets ((key, value) pairs)."""
 
     __slots__ = ()
 
 
-class AgentSpec(namedtuple("AgentSpec", "name bottle image env command workspace source clone",
-                           defaults=(DEFAULT_BOTTLE, None, DEFAULT_ENV, None, None, "built-in", False))):
+class AgentSpec(namedtuple("AgentSpec", "name bottle image env command workspace source clone limits",
+                           defaults=(DEFAULT_BOTTLE, None, DEFAULT_ENV, None, None, "built-in", False, ()))):
     """An `[agents.NAME]` table (or an agent file, or the built-in agent) and where it came from."""
 
     __slots__ = ()
@@ -468,10 +516,31 @@ class Config(namedtuple("Config", "path bottles agents")):
         return super().__new__(cls, path, bottles, {} if agents is None else agents)
 
 
+# Resource limits: the agent's (in an agent's table or a bottle's; the agent's wins) and the sidecar's (a bottle's).
+AGENT_LIMIT_KEYS = ("memory", "cpus", "tmpfs_size")
+SIDECAR_LIMIT_KEYS = ("sidecar_memory", "sidecar_cpus", "sidecar_pids")
 BOTTLE_KEYS = ("allow", "trusted", "ssh", "egress_network", "max_tunnel_seconds", "idle_timeout_seconds",
-               "credentials")
+               "credentials", *AGENT_LIMIT_KEYS, *SIDECAR_LIMIT_KEYS)
 SSH_KEYS = ("Host", "Hostname", "User", "Port")
-AGENT_KEYS = ("bottle", "image", "env", "command", "workspace", "clone")
+AGENT_KEYS = ("bottle", "image", "env", "command", "workspace", "clone", *AGENT_LIMIT_KEYS)
+
+
+def _parse_limits(table: dict, where: str, keys) -> tuple:
+    """The limits a table sets, as (key, value) pairs: sizes in bytes, CPUs as a float, pids a whole number."""
+    found = []
+    for key in keys:
+        if key not in table:
+            continue
+        value, field = table[key], f"{where} {key}"
+        if key in ("memory", "sidecar_memory"):
+            found.append((key, check_size(value, field, 16 * MiB)))
+        elif key == "tmpfs_size":
+            found.append((key, check_size(value, field, 1 * MiB)))
+        elif key.endswith("cpus"):
+            found.append((key, check_cpus(value, field)))
+        else:
+            found.append((key, check_int(value, field, 16, 1 << 22)))
+    return tuple(found)
 
 
 def _check_keys(where: str, table: dict, allowed) -> None:
@@ -545,6 +614,7 @@ def _parse_bottle(name: str, table, origin: str) -> Bottle:
                                        f"{where} idle_timeout_seconds", 1, 7 * 86400),
         credentials=parse_credentials(table.get("credentials", []), f"{origin}: [[bottles.{name}.credentials]]",
                                       Path(origin).parent),
+        limits=_parse_limits(table, where, AGENT_LIMIT_KEYS + SIDECAR_LIMIT_KEYS),
     )
 
 
@@ -580,6 +650,7 @@ def _parse_agent(name: str, table, origin: str, bottles: dict) -> AgentSpec:
         workspace=workspace,
         source=f"{origin} [agents.{name}]",
         clone=clone,
+        limits=_parse_limits(table, where, AGENT_LIMIT_KEYS),
     )
 
 
@@ -1191,7 +1262,7 @@ PLAN_FIELDS = (
     "session agent agent_source bottle image build_image pipelock_image workspace git_dir read_only env "
     "env_unset hosts bottle_allow trusted ssh ssh_agent egress_network command tty self_test "
     "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir subnet_pool "
-    "brokered identity extra_allow learn build_args state_volume fresh clone repo discard"
+    "brokered identity extra_allow learn build_args state_volume fresh clone repo discard limits"
 )
 
 
@@ -1255,6 +1326,60 @@ class Plan(namedtuple("Plan", PLAN_FIELDS)):
     @property
     def state_init(self) -> str:
         return f"{LABEL}-{self.session}-state-init"
+
+
+class Limits(namedtuple("Limits", "memory cpus tmpfs_size sidecar_memory sidecar_cpus sidecar_pids set_by",
+                        defaults=(AGENT_MEMORY, AGENT_CPUS, AGENT_TMPFS_SIZE, SIDECAR_MEMORY, SIDECAR_CPUS,
+                                  SIDECAR_PIDS_LIMIT, ()))):
+    """A session's resource limits: memory and tmpfs sizes in bytes, CPUs as a float. set_by: (key, where) for each
+    one the config set (the rest are defaults), for the messages that name where to change one."""
+
+    __slots__ = ()
+
+    def where(self, key: str) -> str | None:
+        return dict(self.set_by).get(key)
+
+
+def resolve_limits(config: Config, spec: AgentSpec, bottle: Bottle) -> Limits:
+    """Defaults, then the bottle's, then the agent's own."""
+    values, set_by = {}, {}
+    origin = config.path or CONFIG_NAME
+    for pairs, table in ((bottle.limits, f"[bottles.{bottle.name}]"), (spec.limits, f"[agents.{spec.name}]")):
+        for key, value in pairs:
+            values[key], set_by[key] = value, f"{origin}: {table}"
+    return Limits(**values, set_by=tuple(set_by.items()))
+
+
+def limit_fix(plan: Plan, key: str, value: str) -> str:
+    """Where and how to change limit `key`: the table that set it, else the agent's (or, for the sidecar's, the
+    bottle's)."""
+    where = plan.limits.where(key)
+    if where is None:
+        table = f"[bottles.{plan.bottle}]" if key.startswith("sidecar_") else f"[agents.{plan.agent}]"
+        where = f"{plan.config_path or CONFIG_NAME}: {table}"
+    return f"set {key} = {value} in {where}"
+
+
+def fit_limits(plan: Plan, capacity) -> Plan:
+    """The limits checked against what the engine has, `capacity` (CPUs, bytes of memory; None: unknown). A default
+    above it is lowered to it (and said); a limit the config set above it is refused."""
+    if capacity is None:
+        return plan
+    ncpu, memory = capacity
+    limits = plan.limits
+    for key, cap, show, fix in (("memory", memory, human_size, f'"{memory >> 20}m"'),
+                                ("sidecar_memory", memory, human_size, f'"{memory >> 20}m"'),
+                                ("cpus", ncpu, human_cpus, f"{ncpu}"), ("sidecar_cpus", ncpu, human_cpus, f"{ncpu}")):
+        value = getattr(limits, key)
+        if value <= cap:
+            continue
+        if limits.where(key):
+            raise ConfigError(f"{limits.where(key)} {key}: {show(value)} is more than the engine has "
+                              f"({show(cap)}); set it to {fix} or less")
+        say(f"claude-bottle: the engine has {show(cap)}, less than the default {key} of {show(value)}; the "
+            f"bottle gets {show(cap)}")
+        limits = limits._replace(**{key: type(value)(cap)})
+    return plan._replace(limits=limits)
 
 
 def state_volume_name(workspace: str, agent: str) -> str:
@@ -1433,6 +1558,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         clone=clone,
         repo=None,
         discard=discard,
+        limits=resolve_limits(config, spec, bottle),
     )
 
 
@@ -1533,6 +1659,20 @@ def user_line(ident: Identity) -> str:
     return f"{_visible(ident.user)} uid {ident.uid} gid {ident.gid}, home {_visible(home)} ({ident.why})"
 
 
+def limits_line(limits: Limits) -> str:
+    return (f"agent {human_size(limits.memory)} memory (no swap), {human_cpus(limits.cpus)}, {AGENT_PIDS_LIMIT} "
+            f"pids, {human_size(limits.tmpfs_size)} per tmpfs; pipelock {human_size(limits.sidecar_memory)}, "
+            f"{human_cpus(limits.sidecar_cpus)}, {limits.sidecar_pids} pids")
+
+
+def size_text(size: int) -> str:
+    """A size as docker's flags and mount(8)'s tmpfs size= take it: "4g", "512m", "64k", or bytes."""
+    for suffix, shift in (("g", 30), ("m", 20), ("k", 10)):
+        if size % (1 << shift) == 0:
+            return f"{size >> shift}{suffix}"
+    return str(size)
+
+
 def render_summary(plan: Plan) -> list:
     env = f"{', '.join(plan.env)} (visible to the agent)" if plan.env else "none"
     if plan.env_unset:
@@ -1562,6 +1702,7 @@ def render_summary(plan: Plan) -> list:
         f"  trusted:    {', '.join(plan.trusted) or 'none'} (may resolve to private addresses){later}",
         f"  ssh:        {ssh_line(plan.ssh)}" + (" (host ssh-agent forwarded)" if plan.ssh_agent else ""),
         f"  pipelock:   {plan.pipelock_image}",
+        f"  limits:     {limits_line(plan.limits)}",
         f"  containers: {plan.agent_container} (agent), {plan.sidecar} (pipelock sidecar)",
         f"  networks:   {', '.join(nets)}{egress_note}",
         *([LEARN_WARNING] if plan.learn else []),
@@ -1637,13 +1778,13 @@ class Files(namedtuple("Files", "kind source target readonly uid gid", defaults=
 
 class ContainerSpec(namedtuple("ContainerSpec", "name role image command entrypoint user network ip no_outside_dns "
                                                 "cap_add read_only pids_limit init interactive tty workdir mounts "
-                                                "env labels remove",
+                                                "env labels remove memory cpus",
                                defaults=("", "", "", (), None, "", None, None, False, (), False, None, False, False,
-                                         False, None, (), (), None, False))):
+                                         False, None, (), (), None, False, None, None))):
     """One container: every capability is dropped and no-new-privileges is set, always; `cap_add` names the few a
     container gets back. network None: no network. env: (name, value) pairs, value None for a variable passed by
     name from claude-bottle's own environment (never in argv). mounts: Mount and Files records. remove: a one-off
-    container removed when it exits."""
+    container removed when it exits. memory: a limit in bytes with no swap beyond it; cpus: a share of CPUs."""
 
     __slots__ = ()
 
@@ -1703,7 +1844,8 @@ def sidecar_spec(plan: Plan, ip: str | None = None) -> ContainerSpec:
                          command=("run", "--config", f"{PIPELOCK_CONFIG_DIR}/pipelock.yaml", "--listen",
                                   f"0.0.0.0:{PROXY_PORT}"),
                          user=SIDECAR_USER, network=plan.egress, ip=ip, read_only=True,
-                         pids_limit=SIDECAR_PIDS_LIMIT, mounts=(config,), labels=session_labels(plan, "pipelock"))
+                         pids_limit=plan.limits.sidecar_pids, memory=plan.limits.sidecar_memory,
+                         cpus=plan.limits.sidecar_cpus, mounts=(config,), labels=session_labels(plan, "pipelock"))
 
 
 def planned_identity(plan: Plan) -> Identity:
@@ -1718,10 +1860,13 @@ def identity_mounts(plan: Plan, ident: Identity) -> list:
     mounts = [Files("file", os.path.join(plan.private_dir, name), f"/etc/{name}") for name in ("passwd", "group")
               if getattr(ident, name)]
     # tmpfs options as mount(8) takes them: a home of the uid's own, exec for tools installed into it.
+    # Each sized: a tmpfs is memory, and without a size it may grow to half the engine's.
+    size = f"size={size_text(plan.limits.tmpfs_size)}"
     if ident.home_tmpfs:
-        mounts.append(Mount("tmpfs", "", ident.home, options=f"uid={ident.uid},gid={ident.gid},mode=0700,exec"))
+        mounts.append(Mount("tmpfs", "", ident.home,
+                            options=f"uid={ident.uid},gid={ident.gid},mode=0700,exec,{size}"))
     if ident.tmp_tmpfs:
-        mounts.append(Mount("tmpfs", "", "/tmp", options="mode=1777,exec"))
+        mounts.append(Mount("tmpfs", "", "/tmp", options=f"mode=1777,exec,{size}"))
     if plan.ssh:
         # The session's ssh dir, the uid's own: ssh reads config there and writes known_hosts beside it.
         mounts.append(Files("dir", os.path.join(plan.private_dir, "ssh"), f"{ident.home}/.ssh", readonly=False,
@@ -1768,7 +1913,8 @@ def agent_spec(plan: Plan, ip: str | None = None, state: str | None = None) -> C
         name=plan.agent_container, role="agent", image=plan.image, command=command, entrypoint=entrypoint,
         user=f"{ident.uid}:{ident.gid}", network=plan.internal_network, ip=ip,
         # No DNS path out, whatever the engine version: only the names the engine itself answers (the sidecar's).
-        no_outside_dns=True, pids_limit=AGENT_PIDS_LIMIT, init=True, interactive=True, tty=plan.tty,
+        no_outside_dns=True, pids_limit=AGENT_PIDS_LIMIT, memory=plan.limits.memory, cpus=plan.limits.cpus,
+        init=True, interactive=True, tty=plan.tty,
         workdir=plan.workdir, mounts=tuple(mounts), env=tuple(env),
         labels={**session_labels(plan, "agent"), f"{LABEL}.workspace": plan.workspace,
                 f"{LABEL}.mode": "clone" if plan.clone else "bind"})
@@ -1919,6 +2065,7 @@ def plan_json(plan: Plan) -> dict:
     data["ssh"] = [s._asdict() for s in plan.ssh]
     data["brokered"] = [{**ep._asdict(), "line": brokered_text(ep)} for ep in plan.brokered]
     data["identity"] = plan.identity._asdict()
+    data["limits"] = {**plan.limits._asdict(), "set_by": dict(plan.limits.set_by), "agent_pids": AGENT_PIDS_LIMIT}
     data.update(
         version=__version__,
         containers={"agent": plan.agent_container, "pipelock": plan.sidecar},
@@ -2225,14 +2372,21 @@ class Resource(namedtuple("Resource", "kind name state labels created")):
     __slots__ = ()
 
 
+class ContainerState(namedtuple("ContainerState", "status exit_code oom_killed")):
+    """A container's state: "running", "exited", ...; its exit status; whether the kernel killed a process of it
+    for memory (at its limit)."""
+
+    __slots__ = ()
+
+
 class Engine:
     """What a session needs of a container engine. Code outside the engine speaks in specs (ContainerSpec,
     NetworkSpec, VolumeSpec), names and records, and reads errors by EngineError.kind; only an engine knows its
     CLI, its output formats and its error text. DockerEngine is the one in use; RecordingEngine is DockerEngine
     recording instead of running, for the dry run.
 
-    Reads:  version, image_id, network_exists, volume_exists, volume_holders, resources, volumes, address, logs,
-            follow_logs, routes.
+    Reads:  version, capacity, image_id, network_exists, volume_exists, volume_holders, resources, volumes, address,
+            container_state, watch, logs, follow_logs, routes.
     Writes: pull, build, create_network, create_volume, run (a one-off container, to its end), run_detached,
             create, start_attached, connect, exec, copy_in, update_files, remove.
     """
@@ -2399,6 +2553,9 @@ class DockerEngine(Engine):
         argv += ["--cap-drop", "ALL", *(a for c in spec.cap_add for a in ("--cap-add", c))]
         argv += ["--security-opt", "no-new-privileges"]
         argv += ["--pids-limit", str(spec.pids_limit)] if spec.pids_limit else []
+        # The same for --memory-swap: no swap on top of the limit.
+        argv += ["--memory", size_text(spec.memory), "--memory-swap", size_text(spec.memory)] if spec.memory else []
+        argv += ["--cpus", f"{spec.cpus:g}"] if spec.cpus else []
         argv += ["--init"] if spec.init else []
         argv += ["--interactive"] if spec.interactive else []
         argv += ["--tty"] if spec.tty else []
@@ -2483,6 +2640,38 @@ class DockerEngine(Engine):
                 (True, "engine DNS", "internal networks forward outside DNS on this engine (CVE-2024-29018); the "
                  "agent's --dns 127.0.0.1 keeps it off that path" if self.leaks_dns(version) else
                  "internal networks do not forward outside DNS")]
+
+    def capacity(self) -> tuple | None:
+        """(CPUs, bytes of memory) the engine has; None when it does not say."""
+        r = self.call(["info", "--format", "{{json .NCPU}} {{json .MemTotal}}"], check=False)
+        try:
+            ncpu, memory = (int(v) for v in r.stdout.split())
+        except ValueError:
+            return None
+        return (ncpu, memory) if ncpu > 0 and memory > 0 else None
+
+    def container_state(self, container: str) -> ContainerState | None:
+        """The container's state, or None when it is gone."""
+        argv = ["container", "inspect", "--format", "{{json .State}}", container]
+        r = self.call(argv, check=False)
+        if r.status != 0:
+            if _only_missing(r.stderr):
+                return None
+            raise self.error([self.program, *argv], r.status, r.stderr)
+        try:
+            state = json.loads(r.stdout)
+        except ValueError:
+            return None
+        if not isinstance(state, dict):
+            return None
+        return ContainerState(str(state.get("Status", "")), int(state.get("ExitCode") or 0),
+                              state.get("OOMKilled") is True)
+
+    def watch(self, container: str):
+        """A process that ends when the container stops (or the engine stops answering); the caller kills it."""
+        import subprocess
+        return self.popen(["wait", container], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
 
     def image_id(self, image: str) -> str | None:
         r = self.call(["image", "inspect", "--format", "{{.Id}}", image], check=False)
@@ -2791,6 +2980,8 @@ class Teardown:
         self.steps = []
         self.procs = []
         self.left = []
+        # Set when the engine went away under the session: nothing is asked of it, `gc` removes the rest later.
+        self.lost = False
         # Set when a create was killed before the engine answered: it may still appear, so look again at the end.
         self.uncertain = None
 
@@ -2823,7 +3014,7 @@ class Teardown:
     def _remove(self, kind: str, names: list) -> None:
         if not names:
             return
-        if self.left:
+        if self.left or self.lost:
             self.left += names
             return
         self.engine.note = self.NOTES.get(kind, "teardown")
@@ -2849,7 +3040,7 @@ class Teardown:
                 self.left.append(f"(the engine did not answer: {e})")
             except Exception as e:
                 warn(f"teardown step {getattr(fn, '__name__', fn)} failed: {e}")
-        if self.uncertain and not self.left:
+        if self.uncertain and not self.left and not self.lost:
             self._sweep(self.uncertain)
         for proc in self.procs:
             try:
@@ -2857,7 +3048,7 @@ class Teardown:
             except Exception:
                 proc.kill()
                 proc.wait()
-        if self.left:
+        if self.left and not self.lost:
             warn(f"the engine did not answer within {self.engine.ctx.teardown_timeout:.0f} s, so these may be left: "
                  f"{', '.join(n for n in self.left if not n.startswith('('))}; once this CLI has exited, "
                  f"`claude-bottle gc` removes them")
@@ -2904,6 +3095,9 @@ def runtime_base() -> Path:
         os.mkdir(base, 0o700)
     except FileExistsError:
         pass
+    except OSError as e:
+        raise BottleError(f"cannot make {base} ({e.strerror}); free some space there, or set TMPDIR to a "
+                          f"directory of your own with room") from None
     st = os.lstat(base)
     import stat
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
@@ -2967,6 +3161,13 @@ def write_private_files(plan: Plan, secret: str = "") -> None:
     _write_private(os.path.join(plan.private_dir, LIVE_STATE), json.dumps(live_state(plan), indent=1) + "\n")
     if secret:
         _write_private(os.path.join(plan.private_dir, OWNER_SECRET), secret)
+
+
+def private_files_failed(plan: Plan, e: OSError) -> BottleError:
+    """A private dir that cannot be written (a full disk, a read-only TMPDIR): one line, before anything exists."""
+    return BottleError(f"the session's private files could not be written in {os.path.dirname(plan.private_dir)} "
+                       f"({e.strerror}); nothing was started: free some space there, or set TMPDIR to a directory "
+                       f"with room")
 
 
 def remove_private_dir(path: str) -> None:
@@ -3675,6 +3876,9 @@ def claim_workspace(plan: Plan, engine: Engine) -> tuple:
     bind-mounted, a start that was not told --bind works on a copy instead (a git repository's) and says so; told
     --bind, or outside a repository, it refuses."""
     sessions = find_sessions(engine)
+    engine.note = "the engine's CPUs and memory: a limit above them is refused"
+    plan = fit_limits(plan, engine.capacity())
+    engine.note = ""
     if plan.clone:
         return plan, sessions
     other = next((s for s in sessions if s.get("workspace") == plan.workspace and s.get("mode") == "bind"
@@ -3696,6 +3900,64 @@ def claim_workspace(plan: Plan, engine: Engine) -> tuple:
     say(f"claude-bottle: session {other['session']} is editing {plan.workspace} in place, so this one works on a "
         f"copy: {clone_line(plan)}")
     return plan, sessions
+
+
+def watch_sidecar(run: Run):
+    """Watch the sidecar while the session runs: the agent's only way out must not go without a word."""
+    proc = run.engine.watch(run.plan.sidecar)
+    # It ends once teardown has removed the sidecar (or is killed 10 s later: an engine that does not answer).
+    run.td.adopt(proc)
+    return proc
+
+
+def sidecar_stopped(engine: Engine, plan: Plan) -> BottleError:
+    """Why the session ends when its sidecar stopped under a running agent, as one line."""
+    engine.note = "the sidecar stopped: how"
+    try:
+        state = engine.container_state(plan.sidecar)
+    except BottleError as e:
+        return engine_lost(e)
+    if state is None:
+        why = "was removed"
+    elif state.oom_killed:
+        fix = limit_fix(plan, "sidecar_memory", f'"{size_text(plan.limits.sidecar_memory * 2)}"')
+        why = f"was killed for memory at its limit of {human_size(plan.limits.sidecar_memory)} (to give it more, {fix})"
+    elif state.status == "running":
+        why = "stopped being watched"
+    else:
+        why = f"stopped (exit status {state.exit_code})"
+    return BottleError(f"the pipelock sidecar {plan.sidecar} {why} while the agent ran; it was the agent's only way "
+                       f"out, so the session was ended and torn down; start it again: claude-bottle start "
+                       f"{plan.agent}")
+
+
+class EngineLost(BottleError):
+    """The engine stopped answering under a running session: teardown leaves the rest to `gc`."""
+
+
+def engine_lost(e: BottleError) -> BottleError:
+    return EngineLost(f"the engine stopped answering while the agent ran (restarted or stopped?), so the session "
+                       f"was ended ({str(e)[-200:]}); run `claude-bottle gc` once it answers again, which removes what "
+                       f"is left (the agent's state volume stays)")
+
+
+def oom_line(engine: Engine, plan: Plan, status: int) -> str:
+    """After the agent's end, before its container is removed: a line when the kernel killed the agent (or a
+    process of it) for memory at its limit, with how to raise it; else "". An engine that does not answer (it
+    restarted under the session, which is what ended the agent) is an error saying so."""
+    engine.note = "teardown: was the agent killed for memory?"
+    try:
+        state = engine.container_state(plan.agent_container)
+    except BottleError as e:
+        raise engine_lost(e) from None
+    if state is None or not state.oom_killed:
+        return ""
+    fix = limit_fix(plan, "memory", f'"{size_text(plan.limits.memory * 2)}"')
+    if status == 137:
+        return (f"claude-bottle: the agent was killed for memory: it reached its limit of "
+                f"{human_size(plan.limits.memory)} (exit status 137); to give it more, {fix}")
+    return (f"claude-bottle: a process in the agent was killed for memory at the agent's limit of "
+            f"{human_size(plan.limits.memory)}; to give it more, {fix}")
 
 
 def launch_agent(run: Run):
@@ -3961,6 +4223,8 @@ def start_steps(plan: Plan, engine: Engine, report_json: str | None = None, quie
     agent_files = tuple(("volume", v) for v in engine.file_volumes(agent_spec(plan)))
     steps += [
         Step("sidecar", after=ready + nets, undo=(*sidecar_files, ("container", sidecar)), action=run_sidecar),
+        Step("watch", "the sidecar, while the session runs: when it stops, the session ends and says why",
+             after=("sidecar",), action=watch_sidecar),
         Step("connect", after=("sidecar",), action=connect_sidecar),
         Step("agent", "at the same time as the sidecar",
              after=ready + nets + ("state",) + (("workspace",) if plan.clone else ()),
@@ -3992,15 +4256,18 @@ def start_steps(plan: Plan, engine: Engine, report_json: str | None = None, quie
     return steps
 
 
-def wait_agent(proc, ctx: Context) -> int:
-    """The agent's exit status; a signal ends the wait (teardown then stops the agent)."""
+def wait_agent(proc, ctx: Context, watch=None, stopped=None) -> int:
+    """The agent's exit status; a signal ends the wait (teardown then stops the agent), and so does the end of
+    `watch` (the sidecar stopped): then the error `stopped()` makes is raised."""
     import subprocess
     while True:
         ctx.check_signal()
         try:
             return proc.wait(timeout=0.1)
         except subprocess.TimeoutExpired:
-            continue
+            pass
+        if watch is not None and watch.poll() is not None:
+            raise stopped()
 
 
 def record_start(plan: Plan, ctx: Context | None = None) -> RecordingEngine:
@@ -4013,7 +4280,7 @@ def record_start(plan: Plan, ctx: Context | None = None) -> RecordingEngine:
     plan, sessions = claim_workspace(plan, engine)
     with Teardown(engine) as td:
         results = run_steps(start_steps(plan, engine, quiet=True, sessions=sessions), Run(plan, td), workers=1)
-        wait_agent(results.start, engine.ctx)
+        oom_line(engine, plan, wait_agent(results.start, engine.ctx))
     return engine
 
 
@@ -4026,9 +4293,12 @@ def run_session(plan: Plan, engine: Engine, secret: str, report_json: str | None
     teardown stack unwinds: the egress report, agent and sidecar, networks, the private dir.
     """
     with Teardown(engine) as td:
-        make_private_dir(plan.private_dir)
-        td.callback(remove_private_dir, plan.private_dir)
-        write_private_files(plan, secret)
+        try:
+            make_private_dir(plan.private_dir)
+            td.callback(remove_private_dir, plan.private_dir)
+            write_private_files(plan, secret)
+        except OSError as e:
+            raise private_files_failed(plan, e) from None
         if plan.ssh_agent:
             sock = os.path.join(plan.private_dir, "ssh-agent.sock")
             relay = SshAgentRelay(plan.ssh_agent, sock, plan.identity.uid)
@@ -4048,7 +4318,17 @@ def run_session(plan: Plan, engine: Engine, secret: str, report_json: str | None
             td.callback(quarantine_commondir, plan)
         steps = start_steps(plan, engine, report_json, quiet, broker, save_learned, sessions)
         results = run_steps(steps, Run(plan, td, broker))
-        status = wait_agent(results.start, engine.ctx)
+        try:
+            status = wait_agent(results.start, engine.ctx, results.watch, lambda: sidecar_stopped(engine, plan))
+            if results.watch.poll() is not None:
+                # The sidecar ended with the agent: an engine restart stops both.
+                raise sidecar_stopped(engine, plan)
+            oom = oom_line(engine, plan, status)
+        except EngineLost:
+            td.lost = True
+            raise
+    if oom:
+        say(oom)
     if td.left:
         raise BottleError("teardown did not finish: the engine stopped answering (see the warning above); "
                           "run `claude-bottle gc` once it answers again")
@@ -5114,11 +5394,9 @@ def render_event(event: dict) -> str:
 
 # ---- Changing a running bottle: allow and deny live ----
 
-def atomic_write(path: str, text: str, mode: int = 0o600, share_uid: int | None = None) -> None:
-    """Replace `path` with `text` in one step: a temp file in the same directory, then a rename.
-
-    pipelock watches its config directory; it must never read half a file, and a failed write leaves the old one.
-    """
+def staged_write(path: str, text: str, mode: int = 0o600, share_uid: int | None = None) -> str:
+    """`text` in a temp file beside `path`, written out and synced: `os.replace` of it puts it in force in one step,
+    and needs no space (a full disk fails here, before anything changed). Returns the temp file's path."""
     fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=os.path.dirname(path) or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
@@ -5128,12 +5406,29 @@ def atomic_write(path: str, text: str, mode: int = 0o600, share_uid: int | None 
         os.chmod(tmp, mode)
         if share_uid is not None:
             share_with(tmp, share_uid, 0o600, 0o644)
+    except BaseException:
+        discard_staged(tmp)
+        raise
+    return tmp
+
+
+def discard_staged(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def atomic_write(path: str, text: str, mode: int = 0o600, share_uid: int | None = None) -> None:
+    """Replace `path` with `text` in one step: a temp file in the same directory, then a rename.
+
+    pipelock watches its config directory; it must never read half a file, and a failed write leaves the old one.
+    """
+    tmp = staged_write(path, text, mode, share_uid)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        discard_staged(tmp)
         raise
 
 
@@ -5270,15 +5565,26 @@ def change_session(args, engine: Engine, add: bool) -> int:
             new["change"] = int(state.get("change", 0)) + 1
             text = pipelock_yaml(new["session"], new["hosts"], new["trusted"], new["max_tunnel_seconds"],
                                  new["idle_timeout_seconds"], enforce=not new.get("learn"), change=new["change"])
-            wait = write_sidecar_config(engine, private, sidecar["name"], text)
+            # Written before the change and put in force (a rename) once pipelock applied it: a full disk stops the
+            # change here, before anything changed.
+            try:
+                live = staged_write(os.path.join(private, LIVE_STATE), json.dumps(new, indent=1) + "\n")
+            except OSError as e:
+                raise no_room(e, session["session"]) from None
+            try:
+                wait = write_sidecar_config(engine, private, sidecar["name"], text)
+            except BaseException:
+                discard_staged(live)
+                raise
             if wait.state != "applied":
+                discard_staged(live)
                 if wait.state == "refused":
                     raise BottleError(f"pipelock refused the change ({_visible(wait.reason)}); session "
                                       f"{session['session']} allows what it did before")
                 raise BottleError(f"pipelock did not confirm the change within {engine.ctx.reload_timeout:g} s; the "
                                   f"previous config is back in place and session {session['session']} allows what "
                                   f"it did before")
-            atomic_write(os.path.join(private, LIVE_STATE), json.dumps(new, indent=1) + "\n")
+            os.replace(live, os.path.join(private, LIVE_STATE))
             state = new
             print(f"{'allowed' if add else 'denied'} {', '.join(hosts)} in session {session['session']} (pipelock "
                   f"reloaded its config)")
@@ -5289,27 +5595,47 @@ def change_session(args, engine: Engine, add: bool) -> int:
     return 0
 
 
+def no_room(e: OSError, session: str) -> BottleError:
+    where = f" in {os.path.dirname(e.filename)}" if e.filename else ""
+    return BottleError(f"the new config could not be written{where} ({e.strerror}); nothing was changed and session "
+                       f"{session} allows what it did before; free some space there and try again")
+
+
 def write_sidecar_config(engine: Engine, private: str, sidecar: str, text: str) -> ReloadWait:
     """Put `text` in force as the sidecar's config and wait for pipelock's word on it. Unless pipelock applied it,
     the old config goes back (pipelock keeps the config it had), so the file and pipelock never disagree; the
-    same when the wait is interrupted or the engine fails, since whether pipelock took it is then unknown."""
+    same when the wait is interrupted or the engine fails, since whether pipelock took it is then unknown.
+
+    Both files are written out before either is put in force (a rename, which needs no space): a full disk stops
+    the change before the file changes, and cannot stop the old config from coming back."""
     config = os.path.join(private, "pipelock", "pipelock.yaml")
     files = Files("dir", os.path.dirname(config), PIPELOCK_CONFIG_DIR)
     sidecar_uid = int(SIDECAR_USER.split(":")[0])
     old_text = Path(config).read_text(encoding="utf-8")
     ns = time.time_ns()
     since = f"{ns // 10**9}.{ns % 10**9:09d}"
-    atomic_write(config, text, share_uid=sidecar_uid)
+    staged = []
+    try:
+        staged.append(staged_write(config, old_text, share_uid=sidecar_uid))
+        staged.append(staged_write(config, text, share_uid=sidecar_uid))
+    except OSError as e:
+        for tmp in staged:
+            discard_staged(tmp)
+        raise no_room(e, os.path.basename(private)) from None
+    old, new = staged
+    os.replace(new, config)
     try:
         engine.update_files(sidecar, files)
         wait = wait_reload(engine, sidecar, _sha256(text), since)
     except BaseException:
-        atomic_write(config, old_text, share_uid=sidecar_uid)
+        os.replace(old, config)
         engine.update_files(sidecar, files)
         raise
     if wait.state != "applied":
-        atomic_write(config, old_text, share_uid=sidecar_uid)
+        os.replace(old, config)
         engine.update_files(sidecar, files)
+    else:
+        discard_staged(old)
     return wait
 
 
@@ -5384,10 +5710,16 @@ def dry_run(plan: Plan, as_json: bool, ctx: Context) -> int:
     """The preflight and every engine command of a start, from the real steps run against a RecordingEngine."""
     plan = inspect_clone(plan)
     runtime_base()
-    make_private_dir(plan.private_dir)
+    try:
+        make_private_dir(plan.private_dir)
+    except OSError as e:
+        raise private_files_failed(plan, e) from None
     try:
         # The same write as a real start, so a dry run proves the files can be made.
-        write_private_files(plan)
+        try:
+            write_private_files(plan)
+        except OSError as e:
+            raise private_files_failed(plan, e) from None
         if as_json:
             print(json.dumps(plan_json(plan), indent=2))
             return 0

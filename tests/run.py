@@ -22,10 +22,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Seconds each module took in a quiet run, longest first (the order modules start in; unknown ones go first).
-WEIGHTS = {"tests.e2e.test_lifecycle": 300, "tests.e2e.test_broker": 180, "tests.e2e.test_security": 160,
-           "tests.e2e.test_remote_rig": 150, "tests.e2e.test_identity": 150, "tests.e2e.test_servers": 90,
-           "tests.e2e.test_live": 60, "tests.e2e.test_state": 55, "tests.e2e.test_builtin_image": 55,
-           "tests.e2e.test_ssh": 50, "tests.e2e.test_clone": 60, "tests.test_cli": 45}
+WEIGHTS = {"tests.e2e.test_lifecycle": 300, "tests.e2e.test_faults": 250, "tests.e2e.test_broker": 180,
+           "tests.e2e.test_security": 160, "tests.e2e.test_remote_rig": 150, "tests.e2e.test_identity": 150,
+           "tests.e2e.test_servers": 90, "tests.e2e.test_egress": 80, "tests.e2e.test_live": 60,
+           "tests.e2e.test_state": 55, "tests.e2e.test_builtin_image": 55, "tests.e2e.test_ssh": 50,
+           "tests.e2e.test_clone": 60, "tests.test_cli": 45}
 
 
 def modules(unit_only: bool) -> list:

@@ -211,12 +211,14 @@ class Start(CliTest):
         agent, sidecar = f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"
         internal, egress = f"claude-bottle-{sid}-internal", f"claude-bottle-{sid}-egress"
         return [
+            [["info", "--format"]],
             [["image", "inspect", "--format", "{{.Id}}"]],
             [["network", "create", "--internal"], ["network", "create", "--subnet"]],
             # The sidecar (run, connect at the address the session chose) beside the agent (create, start: gated).
             [["run", "--detach", "--name", sidecar], ["network", "connect", "--ip"],
              ["create", "--name", agent], ["start", "--attach", "--interactive", agent]],
             [["exec", agent, "sh", "-c"]],
+            [["container", "inspect", "--format", "{{json .State}}", agent]],
             [["logs", sidecar]],
             [["rm", "--force", agent, sidecar]],
             [["network", "rm", egress, internal]],
@@ -244,6 +246,12 @@ class Start(CliTest):
         before its own, and after its container's `create`.
         """
         rest = self.without_reaper(calls)
+        # The watch on the sidecar (`docker wait`) is launched, not waited for, like a start: it only has to come
+        # after the sidecar's run.
+        for watch in [c for c in rest if c[0] == "wait"]:
+            runs = [c[:4] for c in calls[:calls.index(watch)]]
+            self.assertIn(["run", "--detach", "--name", watch[-1]], runs, f"{watch} before its container's run")
+        rest = [c for c in rest if c[0] != "wait"]
         starts = [c for c in rest if c[0] == "start"]
         rest = [c for c in rest if c[0] != "start"]
         seen = []
@@ -290,6 +298,7 @@ class Start(CliTest):
             str(int(subnets[internal].split("/")[0].rsplit(".", 1)[1]) + 1)
         self.assertIn(f"http://{gateway}:8888/", self_test, "probes the internal network's gateway: the host")
         self.assertIn(f"http://{sidecar}:8888/health", self_test, "waits for pipelock's health from the agent")
+        self.assertIn(["wait", sidecar], calls, "the sidecar is watched while the agent runs")
         self.assertNoPrivateDir()
 
     def test_no_self_test(self):
@@ -300,9 +309,9 @@ class Start(CliTest):
         # The sidecar and the agent's container, and health once the sidecar is connected (the agent's create also
         # waits for the state volume, so the two may come in either order); only then the start. No inspect, no
         # self-test, no gate.
-        sidecar_and_agent = [p for p in phases[2] if p[0] != "start"]
+        sidecar_and_agent = [p for p in phases[3] if p[0] != "start"]
         health = ["exec", f"claude-bottle-{sid}-pipelock", "/pipelock", "healthcheck"]
-        self.assertPhases(self.fake.argvs(), phases[:2] + [sidecar_and_agent + [health], [phases[2][-1]]] + phases[4:])
+        self.assertPhases(self.fake.argvs(), phases[:3] + [sidecar_and_agent + [health], [phases[3][-1]]] + phases[5:])
         calls = self.fake.argvs()
         self.assertLess(calls.index(next(a for a in calls if a[:2] == ["network", "connect"])), calls.index(health))
         create = next(a for a in self.fake.argvs() if a[0] == "create")
@@ -401,7 +410,7 @@ class Start(CliTest):
         # against the failing run, and is then removed with the sidecar.
         created = any(c[:3] == ["create", "--name", agent] for c in calls)
         self.assertPhases(calls, [
-            [["image", "inspect"]], [["network", "create"], ["network", "create"]],
+            [["info"]], [["image", "inspect"]], [["network", "create"], ["network", "create"]],
             [["run", "--detach", "--name", sidecar]] + ([["create", "--name", agent]] if created else []),
             [["rm", "--force", *([agent] if created else []), sidecar]],
             [["network", "rm", f"claude-bottle-{sid}-egress", f"claude-bottle-{sid}-internal"]]])
@@ -455,7 +464,7 @@ class Start(CliTest):
         self.assertOneLineError(proc, 2, "egress_network", "corp-egress")
         # After the sessions are listed (reads), nothing is created: the check comes first of the steps.
         self.assertEqual([a[:2] for a in self.fake.argvs()], [["ps", "--all"], ["network", "ls"],
-                                                              ["network", "inspect"]])
+                                                              ["info", "--format"], ["network", "inspect"]])
 
     def test_egress_network_used_not_created(self):
         self.write_config('[bottles.default]\negress_network = "corp-egress"\n')

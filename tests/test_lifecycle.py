@@ -292,10 +292,13 @@ class RunnerTest(SeamTest):
                                     (["volume", "inspect"], (1, "Error: No such volume"))]))
         plan, sessions = cb.claim_workspace(plan, engine)
         with mock.patch.object(sys, "stderr", io.StringIO()), cb.Teardown(engine) as td:
-            cb.run_steps(cb.start_steps(plan, engine, quiet=True, sessions=sessions), cb.Run(plan, td), workers=1)
+            results = cb.run_steps(cb.start_steps(plan, engine, quiet=True, sessions=sessions), cb.Run(plan, td),
+                                   workers=1)
+            cb.oom_line(engine, plan, cb.wait_agent(results.start, engine.ctx))
         shown = [argv for argv, _ in cb.planned_commands(plan)]
         self.assertEqual(shown, engine.calls)
-        self.assertEqual(shown[-3:], [["logs", plan.sidecar],
+        self.assertEqual(shown[-4:], [["container", "inspect", "--format", "{{json .State}}", plan.agent_container],
+                                      ["logs", plan.sidecar],
                                       ["rm", "--force", plan.agent_container, plan.sidecar, plan.state_init],
                                       ["network", "rm", plan.egress, plan.internal_network]])
 

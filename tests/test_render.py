@@ -500,7 +500,7 @@ def kind(argv) -> str:
         if a.startswith("-") or len(words) == 2:
             break
         words.append(a)
-    if words[0] not in ("network", "image", "volume"):
+    if words[0] not in ("network", "image", "volume", "container"):
         words = words[:1]
     return " ".join(words)
 
@@ -514,25 +514,28 @@ class PlannedCommandsTest(Base):
         cmds = cb.planned_commands(plan)
         self.assertEqual([kind(a) for a, _ in cmds], [
             "ps", "network ls",  # the sessions: a workspace edited in place by another one, orphans to reap
+            "info",  # the engine's CPUs and memory, for the limits
             "image inspect", "build",
             "network create", "network create",
             "ps", "volume inspect", "volume create", "run",  # the state volume: made only when missing
-            "run", "network connect", "create",
+            "run", "wait", "network connect", "create",  # the sidecar, watched while the session runs
             "start", "exec",  # the agent starts gated; the self-test (also the health wait) opens the gate
+            "container inspect",  # the agent's end: killed for memory?
             "logs", "rm", "network rm"])
-        self.assertEqual(cmds[4][0][-1], plan.internal_network)
-        self.assertIn("--internal", cmds[4][0])
-        self.assertEqual(cmds[5][0][-1], plan.egress)
-        self.assertNotIn("--internal", cmds[5][0])
+        self.assertEqual(cmds[5][0][-1], plan.internal_network)
+        self.assertIn("--internal", cmds[5][0])
+        self.assertEqual(cmds[6][0][-1], plan.egress)
+        self.assertNotIn("--internal", cmds[6][0])
         self.assertIn("label=claude-bottle.session", cmds[0][0])
-        self.assertEqual(cmds[14][0][:4], ["exec", plan.agent_container, "sh", "-c"])
-        self.assertIn("/health", cmds[14][0][-1], "the self-test waits for pipelock's health from the agent")
+        self.assertEqual(cmds[12][0], ["wait", plan.sidecar])
+        self.assertEqual(cmds[16][0][:4], ["exec", plan.agent_container, "sh", "-c"])
+        self.assertIn("/health", cmds[16][0][-1], "the self-test waits for pipelock's health from the agent")
         # The self-test probes the sidecar's egress-side address and the internal gateway, both of the session's
         # own subnets, so no inspect is needed to learn them.
         egress, internal = plan.subnet(plan.egress), plan.subnet(plan.internal_network)
-        self.assertTrue(has_pair(cmds[10][0], "--ip", cb.subnet_address(egress, 2)))
-        self.assertIn(f"http://{cb.subnet_address(egress, 2)}:8888/health", cmds[14][0][-1])
-        self.assertIn(f"http://{cb.subnet_address(internal, 1)}:8888/", cmds[14][0][-1])
+        self.assertTrue(has_pair(cmds[11][0], "--ip", cb.subnet_address(egress, 2)))
+        self.assertIn(f"http://{cb.subnet_address(egress, 2)}:8888/health", cmds[16][0][-1])
+        self.assertIn(f"http://{cb.subnet_address(internal, 1)}:8888/", cmds[16][0][-1])
         # The state's init container too: it is the session's, and a start that stops half-way may leave it.
         self.assertEqual(cmds[-2][0], ["rm", "--force", plan.agent_container, plan.sidecar, plan.state_init])
         # Networks go in reverse: the egress bridge, then the internal one.
@@ -542,32 +545,34 @@ class PlannedCommandsTest(Base):
         plan = self.plan_from("ssh")
         self.assertEqual(self.kinds(plan), [
             "image inspect", "run",  # the image probe, before the y/N
-            "ps", "network ls", "network create", "network create", "ps", "volume inspect", "volume create", "run",
-            "run", "network connect", "create", "start", "exec", "logs", "rm", "network rm"])
+            "ps", "network ls", "info", "network create", "network create", "ps", "volume inspect", "volume create",
+            "run", "run", "wait", "network connect", "create", "start", "exec", "container inspect", "logs", "rm",
+            "network rm"])
 
     def test_order_without_self_test(self):
         plan = self.plan_from("ssh")._replace(self_test=False)
         self.assertEqual(self.kinds(plan), [
-            "image inspect", "run", "ps", "network ls", "network create", "network create", "ps", "volume inspect",
-            "volume create", "run", "run", "network connect", "create", "exec", "start", "logs", "rm", "network rm"])
+            "image inspect", "run", "ps", "network ls", "info", "network create", "network create", "ps",
+            "volume inspect", "volume create", "run", "run", "wait", "network connect", "create", "exec", "start",
+            "container inspect", "logs", "rm", "network rm"])
 
     def test_egress_network_is_inspected_not_created_or_removed(self):
         plan = self.plan_with('[bottles.b]\negress_network = "corp-egress"\n[agents.a]\nbottle = "b"\n'
                               'image = "registry.example/a:1"\n', "a")
         cmds = cb.planned_commands(plan)
         self.assertEqual([kind(a) for a, _ in cmds], [
-            "image inspect", "run", "ps", "network ls", "network inspect", "network create", "ps", "volume inspect",
-            "volume create", "run", "run", "network connect", "create", "inspect", "start", "exec", "logs", "rm",
-            "network rm"])
-        self.assertEqual(cmds[4][0][-1], "corp-egress")
-        self.assertEqual(cmds[5][0][:3], ["network", "create", "--internal"])
-        self.assertEqual(cmds[5][0][-1], plan.internal_network)
+            "image inspect", "run", "ps", "network ls", "info", "network inspect", "network create", "ps",
+            "volume inspect", "volume create", "run", "run", "wait", "network connect", "create", "inspect", "start",
+            "exec", "container inspect", "logs", "rm", "network rm"])
+        self.assertEqual(cmds[5][0][-1], "corp-egress")
+        self.assertEqual(cmds[6][0][:3], ["network", "create", "--internal"])
+        self.assertEqual(cmds[6][0][-1], plan.internal_network)
         self.assertEqual(cmds[-1][0], ["network", "rm", plan.internal_network])
         creates = [a for a, _ in cmds if a[:2] == ["network", "create"]]
         self.assertEqual(len(creates), 1)
         self.assertEqual(values_after(guard.sidecar_run_argv(plan), "--network"), ["corp-egress"])
         self.assertNotIn("--ip", guard.sidecar_run_argv(plan), "an address on the user's network is docker's to give")
-        self.assertNotIn("corp-egress", " ".join(" ".join(a) for a, _ in cmds[5:]
+        self.assertNotIn("corp-egress", " ".join(" ".join(a) for a, _ in cmds[6:]
                                                  if kind(a) in ("network create", "network rm")))
 
     def test_plan_json_agrees_with_its_own_commands(self):
