@@ -35,7 +35,9 @@ class Session:
     """A running session as `allow` finds it: a real private dir (files written as a start writes them) under a
     temp runtime base, its live.json, and a fake pipelock whose log answers each write as told."""
 
-    def __init__(self, test: unittest.TestCase, config_text: str | None = None, answer: str = "apply"):
+    def __init__(self, test: unittest.TestCase, config_text: str | None = None, answer: str = "apply",
+                 reload_timeout: str = "10"):
+        # An answer comes at once; the wait is long only for a loaded machine, short where none must come.
         tmp = tempfile.TemporaryDirectory(prefix="cb-live-")
         test.addCleanup(tmp.cleanup)
         self.base = Path(tmp.name)
@@ -64,7 +66,7 @@ class Session:
             patcher.start()
             test.addCleanup(patcher.stop)
         for patcher in (mock.patch.object(cb.DockerEngine, "popen", lambda engine, argv, **kw: self.popen(*argv, **kw)),
-                        mock.patch.dict(os.environ, {"CLAUDE_BOTTLE_RELOAD_TIMEOUT": "0.5"})):
+                        mock.patch.dict(os.environ, {"CLAUDE_BOTTLE_RELOAD_TIMEOUT": reload_timeout})):
             patcher.start()
             test.addCleanup(patcher.stop)
 
@@ -132,7 +134,7 @@ class AllowDenyTest(unittest.TestCase):
     def test_no_confirmation_is_a_timeout_and_restores_the_file(self):
         for answer in ("silent", "other-hash"):
             with self.subTest(answer=answer):
-                s = Session(self, answer=answer)
+                s = Session(self, answer=answer, reload_timeout="0.5")
                 before = s.yaml.read_bytes()
                 status, out, err = run("allow", s.plan.session, "example.org")
                 self.assertEqual(status, 1)
