@@ -143,7 +143,7 @@ class DryRun(CliTest):
         self.assertEqual(self.fake.calls(), [])
         self.assertNoPrivateDir()
         out = proc.stdout
-        self.assertIn("10 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +7 more)", out)
+        self.assertIn("9 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +6 more)", out)
         self.assertIn("github -> github.com:22", out)
         self.assertIn("ANTHROPIC_API_KEY", out)
         self.assertNotIn(SECRET, out + proc.stderr)
@@ -535,7 +535,8 @@ class Signals(CliTest):
                 self.assertEqual(verbs[-2:], [["rm", "--force"], ["network", "rm"]])
                 sid = self.sid()
                 self.assertEqual(self.fake.argvs()[-2],
-                                 ["rm", "--force", f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"])
+                                 ["rm", "--force", f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock",
+                                  f"claude-bottle-{sid}-state-check"])
                 self.assertNoPrivateDir()
 
     # Every call that creates something, and every one that removes something.
@@ -603,8 +604,9 @@ class Signals(CliTest):
         self.assertFalse(any(r["end"][0] == "rm" for r in self.fake.records() if "end" in r),
                          "the CLI does not wait for an engine that does not answer")
         sid = self.sid()
-        self.assertIn(f"may be left: claude-bottle-{sid}, claude-bottle-{sid}-pipelock, claude-bottle-{sid}-egress, "
-                      f"claude-bottle-{sid}-internal", proc.stderr)
+        self.assertIn(f"may be left: claude-bottle-{sid}, claude-bottle-{sid}-pipelock, "
+                      f"claude-bottle-{sid}-state-check, claude-bottle-{sid}-egress, claude-bottle-{sid}-internal",
+                      proc.stderr)
         self.assertIn("claude-bottle gc", proc.stderr)
         self.assertNotIn(["network", "rm"], [a[:2] for a in self.fake.argvs()], "no more calls to a hung engine")
         self.assertNoPrivateDir()

@@ -230,6 +230,11 @@ class LoginBottleTest(PlanTest):
 
 
 class CliTest(test_cli.CliTest):
+    def reset(self):
+        self.fake.log.write_text("")
+        for marker in self.fake.state.iterdir():
+            marker.unlink()
+
     def token_file(self, mode=0o600) -> Path:
         path = self.home / ".config" / "claude-bottle" / "oauth-token"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,6 +261,21 @@ class CliTest(test_cli.CliTest):
         proc = self.cli("start", "--dry-run")
         self.assertOneLineError(proc, 2, "oauth-token", "mode 0644")
         self.assertNotIn(TOKEN[13:], proc.stdout + proc.stderr)
+
+    def test_a_kept_state_holding_a_login_is_reported(self):
+        for rc, found in ((0, True), (1, False)):
+            with self.subTest(found=found):
+                self.reset()
+                rules = [{"match": ["run", "--rm"], "contains": ".credentials.json", "rc": rc}]
+                proc = self.cli("start", "--yes", "--", "true", env=self.env(rules, start_rc=0))
+                self.assertEqual(proc.returncode, 0, proc.stderr)
+                out = proc.stdout + proc.stderr
+                self.assertEqual("holds a Claude Code login (.credentials.json" in out, found, out)
+                if found:
+                    self.assertIn("`claude-bottle logout --state claude`", out)
+                (check,) = [a for a in self.fake.argvs() if ".credentials.json" in a[-1]]
+                self.assertEqual(check[check.index("--network") + 1], "none")
+                self.assertTrue(any(m.endswith(f"target={cb.AGENT_STATE_DIR},readonly") for m in mounts_of(check)))
 
     def test_the_dry_run_shows_the_login_but_never_the_token(self):
         self.token_file()
