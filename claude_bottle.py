@@ -6038,9 +6038,9 @@ def cmd_login(args, command, ctx: Context) -> int:
     runtime_base()
     token = run_login(plan, engine)
     write_login(path, token)
-    say(f"claude-bottle: logged in; the token is kept in {path} (0600) and every session brokers it as "
-        f"{OAUTH_ENV}" + (f" (your environment's {', '.join(n for n in (c.env for c in builtin_credentials()) if os.environ.get(n))} "
-                          f"takes precedence while it is set)" if any(os.environ.get(c.env) for c in builtin_credentials()) else ""))
+    own = [c.env for c in builtin_credentials() if os.environ.get(c.env)]
+    say(f"claude-bottle: logged in; the token is kept in {path} (0600) and every session brokers it as {OAUTH_ENV}"
+        + (f" (your environment's {', '.join(own)} wins while it is set)" if own else ""))
     return 0
 
 

@@ -233,7 +233,7 @@ class Start(CliTest):
         assert calls.index(state[1]) < create, f"the state volume is checked before the agent is created: {calls}"
         # Whether Claude Code's own login is stored in the kept state: a read-only look, beside the rest.
         check = [c for c in calls if c[:3] == ["run", "--rm", "--name"] and c[3].endswith("-state-check")]
-        assert all(calls.index(c) > calls.index(state[1]) for c in check), f"the state is looked into once it is: {calls}"
+        assert all(calls.index(c) > calls.index(state[1]) for c in check), f"the state is looked into after: {calls}"
         rest = [c for c in calls if c not in state and c not in check]
         reaper = [c for c in rest if c[:2] in (["ps", "--all"], ["network", "ls"])]
         assert len(reaper) == 2, f"expected one search for orphans in {calls}"

@@ -9,7 +9,6 @@ SSL_CERT_FILE: nothing leaves for the real host.
 """
 
 import os
-import re
 import shutil
 import subprocess
 import sys
