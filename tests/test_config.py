@@ -448,7 +448,7 @@ class ResolvePlanTest(Base):
         plan = self.plan(config, "a")
         expected = sorted({*cb.DEFAULT_HOSTS, "pypi.org", "github.com", "gitlab.com", "*.example.org"})
         self.assertEqual(plan.hosts, tuple(expected))
-        self.assertEqual(len(plan.hosts), 11)
+        self.assertEqual(len(plan.hosts), 10)
 
     def test_extra_allow(self):
         plan = self.plan(extra_allow=["PyPI.org", "*.npmjs.org", "claude.ai"])
