@@ -50,9 +50,13 @@ DEFAULT_HOSTS = (
     "claude.ai",
     "claude.com",
     "console.anthropic.com",
-    "mcp-proxy.anthropic.com",
     "platform.claude.com",
 )
+# claude.ai's MCP connectors (the mail, drive and other accounts a user connected to claude.ai) go through this host:
+# whatever holds the account's login reaches them there. Only a bottle with `connectors = true` allows it.
+CONNECTORS_HOST = "mcp-proxy.anthropic.com"
+# What `claude-bottle login` lets `claude setup-token` reach: the API and Anthropic's login and token hosts.
+LOGIN_HOSTS = ("api.anthropic.com", "claude.ai", "claude.com", "console.anthropic.com", "platform.claude.com")
 
 # Named groups of hosts for what agents install from: `@name` in a bottle's allow, `--allow` and `allow`. Each is
 # the hosts that registry's own client contacts by default, from the registry's documentation (the comment).
@@ -491,10 +495,11 @@ class SshHost(namedtuple("SshHost", "alias hostname user port", defaults=(None, 
 
 
 class Bottle(namedtuple("Bottle", "name allow trusted ssh egress_network max_tunnel_seconds idle_timeout_seconds "
-                                  "credentials limits",
-                        defaults=((), (), (), None, MAX_TUNNEL_SECONDS, IDLE_TIMEOUT_SECONDS, (), ()))):
+                                  "credentials limits connectors",
+                        defaults=((), (), (), None, MAX_TUNNEL_SECONDS, IDLE_TIMEOUT_SECONDS, (), (), False))):
     """A `[bottles.NAME]` table: extra hosts, trusted hosts, SshHost entries, egress network, lifetimes, the
-    Credential entries the broker holds for it, and the resource limits it sets ((key, value) pairs)."""
+    Credential entries the broker holds for it, the resource limits it sets ((key, value) pairs), and whether
+    claude.ai's connectors are reachable."""
 
     __slots__ = ()
 
@@ -520,7 +525,7 @@ class Config(namedtuple("Config", "path bottles agents")):
 AGENT_LIMIT_KEYS = ("memory", "cpus", "tmpfs_size")
 SIDECAR_LIMIT_KEYS = ("sidecar_memory", "sidecar_cpus", "sidecar_pids")
 BOTTLE_KEYS = ("allow", "trusted", "ssh", "egress_network", "max_tunnel_seconds", "idle_timeout_seconds",
-               "credentials", *AGENT_LIMIT_KEYS, *SIDECAR_LIMIT_KEYS)
+               "credentials", "connectors", *AGENT_LIMIT_KEYS, *SIDECAR_LIMIT_KEYS)
 SSH_KEYS = ("Host", "Hostname", "User", "Port")
 AGENT_KEYS = ("bottle", "image", "env", "command", "workspace", "clone", *AGENT_LIMIT_KEYS)
 
@@ -606,6 +611,10 @@ def _parse_bottle(name: str, table, origin: str) -> Bottle:
     if egress in ("host", "none"):
         raise ConfigError(f"{where} egress_network: {egress!r} is one of docker's special networks; name a bridge "
                           f"network, or remove egress_network to get one per session")
+    connectors = table.get("connectors", False)
+    if not isinstance(connectors, bool):
+        raise ConfigError(f"{where} connectors: {_printable(connectors)} is not true or false (true lets the agent "
+                          f"reach the accounts you connected to claude.ai, through {CONNECTORS_HOST})")
     return Bottle(
         name=name, allow=allow, trusted=trusted, ssh=tuple(ssh), egress_network=egress,
         max_tunnel_seconds=check_int(table.get("max_tunnel_seconds", MAX_TUNNEL_SECONDS),
@@ -615,6 +624,7 @@ def _parse_bottle(name: str, table, origin: str) -> Bottle:
         credentials=parse_credentials(table.get("credentials", []), f"{origin}: [[bottles.{name}.credentials]]",
                                       Path(origin).parent),
         limits=_parse_limits(table, where, AGENT_LIMIT_KEYS + SIDECAR_LIMIT_KEYS),
+        connectors=connectors,
     )
 
 
@@ -1262,7 +1272,7 @@ PLAN_FIELDS = (
     "session agent agent_source bottle image build_image pipelock_image workspace git_dir read_only env "
     "env_unset hosts bottle_allow trusted ssh ssh_agent egress_network command tty self_test "
     "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir subnet_pool "
-    "brokered identity extra_allow learn build_args state_volume fresh clone repo discard limits"
+    "brokered identity extra_allow learn build_args state_volume fresh clone repo discard limits login connectors mcp"
 )
 
 
@@ -1450,6 +1460,34 @@ def resolve_workspace(path: str, base: Path, environ) -> Path:
     return ws
 
 
+def project_mcp_servers(workspace: Path) -> tuple:
+    """The MCP servers of the project's `.mcp.json` as (name, type, host): type "stdio" (runs in the bottle), "http"
+    or "sse" (host: where it connects), or "?" with the reason in host when the file or entry cannot be read."""
+    path = workspace / ".mcp.json"
+    if not path.is_file():
+        return ()
+    try:
+        servers = json.loads(path.read_text(encoding="utf-8")).get("mcpServers", {})
+        if not isinstance(servers, dict):
+            raise ValueError
+    except (OSError, ValueError, AttributeError):
+        return (("(.mcp.json)", "?", "not readable as JSON with an mcpServers table"),)
+    found = []
+    for name, entry in servers.items():
+        entry = entry if isinstance(entry, dict) else {}
+        kind = entry.get("type") or ("stdio" if "command" in entry else "http" if "url" in entry else "?")
+        if kind in ("http", "sse"):
+            from urllib.parse import urlsplit
+            try:
+                host = urlsplit(str(entry.get("url", ""))).hostname or ""
+            except ValueError:
+                host = ""
+            found.append((str(name), kind, host or "no url"))
+        else:
+            found.append((str(name), "stdio" if kind == "stdio" else "?", ""))
+    return tuple(found)
+
+
 def _trust_covered(trusted: str, hosts) -> bool:
     if trusted.startswith("*."):
         return any(p == trusted or (p.startswith("*.") and host_matches(p, trusted[2:])) for p in hosts)
@@ -1461,11 +1499,15 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
                  extra_allow=(), owner: str = "", owner_start: str = "", owner_proof: str = "",
                  private_dir: str = "", self_test: bool = True, uid: int | None = None,
                  gid: int | None = None, learn: bool = False,
-                 fresh: bool = False, clone: bool | None = None, discard: bool = False) -> Plan:
+                 fresh: bool = False, clone: bool | None = None, discard: bool = False,
+                 login: tuple = ()) -> Plan:
     """Resolve agent -> bottle -> image, hosts, SSH hosts, mounts and env names. Reads no docker state.
 
     The agent runs as `uid`:`gid`, the user running claude-bottle unless given; its name and home in an
     image of the user's come from a probe of the image (`identify`), in the built-in image they are known.
+    `login`, (path, token) of the subscription login `claude-bottle login` keeps, is brokered as
+    CLAUDE_CODE_OAUTH_TOKEN unless the environment has Claude Code credentials of its own; the token itself never
+    enters the plan.
     """
     uid = os.getuid() if uid is None else uid
     gid = os.getgid() if gid is None else gid
@@ -1485,7 +1527,8 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         ws = resolve_workspace(str(project), cwd, environ)
     extra = tuple(check_host(h, "--allow", wildcard=True) for h in expand_allow(extra_allow, PRESETS, "--allow"))
     own = expand_allow(bottle.allow, PRESETS, f"{config.path}: [bottles.{bottle.name}] allow")
-    hosts = tuple(sorted({*DEFAULT_HOSTS, *own, *extra, *(s.hostname for s in bottle.ssh)}))
+    connectors = (CONNECTORS_HOST,) if bottle.connectors else ()
+    hosts = tuple(sorted({*DEFAULT_HOSTS, *connectors, *own, *extra, *(s.hostname for s in bottle.ssh)}))
     # A trusted host need not be allowed: pipelock refuses new trusted_domains on a live reload, so a bottle
     # trusts a private host ahead of time and `claude-bottle allow` lets the agent reach it when needed.
     for i, c in enumerate(bottle.credentials, 1):
@@ -1518,6 +1561,8 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         read_only = (".git",)
     if config.path and Path(config.path).resolve().is_relative_to(ws) and not clone:
         read_only += (str(Path(config.path).resolve().relative_to(ws)),)
+    # The kept login stands in for CLAUDE_CODE_OAUTH_TOKEN; what the environment sets wins, as in Claude Code.
+    brokered = plan_endpoints(bottle.credentials, spec.env, with_login(environ, login))
     return Plan(
         session=session_id(spec.name, suffix),
         agent=spec.name,
@@ -1548,7 +1593,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         owner_proof=owner_proof,
         private_dir=private_dir,
         subnet_pool=subnet_pool,
-        brokered=plan_endpoints(bottle.credentials, spec.env, environ),
+        brokered=brokered,
         identity=host_identity(uid, gid) if spec.image else agent_identity(BUILTIN_PROBE, uid, gid),
         extra_allow=tuple(extra_allow),
         learn=learn,
@@ -1559,6 +1604,9 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         repo=None,
         discard=discard,
         limits=resolve_limits(config, spec, bottle),
+        login=login_line(brokered, spec.env, environ, login[0] if login else ""),
+        connectors=bottle.connectors,
+        mcp=project_mcp_servers(ws),
     )
 
 
@@ -1697,7 +1745,10 @@ def render_summary(plan: Plan) -> list:
         f"  state:      {state_line(plan)}",
         f"  env:        {env}",
         f"  brokered:   {brokered_line(plan.brokered)}",
+        f"  login:      {plan.login}",
         f"  egress:     {egress_line(plan.hosts)}",
+        f"  connectors: {connectors_line(plan)}",
+        *(f"  mcp:        {line}" for line in mcp_lines(plan)),
         *(f"  preset:     {p} = {', '.join(PRESETS[p[1:]])}" for p in presets_used(plan)),
         f"  trusted:    {', '.join(plan.trusted) or 'none'} (may resolve to private addresses){later}",
         f"  ssh:        {ssh_line(plan.ssh)}" + (" (host ssh-agent forwarded)" if plan.ssh_agent else ""),
@@ -1707,6 +1758,30 @@ def render_summary(plan: Plan) -> list:
         f"  networks:   {', '.join(nets)}{egress_note}",
         *([LEARN_WARNING] if plan.learn else []),
     ]
+
+
+def connectors_line(plan: Plan) -> str:
+    if plan.connectors:
+        return (f"ON: {CONNECTORS_HOST} allowed; with the login, the agent reaches the accounts you connected to "
+                f"claude.ai (mail, drive, ...)")
+    return f"off (claude.ai connectors; `connectors = true` in [bottles.{plan.bottle}] allows {CONNECTORS_HOST})"
+
+
+def mcp_lines(plan: Plan) -> list:
+    """One line per MCP server of the project's .mcp.json: what it needs of the bottle, and the fix."""
+    lines = []
+    for name, kind, host in plan.mcp:
+        if kind == "stdio":
+            lines.append(f"{_visible(name)} (stdio: runs inside the bottle, its traffic through pipelock)")
+        elif kind in ("http", "sse") and host != "no url":
+            if any(host_matches(p, host) for p in plan.hosts):
+                lines.append(f"{_visible(name)} ({kind} {_visible(host)}: allowed)")
+            else:
+                lines.append(f"{_visible(name)} ({kind} {_visible(host)}: NOT allowed, it will fail; add "
+                             f"allow = [{json.dumps(host)}] to [bottles.{plan.bottle}] or pass --allow {host})")
+        else:
+            lines.append(f"{_visible(name)} ({_visible(host) or 'type not known'})")
+    return lines
 
 
 def brokered_text(ep) -> str:
@@ -1778,13 +1853,14 @@ class Files(namedtuple("Files", "kind source target readonly uid gid", defaults=
 
 class ContainerSpec(namedtuple("ContainerSpec", "name role image command entrypoint user network ip no_outside_dns "
                                                 "cap_add read_only pids_limit init interactive tty workdir mounts "
-                                                "env labels remove memory cpus",
+                                                "env labels remove memory cpus no_logs",
                                defaults=("", "", "", (), None, "", None, None, False, (), False, None, False, False,
-                                         False, None, (), (), None, False, None, None))):
+                                         False, None, (), (), None, False, None, None, False))):
     """One container: every capability is dropped and no-new-privileges is set, always; `cap_add` names the few a
     container gets back. network None: no network. env: (name, value) pairs, value None for a variable passed by
     name from claude-bottle's own environment (never in argv). mounts: Mount and Files records. remove: a one-off
-    container removed when it exits. memory: a limit in bytes with no swap beyond it; cpus: a share of CPUs."""
+    container removed when it exits. memory: a limit in bytes with no swap beyond it; cpus: a share of CPUs.
+    no_logs: the engine keeps none of its output (it passes a secret)."""
 
     __slots__ = ()
 
@@ -1897,6 +1973,10 @@ def agent_spec(plan: Plan, ip: str | None = None, state: str | None = None) -> C
         mounts.append(Mount("bind", os.path.join(plan.private_dir, broker_socket_name(ep)), agent_broker_socket(ep)))
     mounts.append(Mount("volume", state or (plan.fresh_volume if plan.fresh else plan.state_volume), AGENT_STATE_DIR))
     env.append(("CLAUDE_CONFIG_DIR", AGENT_STATE_DIR))
+    if any(ep.base_url_env == ANTHROPIC_BASE_URL_ENV for ep in plan.brokered):
+        # Claude Code turns MCP tool search off when ANTHROPIC_BASE_URL is not first-party; the broker forwards
+        # bodies unchanged (tool_reference blocks too), so it stays on. A value the agent names in env wins.
+        env.append(("ENABLE_TOOL_SEARCH", "true"))
     # The brokered credentials' placeholders and the broker's addresses: no secret, so by value. Then the variables
     # the agent names, by name only: the engine reads the value from its own environment, so it never shows in argv.
     env += [*proxy_env(plan), *agent_env_for(plan.brokered, broker_ports(plan)), *((n, None) for n in plan.env)]
@@ -2550,6 +2630,7 @@ class DockerEngine(Engine):
             argv += ["--dns", "127.0.0.1", "--dns-option", "timeout:1", "--dns-option", "attempts:1"]
         argv += ["--user", spec.user] if spec.user else []
         argv += ["--read-only"] if spec.read_only else []
+        argv += ["--log-driver", "none"] if spec.no_logs else []
         argv += ["--cap-drop", "ALL", *(a for c in spec.cap_add for a in ("--cap-add", c))]
         argv += ["--security-opt", "no-new-privileges"]
         argv += ["--pids-limit", str(spec.pids_limit)] if spec.pids_limit else []
@@ -2773,9 +2854,12 @@ class DockerEngine(Engine):
         self.create(spec)
         self.call(["start", spec.name])
 
-    def start_attached(self, container: str):
-        """Start a created container attached to this terminal; the process handle's status is the container's."""
-        return self.popen(["start", "--attach", "--interactive", container])
+    def start_attached(self, container: str, capture: bool = False):
+        """Start a created container attached to this terminal; the process handle's status is the container's.
+        With `capture`, its output comes to a pipe (`.stdout`) instead."""
+        import subprocess
+        return self.popen(["start", "--attach", "--interactive", container],
+                          **({"stdout": subprocess.PIPE} if capture else {}))
 
     def connect(self, container: str, network: str, ip: str | None = None) -> None:
         self.call(["network", "connect", *(["--ip", ip] if ip else []), network, container])
@@ -4060,6 +4144,7 @@ def prepare_state(run: Run) -> str:
             volume = plan.fresh_volume
             run.td.volume(volume)
         elif engine.volume_exists(volume):
+            run.results.put("state_kept", True)
             return volume
         run.td.container(plan.state_init)
     engine.create_volume(state_volume_spec(plan, volume))
@@ -4077,6 +4162,24 @@ def prepare_state(run: Run) -> str:
                 warn(f"could not remove the half-made state volume {volume}: {e}")
         raise
     return volume
+
+
+def check_state_login(run: Run) -> bool:
+    """Warn when the kept state holds Claude Code's own stored login, which the agent can read (and a hijacked one
+    take away): a login made inside an earlier bottle. True when it does."""
+    volume = run.results.state
+    if volume != run.plan.state_volume or "state_kept" not in run.results.done:
+        return False  # a volume made by this start holds nothing yet
+    spec = state_check_spec(run.plan, volume)
+    run.td.container(spec.name)
+    try:
+        found = run.engine.run(spec).status == 0 and not run.engine.dry_run
+    except EngineError as e:
+        warn(f"could not look for a Claude Code login in {volume}: {e.kind}")
+        return False
+    if found:
+        say(state_login_warning(volume, run.plan.agent))
+    return found
 
 
 def connect_sidecar(run: Run) -> None:
@@ -4212,6 +4315,10 @@ def start_steps(plan: Plan, engine: Engine, report_json: str | None = None, quie
         steps.append(Step("state", "kept across sessions; created and made the agent's only when missing (a fresh "
                           "one, removed at teardown, when another session holds it)", after=ready,
                           action=prepare_state))
+    if not plan.fresh:
+        steps.append(Step("state_login", "is Claude Code's own login stored in the kept state, where the agent reads "
+                          "it? (a kept one only; read-only, no network)", after=("state",),
+                          action=check_state_login))
     if plan.clone:
         steps.append(Step("workspace", "a copy of the repository as it is now (history, uncommitted and untracked "
                           "files) in a volume of the session's own; your working tree is only read", after=ready,
@@ -4244,13 +4351,15 @@ def start_steps(plan: Plan, engine: Engine, report_json: str | None = None, quie
             Step("start", "attached to your terminal; the command waits behind the self-test's gate",
                  after=("agent",), action=launch_agent),
             Step("self_test", "isolation self-test inside the agent, which also waits for pipelock's /health; opens "
-                 "the gate", after=("addresses" if plan.egress_network else "connect", "start", *broker_ready),
+                 "the gate", after=("addresses" if plan.egress_network else "connect", "start", *broker_ready,
+                                    *(() if plan.fresh else ("state_login",))),
                  action=run_self_test, then=report),
         ]
     else:
         steps += [
             Step("health", "repeated until healthy", after=("connect",), action=wait_healthy),
-            Step("start", "attached to your terminal", after=("agent", "health", *broker_ready),
+            Step("start", "attached to your terminal", after=("agent", "health", *broker_ready,
+                                                              *(() if plan.fresh else ("state_login",))),
                  action=launch_agent, then=report),
         ]
     return steps
@@ -4307,7 +4416,8 @@ def run_session(plan: Plan, engine: Engine, secret: str, report_json: str | None
         if plan.brokered:
             # Before the agent's container is created: its sockets are bind-mount sources. The secrets go to
             # the broker alone, read from this process's environment now, never into the plan.
-            broker = CredentialBroker(plan.brokered, broker_secrets(plan.brokered, os.environ), plan.private_dir,
+            broker = CredentialBroker(plan.brokered, broker_secrets(plan.brokered, credential_environ(os.environ)),
+                                      plan.private_dir,
                                       log=engine.ctx.log)
             td.callback(broker.close)
             broker.start()
@@ -4345,6 +4455,8 @@ def run_session(plan: Plan, engine: Engine, secret: str, report_json: str | None
 CREDENTIAL_KEYS = ("env", "host", "header", "format", "base_url_env", "upstream", "ca_file", "git")
 BROKER_PLACEHOLDER = "brokered-by-claude-bottle"
 ANTHROPIC_API_HOST = "api.anthropic.com"
+ANTHROPIC_BASE_URL_ENV = "ANTHROPIC_BASE_URL"
+OAUTH_ENV = "CLAUDE_CODE_OAUTH_TOKEN"
 OAUTH_BETA = "oauth-2025-04-20"
 BROKER_MAX_BODY = 64 * 1024 * 1024
 BROKER_CONNECT_TIMEOUT = 30.0
@@ -5173,6 +5285,265 @@ def forwarder_script(tool: str, pairs: list, wait: float = 5.0) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---- The subscription login: kept on the host, brokered into every session ----
+
+# `claude-bottle login` runs Claude Code's own `claude setup-token` in a throwaway bottle (no workspace, no state,
+# egress only to LOGIN_HOSTS) and keeps the one-year token it prints here, never in a bottle or on the engine.
+LOGIN_FILE = "oauth-token"
+OAUTH_TOKEN_PREFIX = "sk-ant-oat01-"
+OAUTH_TOKEN_RE = re.compile(r"sk-ant-oat01-[A-Za-z0-9_-]{20,512}")
+# Where the token was in the login's output, as the terminal shows it.
+TOKEN_SHOWN = "[the subscription token: kept by claude-bottle, not shown]"
+# Claude Code's stored login on Linux, in CLAUDE_CONFIG_DIR: in a bottle, the agent's to read.
+CREDENTIALS_FILE = ".credentials.json"
+LOGIN_NONE = ("none: Claude Code will ask you to log in inside the bottle, and that login will be readable by the "
+              "agent; run `claude-bottle login`")
+# Wide enough that Claude Code's screen never wraps the token it prints (a pty starts with no size).
+LOGIN_COMMAND = ("sh", "-c", "stty cols 1000 2>/dev/null; exec claude setup-token")
+
+
+def kept_login(environ) -> tuple:
+    """(path, token) of the login `claude-bottle login` keeps, or () when there is none."""
+    path = login_file(environ)
+    token = read_login(path)
+    return (str(path), token) if token else ()
+
+
+def with_login(environ, login: tuple):
+    """`environ` with the kept login's token as CLAUDE_CODE_OAUTH_TOKEN, unless it sets Claude Code credentials of
+    its own (they win, as they would in Claude Code)."""
+    if login and not any(environ.get(c.env) for c in builtin_credentials()):
+        return {**environ, OAUTH_ENV: login[1]}
+    return environ
+
+
+def credential_environ(environ):
+    """The secrets a session's broker gets: the environment's, and the kept login (read again, never planned)."""
+    return with_login(environ, kept_login(environ))
+
+
+def login_file(environ) -> Path | None:
+    """`$XDG_CONFIG_HOME/claude-bottle/oauth-token`, else under `~/.config`; None when neither is known."""
+    base = environ.get("XDG_CONFIG_HOME") or (os.path.join(environ["HOME"], ".config") if environ.get("HOME")
+                                               else "")
+    return Path(base) / LABEL / LOGIN_FILE if os.path.isabs(base) else None
+
+
+def check_oauth_token(text: str, where: str) -> str:
+    token = text.strip()
+    if not OAUTH_TOKEN_RE.fullmatch(token):
+        raise ConfigError(f"{where}: not a Claude subscription token ({OAUTH_TOKEN_PREFIX}... of letters, digits, "
+                          f"'-' and '_'); run `claude-bottle login` again")
+    return token
+
+
+def read_login(path: Path | None) -> str | None:
+    """The kept token, or None when there is none. A file another user owns, others may read or write, that is not
+    a regular file or holds no token is refused: its token may have been read, or planted."""
+    import stat
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}; remove it (`claude-bottle logout`) and run `claude-bottle login`")
+    with os.fdopen(fd, "r", encoding="ascii", errors="replace") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise ConfigError(f"{path}: not a regular file of yours; remove it (`claude-bottle logout`) and run "
+                              f"`claude-bottle login`")
+        if st.st_mode & 0o077:
+            raise ConfigError(f"{path}: mode {st.st_mode & 0o777:04o} lets others read it, so the token may be "
+                              f"known; `claude-bottle logout`, then `claude-bottle login` (or chmod 600 it)")
+        return check_oauth_token(f.read(4096), str(path))
+
+
+def write_login(path: Path, token: str) -> None:
+    """Keep `token` in `path`, 0600 in a 0700 directory, atomically: a failed write leaves the old one."""
+    token = check_oauth_token(token, "the token")
+    path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    atomic_write(str(path), token + "\n", 0o600)
+
+
+def login_line(brokered, raw_env, environ, path: str) -> str:
+    """Where Claude Code's login comes from in a session: the preflight's `login:` line."""
+    ep = next((e for e in brokered if e.base_url_env == ANTHROPIC_BASE_URL_ENV), None)
+    if ep is not None:
+        if ep.env == OAUTH_ENV and path and not environ.get(OAUTH_ENV):
+            return f"brokered: your subscription login from `claude-bottle login` ({_visible(path)})"
+        return f"brokered: {ep.env} from your environment"
+    raw = [n for n in raw_env if n in (*(c.env for c in builtin_credentials()), "ANTHROPIC_AUTH_TOKEN")
+           and environ.get(n)]
+    if raw:
+        return f"{', '.join(raw)} passed raw (visible to the agent)"
+    return LOGIN_NONE
+
+
+def login_plan(plan: Plan) -> Plan:
+    """A start's plan made into the login's: Claude Code's setup-token in the agent's image, egress only to
+    Anthropic's login hosts, nothing of the user's in it (no workspace, state, SSH, credential or variable)."""
+    return plan._replace(hosts=LOGIN_HOSTS, bottle_allow=(), extra_allow=(), trusted=(), ssh=(), ssh_agent=None,
+                         env=(), env_unset=(), brokered=(), command=LOGIN_COMMAND, self_test=True, learn=False,
+                         clone=False, fresh=True, read_only=(), git_dir=False, connectors=False, mcp=(),
+                         login="")
+
+
+def login_spec(plan: Plan, ip: str | None = None) -> ContainerSpec:
+    """The login's container: the agent's image and user, a tmpfs for Claude Code's state, no workspace, and no log
+    on the engine (the token passes through its output)."""
+    ident = planned_identity(plan)
+    mounts = [*identity_mounts(plan, ident),
+              Mount("tmpfs", "", AGENT_STATE_DIR, options=f"uid={ident.uid},gid={ident.gid},mode=0700")]
+    env = [("HOME", ident.home), ("CLAUDE_CONFIG_DIR", AGENT_STATE_DIR), *proxy_env(plan)]
+    return ContainerSpec(
+        name=plan.agent_container, role="login", image=plan.image,
+        command=("-c", GATE, "claude-bottle-gate", *plan.command), entrypoint="/bin/sh",
+        user=f"{ident.uid}:{ident.gid}", network=plan.internal_network, ip=ip, no_outside_dns=True,
+        pids_limit=AGENT_PIDS_LIMIT, init=True, interactive=True, tty=plan.tty, workdir=ident.home,
+        mounts=tuple(mounts), env=tuple(env), labels=session_labels(plan, "agent"), no_logs=True)
+
+
+def launch_login(run: Run):
+    """Start the login's container attached, its output to this process (which shows it, the token withheld)."""
+    proc = run.engine.start_attached(run.plan.agent_container, capture=True)
+    run.td.adopt(proc)
+    return proc
+
+
+def login_steps(plan: Plan, engine: Engine) -> list:
+    """The login's bottle: the steps of a start without state, workspace, broker or report."""
+    agent, sidecar = plan.agent_container, plan.sidecar
+    steps, ready = [], ()
+    if plan.egress_network:
+        steps.append(Step("egress_network", "the bottle's egress_network must exist", action=require_network))
+        ready = ("egress_network",)
+    if plan.build_image:
+        steps += [Step("image", "reuse the agent image when it exists", after=ready, action=image_present),
+                  Step("build", "only when it is missing", after=("image",), action=build_image)]
+        ready = ("build",)
+    for name, internal in plan.created_networks:
+        steps.append(Step(f"network_{'internal' if internal else 'egress'}", after=ready, undo=(("network", name),),
+                          action=lambda run, name=name, internal=internal: create_network(run, name, internal)))
+    nets = tuple(s.name for s in steps if s.name.startswith("network_"))
+    sidecar_files = tuple(("volume", v) for v in engine.file_volumes(sidecar_spec(plan)))
+    agent_files = tuple(("volume", v) for v in engine.file_volumes(login_spec(plan)))
+    steps += [
+        Step("sidecar", "egress only to Anthropic's login hosts", after=ready + nets,
+             undo=(*sidecar_files, ("container", sidecar)), action=run_sidecar),
+        Step("connect", after=("sidecar",), action=connect_sidecar),
+        Step("agent", "claude setup-token: no workspace, no state volume, no log", after=ready + nets,
+             undo=(*agent_files, ("container", agent)),
+             action=lambda run: run.engine.create(login_spec(run.plan, subnet_address(run.results.network_internal,
+                                                                                       3)))),
+    ]
+    if plan.egress_network:
+        steps.append(Step("addresses", after=("connect",), action=sidecar_addresses))
+    steps += [
+        Step("start", "its output comes to claude-bottle, which withholds the token", after=("agent",),
+             action=launch_login),
+        Step("self_test", "isolation self-test; opens the gate", after=("addresses" if plan.egress_network
+                                                                         else "connect", "start"),
+             action=run_self_test),
+    ]
+    return steps
+
+
+class TokenFilter:
+    """Passes a login's output on with every subscription token in it replaced by TOKEN_SHOWN; keeps the last one.
+
+    Text that may be the start of a token is held back until it is known not to be one, so no part of a token is
+    ever shown, however the output is cut into reads."""
+
+    def __init__(self):
+        import codecs
+        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held = ""
+        self.token = None
+        self.malformed = False
+
+    def _take(self, match) -> str:
+        self.token = match.group(0)
+        return TOKEN_SHOWN
+
+    def feed(self, data: bytes, final: bool = False) -> str:
+        text = self._held + self._decode.decode(data, final=final)
+        cut = len(text)
+        if not final:
+            start = text.rfind(OAUTH_TOKEN_PREFIX)
+            if start >= 0 and re.fullmatch(r"[A-Za-z0-9_-]*", text[start + len(OAUTH_TOKEN_PREFIX):]):
+                cut = start
+            else:
+                for k in range(len(OAUTH_TOKEN_PREFIX) - 1, 0, -1):
+                    if text.endswith(OAUTH_TOKEN_PREFIX[:k]):
+                        cut = len(text) - k
+                        break
+        shown, self._held = text[:cut], text[cut:]
+        shown = OAUTH_TOKEN_RE.sub(self._take, shown)
+        if OAUTH_TOKEN_PREFIX in shown:
+            # The prefix with too little after it: not a token; nothing of it is kept, nor shown.
+            self.malformed = True
+            shown = re.sub(r"sk-ant-oat01-[A-Za-z0-9_-]*", TOKEN_SHOWN, shown)
+        return shown
+
+
+def pump_login(proc, ctx: Context, out=None) -> tuple:
+    """Show the login's output as it comes, the token withheld; (exit status, token or None, malformed)."""
+    import select
+    out = out or sys.stdout
+    filt = TokenFilter()
+    fd = proc.stdout.fileno()
+    while True:
+        ctx.check_signal()
+        if not select.select([fd], [], [], 0.1)[0]:
+            continue
+        chunk = os.read(fd, 65536)
+        out.write(filt.feed(chunk, final=not chunk))
+        out.flush()
+        if not chunk:
+            break
+    return wait_agent(proc, ctx), filt.token, filt.malformed
+
+
+def run_login(plan: Plan, engine: Engine) -> str:
+    """Run the login's bottle to its end and return the token it printed; everything it made is removed, whatever
+    happens, before this returns or raises."""
+    with Teardown(engine) as td:
+        make_private_dir(plan.private_dir)
+        td.callback(remove_private_dir, plan.private_dir)
+        write_private_files(plan)
+        results = run_steps(login_steps(plan, engine), Run(plan, td))
+        status, token, malformed = pump_login(results.start, engine.ctx)
+    if td.left:
+        raise BottleError("teardown did not finish: the engine stopped answering (see the warning above); "
+                          "run `claude-bottle gc` once it answers again")
+    if status != 0:
+        raise BottleError(f"login: `claude setup-token` failed (exit {status}); nothing was stored")
+    if malformed and token is None:
+        raise BottleError("login: Claude Code printed a malformed subscription token; nothing was stored")
+    if token is None:
+        raise BottleError(f"login: Claude Code printed no subscription token ({OAUTH_TOKEN_PREFIX}...); nothing "
+                          f"was stored")
+    return token
+
+
+def state_check_spec(plan: Plan, volume: str) -> ContainerSpec:
+    """Look for Claude Code's stored login in a state volume, read-only, as the agent's user, with no network."""
+    ident = plan.identity
+    return ContainerSpec(name=f"{LABEL}-{plan.session}-state-check", role="state-check", image=plan.image,
+                         entrypoint="/bin/sh", command=("-c", f"test -e {AGENT_STATE_DIR}/{CREDENTIALS_FILE}"),
+                         user=f"{ident.uid}:{ident.gid}", pids_limit=64,
+                         mounts=(Mount("volume", volume, AGENT_STATE_DIR, readonly=True),),
+                         labels=session_labels(plan, "state-check"), remove=True)
+
+
+def state_login_warning(volume: str, agent: str) -> str:
+    return (f"claude-bottle: warning: the state {volume} holds a Claude Code login ({CREDENTIALS_FILE}, with its "
+            f"refresh token) that the agent can read; run `claude-bottle login` for one kept outside the bottle, "
+            f"then `claude-bottle logout --state {agent}` to remove it from the volume")
+
+
 # ---- Operating bottles: finding sessions, stopping them, reaping orphans ----
 
 def hostname() -> str:
@@ -5676,6 +6047,7 @@ def _plan(args, config: Config, agent: str | None, command=None, secret: str = "
         fresh=getattr(args, "fresh", False),
         clone=True if getattr(args, "clone", False) else False if getattr(args, "bind", False) else None,
         discard=getattr(args, "discard", False),
+        login=kept_login(os.environ),
     )
     return plan._replace(private_dir=str(Path(tempfile.gettempdir(), f"{LABEL}-{os.getuid()}", plan.session)))
 
@@ -5982,6 +6354,69 @@ def cmd_install(args, command, ctx: Context) -> int:
     return 0
 
 
+def cmd_login(args, command, ctx: Context) -> int:
+    path = login_file(os.environ)
+    if path is None:
+        raise ConfigError("login: neither XDG_CONFIG_HOME nor HOME is set, so there is nowhere to keep the login; "
+                          "set HOME")
+    if args.status:
+        plan = _plan(args, _load(args), args.agent)
+        print(f"login: {plan.login}")
+        return 0 if plan.login.startswith("brokered") else 1
+    plan = login_plan(_plan(args, _load(args), args.agent))
+    plan = plan._replace(tty=sys.stdin.isatty())
+    engine = engine_for(ctx)
+    plan = identify(plan, engine, os.environ)
+    say(f"claude-bottle login: Claude Code's `claude setup-token` in a throwaway bottle (image {plan.image}; "
+        f"egress only to {', '.join(LOGIN_HOSTS)}; no workspace, no state). Open the URL it prints, log in, paste "
+        f"the code back here. The token is kept in {path}, never in a bottle.")
+    runtime_base()
+    token = run_login(plan, engine)
+    write_login(path, token)
+    own = [c.env for c in builtin_credentials() if os.environ.get(c.env)]
+    say(f"claude-bottle: logged in; the token is kept in {path} (0600) and every session brokers it as {OAUTH_ENV}"
+        + (f" (your environment's {', '.join(own)} wins while it is set)" if own else ""))
+    return 0
+
+
+def cmd_logout(args, command, ctx: Context) -> int:
+    if args.state:
+        return remove_state_login(args, engine_for(ctx))
+    path = login_file(os.environ)
+    if path is None or not os.path.lexists(path):
+        print("claude-bottle: no login kept; nothing to remove")
+        return 0
+    os.unlink(path)
+    print(f"claude-bottle: removed the login kept in {path} (the token itself stays valid until it expires; revoke "
+          f"it at claude.ai if it may have been seen)")
+    return 0
+
+
+def remove_state_login(args, engine: Engine) -> int:
+    """Remove Claude Code's stored login from an agent's kept state volume in this project."""
+    project = find_project(Path.cwd())
+    volumes = [v for v in project_states(engine, project) if v["agent"] == args.state]
+    if not volumes:
+        raise ConfigError(f"logout --state: no state kept for agent {args.state!r} in {project} "
+                          f"(see `claude-bottle state ls`)")
+    plan = _plan(args, _load(args), None)
+    for v in volumes:
+        holders = engine.volume_holders(v["name"])
+        if holders:
+            raise BottleError(f"logout --state: {v['name']} is in use by {', '.join(holders)}; stop that session "
+                              f"first (`claude-bottle stop`)")
+        spec = ContainerSpec(role="state-logout", image=plan.image, entrypoint="/bin/sh",
+                             command=("-c", f"rm -f {AGENT_STATE_DIR}/{CREDENTIALS_FILE}"), user="0:0",
+                             cap_add=("DAC_OVERRIDE",), pids_limit=64,
+                             mounts=(Mount("volume", v["name"], AGENT_STATE_DIR),), remove=True)
+        r = engine.run(spec)
+        if r.status != 0:
+            raise BottleError(f"logout --state: could not remove {CREDENTIALS_FILE} from {v['name']} (exit "
+                              f"{r.status}): {(r.stderr.strip() or 'no output').splitlines()[-1][-300:]}")
+        print(f"removed Claude Code's stored login from {v['name']} ({v['agent']})")
+    return 0
+
+
 def doctor_checks(args, engine: Engine) -> list:
     """(ok, what, detail) for each check, in order; later checks need the earlier ones."""
     import socket
@@ -6013,6 +6448,7 @@ def doctor_checks(args, engine: Engine) -> list:
             except BottleError as e:
                 missing, detail = ["?"], str(e)
             checks.append((not missing, "ssh, socat and git in the agent image", f"{agent_image}: {detail}"))
+    checks.append((plans[0].login != LOGIN_NONE, "login", plans[0].login))
     if any(p.ssh for p in plans):
         sock = os.environ.get("SSH_AUTH_SOCK", "")
         try:
@@ -6053,6 +6489,7 @@ examples:
   claude_bottle.py install SESSION jq            apt-get install jq in a running session, as root
   claude_bottle.py state ls                      Claude Code state kept per agent; `state rm AGENT`
   claude_bottle.py doctor                        check docker, images and config
+  claude_bottle.py login                         log in with your Claude subscription, kept outside the bottle
 """
 
 
@@ -6164,6 +6601,20 @@ def build_parser() -> argparse.ArgumentParser:
     state_rm.add_argument("agent", nargs="?", metavar="AGENT")
     state_rm.add_argument("--all", action="store_true", help="every agent's state in this project")
     state.set_defaults(func=cmd_state)
+
+    login = sub.add_parser("login", parents=[common], help="log in with your Claude subscription, kept outside "
+                           "every bottle", description="Run Claude Code's own `claude setup-token` in a throwaway "
+                           "bottle of the agent's image (egress only to Anthropic's login hosts; no workspace, no "
+                           "state) and keep the one-year token it prints in ~/.config/claude-bottle/oauth-token "
+                           "(0600). Every session then brokers it as CLAUDE_CODE_OAUTH_TOKEN: the agent never sees it.")
+    login.add_argument("agent", nargs="?", metavar="AGENT", help="whose image runs the login (default: claude)")
+    login.add_argument("--status", action="store_true", help="say where a session's login comes from; exit 0 when "
+                       "it is brokered")
+    login.set_defaults(func=cmd_login)
+    logout = sub.add_parser("logout", parents=[common], help="remove the login `claude-bottle login` keeps")
+    logout.add_argument("--state", metavar="AGENT", help="instead, remove Claude Code's own stored login "
+                        f"({CREDENTIALS_FILE}) from AGENT's kept state volume in this project")
+    logout.set_defaults(func=cmd_logout)
 
     logs = sub.add_parser("logs", parents=[common], help="show pipelock's decisions for a session")
     logs.add_argument("session", metavar="SESSION", help="a session id (or a unique prefix)")

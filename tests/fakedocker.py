@@ -110,6 +110,9 @@ if argv[:2] == ["run", "--rm"] and "# passwd" in argv[-1]:
     # The image probe: a Debian-like image with a uid-1000 user and every tool, unless a rule answers.
     print(PROBE)
     sys.exit(0)
+if argv[:2] == ["run", "--rm"] and ".credentials.json" in argv[-1]:
+    # A kept state with no Claude Code login stored in it, unless a rule answers.
+    sys.exit(1)
 if argv[:1] == ["run"]:
     print("0123456789ab")
 if argv[:1] == ["inspect"]:

@@ -129,7 +129,7 @@ class HelpAndVersion(CliTest):
             proc = subprocess.run([str(alone), "start", "--dry-run"], cwd=d, env=env, capture_output=True,
                                   text=True)
             self.assertEqual(proc.returncode, 0, proc.stderr)
-            self.assertIn("7 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +4 more)", proc.stdout)
+            self.assertIn("6 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +3 more)", proc.stdout)
         self.assertEqual(self.fake.calls(), [])
 
 
@@ -143,7 +143,7 @@ class DryRun(CliTest):
         self.assertEqual(self.fake.calls(), [])
         self.assertNoPrivateDir()
         out = proc.stdout
-        self.assertIn("10 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +7 more)", out)
+        self.assertIn("9 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +6 more)", out)
         self.assertIn("github -> github.com:22", out)
         self.assertIn("ANTHROPIC_API_KEY", out)
         self.assertNotIn(SECRET, out + proc.stderr)
@@ -158,7 +158,7 @@ class DryRun(CliTest):
         plan = json.loads(proc.stdout)
         self.assertEqual(plan["agent"], "claude")
         self.assertEqual(plan["egress_line"],
-                         "7 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +4 more)")
+                         "6 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +3 more)")
         self.assertEqual(plan["env"], [], "the API key is brokered, not passed")
         self.assertEqual([b["line"] for b in plan["brokered"]], ["ANTHROPIC_API_KEY -> api.anthropic.com (brokered)"])
         self.assertTrue(all(c["argv"][0] == "docker" for c in plan["docker_commands"]))
@@ -233,7 +233,10 @@ class Start(CliTest):
         assert [c[0] for c in state] == ["ps", "volume"], f"expected the state volume's checks in {calls}"
         create = next((i for i, c in enumerate(calls) if c[0] == "create"), len(calls))
         assert calls.index(state[1]) < create, f"the state volume is checked before the agent is created: {calls}"
-        rest = [c for c in calls if c not in state]
+        # Whether Claude Code's own login is stored in the kept state: a read-only look, beside the rest.
+        check = [c for c in calls if c[:3] == ["run", "--rm", "--name"] and c[3].endswith("-state-check")]
+        assert all(calls.index(c) > calls.index(state[1]) for c in check), f"the state is looked into after: {calls}"
+        rest = [c for c in calls if c not in state and c not in check]
         reaper = [c for c in rest if c[:2] in (["ps", "--all"], ["network", "ls"])]
         assert len(reaper) == 2, f"expected one search for orphans in {calls}"
         return [c for c in rest if c not in reaper]
@@ -545,7 +548,8 @@ class Signals(CliTest):
                 self.assertEqual(verbs[-2:], [["rm", "--force"], ["network", "rm"]])
                 sid = self.sid()
                 self.assertEqual(self.fake.argvs()[-2],
-                                 ["rm", "--force", f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"])
+                                 ["rm", "--force", f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock",
+                                  f"claude-bottle-{sid}-state-check"])
                 self.assertNoPrivateDir()
 
     # Every call that creates something, and every one that removes something.
@@ -613,8 +617,9 @@ class Signals(CliTest):
         self.assertFalse(any(r["end"][0] == "rm" for r in self.fake.records() if "end" in r),
                          "the CLI does not wait for an engine that does not answer")
         sid = self.sid()
-        self.assertIn(f"may be left: claude-bottle-{sid}, claude-bottle-{sid}-pipelock, claude-bottle-{sid}-egress, "
-                      f"claude-bottle-{sid}-internal", proc.stderr)
+        self.assertIn(f"may be left: claude-bottle-{sid}, claude-bottle-{sid}-pipelock, "
+                      f"claude-bottle-{sid}-state-check, claude-bottle-{sid}-egress, claude-bottle-{sid}-internal",
+                      proc.stderr)
         self.assertIn("claude-bottle gc", proc.stderr)
         self.assertNotIn(["network", "rm"], [a[:2] for a in self.fake.argvs()], "no more calls to a hung engine")
         self.assertNoPrivateDir()

@@ -59,7 +59,7 @@ class Prompt(CliTest):
 
     def test_no_is_the_default(self):
         screen, end = self.run_in_tmux("", self.env())
-        self.assertIn("7 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +4 more)", screen)
+        self.assertIn("6 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +3 more)", screen)
         self.assertIn("Not started.", end)
         self.assertIn("EXIT=1", end)
         self.assertEqual(self.fake.calls(), [], "nothing may touch docker before the answer")

@@ -429,7 +429,8 @@ class ResolvePlanTest(Base):
         self.assertEqual(plan.session, "claude-0a1b2c")
         self.assertEqual((plan.agent, plan.agent_source, plan.bottle), ("claude", "built-in", "default"))
         self.assertEqual(plan.hosts, tuple(sorted(cb.DEFAULT_HOSTS)))
-        self.assertEqual(len(plan.hosts), 7)
+        self.assertEqual(len(plan.hosts), 6)
+        self.assertNotIn(cb.CONNECTORS_HOST, plan.hosts, "claude.ai connectors are opt-in")
         self.assertEqual((plan.image, plan.build_image), (cb.AGENT_IMAGE, True))
         self.assertEqual(plan.pipelock_image, cb.PIPELOCK_IMAGE)
         self.assertEqual(plan.workspace, str(self.repo))
@@ -447,7 +448,7 @@ class ResolvePlanTest(Base):
         plan = self.plan(config, "a")
         expected = sorted({*cb.DEFAULT_HOSTS, "pypi.org", "github.com", "gitlab.com", "*.example.org"})
         self.assertEqual(plan.hosts, tuple(expected))
-        self.assertEqual(len(plan.hosts), 11)
+        self.assertEqual(len(plan.hosts), 10)
 
     def test_extra_allow(self):
         plan = self.plan(extra_allow=["PyPI.org", "*.npmjs.org", "claude.ai"])

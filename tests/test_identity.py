@@ -169,7 +169,7 @@ class StartTest(CliTest):
         for n in (1, 2):
             proc = self.cli("start", "x", "--yes", "--", "true", env=env)
             self.assertEqual(proc.returncode, 0, proc.stderr)
-            probes = [a for a in self.fake.argvs() if a[:2] == ["run", "--rm"]]
+            probes = [a for a in self.fake.argvs() if a[:2] == ["run", "--rm"] and "--name" not in a]
             self.assertEqual(len(probes), 1, f"start {n}: one probe in all")
         self.assertEqual(probes[0][:4], ["run", "--rm", "--network", "none"])
         self.assertEqual(probes[0][probes[0].index("--entrypoint") + 1], "/bin/sh")

@@ -291,13 +291,19 @@ class Doctor(CliTest):
             path = str(self.fake.tmpdir / "agent.sock")
             agent.bind(path)
             agent.listen(1)
-            proc = self.cli("doctor", env=self.env(rules, SSH_AUTH_SOCK=path))
+            proc = self.cli("doctor", env=self.env(rules, SSH_AUTH_SOCK=path, ANTHROPIC_API_KEY="sk-ant-api03-DOCTOR"))
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertIn("ok    login: brokered: ANTHROPIC_API_KEY from your environment", proc.stdout)
         self.assertIn("internal networks do not forward outside DNS", proc.stdout)
         self.assertIn("ok    ssh, socat and git in the agent image", proc.stdout)
         self.assertIn("all checks pass", proc.stdout)
         probe = next(a for a in self.fake.argvs() if a[0] == "run")
         self.assertEqual(probe[:4], ["run", "--rm", "--network", "none"], "the probe container has no network")
+
+    def test_no_login_is_a_failure_that_names_the_fix(self):
+        proc = self.cli("doctor", env=self.env([{"match": ["version"], "stdout": "27.3.1\n"}]))
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn(f"FAIL  login: {cb.LOGIN_NONE}", proc.stdout)
 
     def test_failures_exit_1_with_a_fix(self):
         rules = [{"match": ["version"], "stdout": "20.10.24\n"},

@@ -167,12 +167,12 @@ class SummaryTest(Base):
     def test_egress_line_defaults(self):
         plan = self.plan_from("defaults")
         self.assertEqual(cb.egress_line(plan.hosts),
-                         "7 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +4 more)")
+                         "6 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +3 more)")
 
     def test_egress_line_two_hosts(self):
         plan = self.plan_from("two-hosts")
         self.assertEqual(cb.egress_line(plan.hosts),
-                         "9 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +6 more)")
+                         "8 hosts allowed (api.anthropic.com, api.openai.com, claude.ai, +5 more)")
 
     def test_egress_line_small(self):
         self.assertEqual(cb.egress_line(("a.example",)), "1 host allowed (a.example)")
