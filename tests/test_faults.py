@@ -133,7 +133,9 @@ class CliFaults(CliTest):
         sid = self.sid()
         inspect = self.fake.argvs().index(["container", "inspect", "--format", "{{json .State}}",
                                            f"claude-bottle-{sid}"])
-        rm = self.fake.argvs().index(["rm", "--force", f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"])
+        # The agent and its sidecar go in one call (with the state check's container when one was run).
+        rm = next(i for i, a in enumerate(self.fake.argvs())
+                  if a[:4] == ["rm", "--force", f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"])
         self.assertLess(inspect, rm, "asked before the container is removed")
         self.assertEqual(self.fake.argvs()[-1][:2], ["network", "rm"])
         self.assertNoPrivateDir()
@@ -154,7 +156,8 @@ class CliFaults(CliTest):
                                          f"137) while the agent ran", "the session was ended",
                                 "claude-bottle start claude")
         calls = self.fake.argvs()
-        self.assertIn(["rm", "--force", f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"], calls)
+        self.assertIn(["rm", "--force", f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"],
+                      [a[:4] for a in calls])
         self.assertEqual(calls[-1][:2], ["network", "rm"])
         self.assertNoPrivateDir()
 
