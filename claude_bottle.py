@@ -2080,11 +2080,18 @@ def _toml_list(items) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
+# What the report and `logs` say of plain HTTP in "tunnel" mode: pipelock sees a CONNECT, never the request.
+PLAIN_HTTP_PER_TUNNEL = ('plain HTTP (plain_http = "tunnel") is counted per CONNECT tunnel, one a request, '
+                         'without its URL')
+
+
 def render_report(plan: Plan, report: dict) -> list:
     """The egress report; `report["live"]` (when present) holds the hosts allowed and denied while it ran."""
     lines = [f"claude-bottle: egress report for session {plan.session}"]
     reached = ", ".join(f"{r['host']} ({r['count']})" for r in report["reached"])
     lines.append(f"  reached: {reached or 'nothing'}")
+    if reached and plan.plain_http == PLAIN_HTTP_TUNNEL:
+        lines.append(f"  {PLAIN_HTTP_PER_TUNNEL}")
     for b in report.get("brokered", ()):
         codes = ", ".join(f"{code} x{n}" for code, n in sorted(b["status"].items()))
         lines.append(f"  brokered: {b['env']} -> {b['host']}: {b['requests']} request"
@@ -5867,6 +5874,8 @@ def cmd_logs(args, command, ctx: Context) -> int:
         raise BottleError(f"session {session['session']} has no pipelock sidecar (any more)")
     import select
     proc = engine.follow_logs(sidecar["name"], follow=args.follow)
+    if not args.json:
+        say(f"claude-bottle: {PLAIN_HTTP_PER_TUNNEL} (with plain_http = \"scan\", per request with its URL)")
     try:
         buffered = b""
         while True:
