@@ -5103,7 +5103,9 @@ sub head {
 }
 sub put {
   my ($h, $buf) = @_;
-  for (my $o = 0; $o < length $buf;) { my $w = syswrite($h, $buf, length($buf) - $o, $o); exit 0 unless defined $w; $o += $w }
+  for (my $o = 0; $o < length $buf;) {
+    my $w = syswrite($h, $buf, length($buf) - $o, $o); exit 0 unless defined $w; $o += $w;
+  }
 }
 sub answer {
   my ($c, $status, $body) = @_;
