@@ -77,7 +77,7 @@ class Egress(E2ETest):
 # (or of keep-alive lines every second, with `keepalive`). Prints what came back.
 TUNNEL = r"""
 import os, socket, sys, time
-host, port = os.environ["http_proxy"].rsplit("/", 1)[-1].rsplit(":", 1)
+host, port = os.environ["https_proxy"].rsplit("/", 1)[-1].rsplit(":", 1)
 pause, keepalive = float(sys.argv[1]), sys.argv[2] == "1"
 s = socket.create_connection((host, int(port)), timeout=30)
 s.sendall(b"CONNECT web:9000 HTTP/1.1\r\nHost: web:9000\r\n\r\n")

@@ -22,7 +22,7 @@ setUpModule, tearDownModule = module_fixtures(globals())
 AGENT = r"""
 import os, socket, sys, time, urllib.request
 interval = float(sys.argv[1])
-proxy = os.environ["HTTP_PROXY"].split("//")[1]
+proxy = os.environ["HTTPS_PROXY"].split("//")[1]
 host, port = proxy.rsplit(":", 1)
 tunnel = socket.create_connection((host, int(port)), timeout=10)
 tunnel.sendall(b"CONNECT web:9000 HTTP/1.1\r\nHost: web:9000\r\n\r\n")
