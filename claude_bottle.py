@@ -133,9 +133,6 @@ BROKER_FIRST_PORT = 41800
 PLAIN_HTTP_TUNNEL, PLAIN_HTTP_SCAN = "tunnel", "scan"
 PLAIN_HTTP_MODES = (PLAIN_HTTP_TUNNEL, PLAIN_HTTP_SCAN)
 PLAIN_HTTP_PORT = 41799
-# A bound, not a pause: the forwarder answers within milliseconds, but an interpreter starting on a loaded machine
-# was seen to take up to 30 s.
-PLAIN_HTTP_WAIT = 120.0
 
 LABEL = "claude-bottle"
 SESSION_LABEL = f"{LABEL}.session"
