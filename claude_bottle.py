@@ -93,8 +93,8 @@ IDLE_TIMEOUT_SECONDS = 1800
 # pipelock's default is 60 requests a minute per domain; a package install makes hundreds.
 MAX_REQUESTS_PER_MINUTE = 6000
 # pipelock buffers and scans each plain-HTTP response (about 1-4 CPU-seconds per MiB at 2.3.0; see PRD 0007), and
-# by default cuts it at 10 MiB and gives up after 30 s. These let a plain-HTTP download finish instead; HTTPS goes
-# through a CONNECT tunnel at wire speed, unaffected.
+# by default cuts it at 10 MiB and gives up after 30 s. These let a plain-HTTP download finish instead (with
+# plain_http = "scan"); HTTPS, and plain HTTP by default, go through CONNECT tunnels at wire speed, unaffected.
 FETCH_TIMEOUT_SECONDS = 300
 MAX_RESPONSE_MB = 64
 
