@@ -126,7 +126,8 @@ class Live(E2ETest):
             # The way to the fix, where the user looks.
             logs = self.cli(project, "logs", session)
             self.assertEqual(logs.returncode, 0, logs.stderr)
-            self.assertRegex(logs.stdout, rf"blocked  GET http://other:8000/ .*\n +fix: claude-bottle allow "
+            # Plain HTTP goes through the forwarder's CONNECT (plain_http = "tunnel"): logged per tunnel.
+            self.assertRegex(logs.stdout, rf"blocked  CONNECT other:8000 .*\n +fix: claude-bottle allow "
                                           rf"{session} other\n")
             self.assertRegex(logs.stdout, r"started  pipelock .*\n")
             self.assertNotIn("anomaly", logs.stdout)
