@@ -131,6 +131,14 @@ def forwarder_pids(port: int) -> list:
     return pids
 
 
+def stop_forwarder(port: int) -> None:
+    for pid in forwarder_pids(port):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # a connection's process (perl forks one per connection) that ended meanwhile
+
+
 class ForwarderTest(unittest.TestCase):
     """Each program against the stand-in: what it lets through goes through a CONNECT tunnel; what the stand-in
     refuses is refused with its reason."""
@@ -154,7 +162,7 @@ class ForwarderTest(unittest.TestCase):
         proc = subprocess.run([tool, flag, program, str(port), "127.0.0.1", str(self.proxy.port)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.assertEqual(proc.returncode, 0)
-        self.addCleanup(lambda: [os.kill(pid, signal.SIGKILL) for pid in forwarder_pids(port)])
+        self.addCleanup(stop_forwarder, port)
         with socket.create_connection(("127.0.0.1", port), timeout=10):
             pass
         return port
