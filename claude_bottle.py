@@ -97,8 +97,8 @@ IDLE_TIMEOUT_SECONDS = 1800
 # pipelock's default is 60 requests a minute per domain; a package install makes hundreds.
 MAX_REQUESTS_PER_MINUTE = 6000
 # pipelock buffers and scans each plain-HTTP response (about 1-4 CPU-seconds per MiB at 2.3.0; see PRD 0007), and
-# by default cuts it at 10 MiB and gives up after 30 s. These let a plain-HTTP download finish instead; HTTPS goes
-# through a CONNECT tunnel at wire speed, unaffected.
+# by default cuts it at 10 MiB and gives up after 30 s. These let a plain-HTTP download finish instead (with
+# plain_http = "scan"); HTTPS, and plain HTTP by default, go through CONNECT tunnels at wire speed, unaffected.
 FETCH_TIMEOUT_SECONDS = 300
 MAX_RESPONSE_MB = 64
 
@@ -139,6 +139,14 @@ DEFAULT_ENV = ()
 # Where the broker's sockets appear in the agent, and the first of the loopback ports their forwarders serve.
 AGENT_BROKER_DIR = "/run/claude-bottle"
 BROKER_FIRST_PORT = 41800
+# How the agent's plain-HTTP requests leave (a bottle's `plain_http`). "tunnel": its http_proxy is a forwarder on
+# this loopback port in the agent's container, which sends each request through a CONNECT tunnel of the sidecar:
+# wire speed, with pipelock's allowlist, SSRF and trusted checks on the tunnel, but no DLP on the request and one
+# log line per tunnel (no URL). "scan": http_proxy is pipelock itself, which scans every request (DLP, URL in the
+# log) and buffers every response (seconds per MiB). See PRD 0007.
+PLAIN_HTTP_TUNNEL, PLAIN_HTTP_SCAN = "tunnel", "scan"
+PLAIN_HTTP_MODES = (PLAIN_HTTP_TUNNEL, PLAIN_HTTP_SCAN)
+PLAIN_HTTP_PORT = 41799
 
 LABEL = "claude-bottle"
 SESSION_LABEL = f"{LABEL}.session"
@@ -495,11 +503,12 @@ class SshHost(namedtuple("SshHost", "alias hostname user port", defaults=(None, 
 
 
 class Bottle(namedtuple("Bottle", "name allow trusted ssh egress_network max_tunnel_seconds idle_timeout_seconds "
-                                  "credentials limits connectors",
-                        defaults=((), (), (), None, MAX_TUNNEL_SECONDS, IDLE_TIMEOUT_SECONDS, (), (), False))):
+                                  "credentials limits connectors plain_http",
+                        defaults=((), (), (), None, MAX_TUNNEL_SECONDS, IDLE_TIMEOUT_SECONDS, (), (), False,
+                                  PLAIN_HTTP_TUNNEL))):
     """A `[bottles.NAME]` table: extra hosts, trusted hosts, SshHost entries, egress network, lifetimes, the
-    Credential entries the broker holds for it, the resource limits it sets ((key, value) pairs), and whether
-    claude.ai's connectors are reachable."""
+    Credential entries the broker holds for it, the resource limits it sets ((key, value) pairs), whether
+    claude.ai's connectors are reachable, and how plain HTTP leaves (PLAIN_HTTP_MODES)."""
 
     __slots__ = ()
 
@@ -525,7 +534,7 @@ class Config(namedtuple("Config", "path bottles agents")):
 AGENT_LIMIT_KEYS = ("memory", "cpus", "tmpfs_size")
 SIDECAR_LIMIT_KEYS = ("sidecar_memory", "sidecar_cpus", "sidecar_pids")
 BOTTLE_KEYS = ("allow", "trusted", "ssh", "egress_network", "max_tunnel_seconds", "idle_timeout_seconds",
-               "credentials", "connectors", *AGENT_LIMIT_KEYS, *SIDECAR_LIMIT_KEYS)
+               "credentials", "connectors", "plain_http", *AGENT_LIMIT_KEYS, *SIDECAR_LIMIT_KEYS)
 SSH_KEYS = ("Host", "Hostname", "User", "Port")
 AGENT_KEYS = ("bottle", "image", "env", "command", "workspace", "clone", *AGENT_LIMIT_KEYS)
 
@@ -615,6 +624,11 @@ def _parse_bottle(name: str, table, origin: str) -> Bottle:
     if not isinstance(connectors, bool):
         raise ConfigError(f"{where} connectors: {_printable(connectors)} is not true or false (true lets the agent "
                           f"reach the accounts you connected to claude.ai, through {CONNECTORS_HOST})")
+    plain_http = table.get("plain_http", PLAIN_HTTP_TUNNEL)
+    if plain_http not in PLAIN_HTTP_MODES:
+        raise ConfigError(f"{where} plain_http: {_printable(plain_http)} is not a mode; write plain_http = "
+                          f"\"{PLAIN_HTTP_TUNNEL}\" (the default: wire speed, checked per tunnel) or plain_http = "
+                          f"\"{PLAIN_HTTP_SCAN}\" (pipelock's DLP on every request, slow downloads)")
     return Bottle(
         name=name, allow=allow, trusted=trusted, ssh=tuple(ssh), egress_network=egress,
         max_tunnel_seconds=check_int(table.get("max_tunnel_seconds", MAX_TUNNEL_SECONDS),
@@ -625,6 +639,7 @@ def _parse_bottle(name: str, table, origin: str) -> Bottle:
                                       Path(origin).parent),
         limits=_parse_limits(table, where, AGENT_LIMIT_KEYS + SIDECAR_LIMIT_KEYS),
         connectors=connectors,
+        plain_http=plain_http,
     )
 
 
@@ -1272,7 +1287,8 @@ PLAN_FIELDS = (
     "session agent agent_source bottle image build_image pipelock_image workspace git_dir read_only env "
     "env_unset hosts bottle_allow trusted ssh ssh_agent egress_network command tty self_test "
     "max_tunnel_seconds idle_timeout_seconds config_path owner owner_start owner_proof private_dir subnet_pool "
-    "brokered identity extra_allow learn build_args state_volume fresh clone repo discard limits login connectors mcp"
+    "brokered identity extra_allow learn build_args state_volume fresh clone repo discard limits login connectors mcp "
+    "plain_http"
 )
 
 
@@ -1607,6 +1623,7 @@ def resolve_plan(config: Config, agent_name: str | None, *, cwd: Path, environ, 
         login=login_line(brokered, spec.env, environ, login[0] if login else ""),
         connectors=bottle.connectors,
         mcp=project_mcp_servers(ws),
+        plain_http=bottle.plain_http,
     )
 
 
@@ -1749,6 +1766,7 @@ def render_summary(plan: Plan) -> list:
         f"  egress:     {egress_line(plan.hosts)}",
         f"  connectors: {connectors_line(plan)}",
         *(f"  mcp:        {line}" for line in mcp_lines(plan)),
+        f"  plain http: {PLAIN_HTTP_LINES[plan.plain_http]}",
         *(f"  preset:     {p} = {', '.join(PRESETS[p[1:]])}" for p in presets_used(plan)),
         f"  trusted:    {', '.join(plan.trusted) or 'none'} (may resolve to private addresses){later}",
         f"  ssh:        {ssh_line(plan.ssh)}" + (" (host ssh-agent forwarded)" if plan.ssh_agent else ""),
@@ -1784,6 +1802,14 @@ def mcp_lines(plan: Plan) -> list:
     return lines
 
 
+PLAIN_HTTP_LINES = {
+    PLAIN_HTTP_TUNNEL: "tunnel: wire speed through CONNECT (allowlist, SSRF; logged per tunnel, no URL, no DLP); "
+                       "plain_http = \"scan\" adds DLP and URLs, at seconds per MiB",
+    PLAIN_HTTP_SCAN: "scan: pipelock's DLP on each request, URLs logged, seconds per MiB of response; "
+                     "plain_http = \"tunnel\" is wire speed without them",
+}
+
+
 def brokered_text(ep) -> str:
     """`ANTHROPIC_API_KEY -> api.anthropic.com (brokered)`: a name and a host, never a value."""
     return f"{ep.env} -> {ep.host} (brokered)"
@@ -1817,10 +1843,15 @@ def session_labels(plan: Plan, role: str) -> dict:
             f"{LABEL}.owner-proof": plan.owner_proof, f"{LABEL}.owner-dir": plan.private_dir}
 
 
+def plain_http_url(plan: Plan) -> str:
+    """The agent's http_proxy: the plain-HTTP forwarder in its own container, or pipelock (PLAIN_HTTP_MODES)."""
+    return f"http://127.0.0.1:{PLAIN_HTTP_PORT}" if plan.plain_http == PLAIN_HTTP_TUNNEL else plan.proxy_url
+
+
 def proxy_env(plan: Plan) -> list:
-    url = plan.proxy_url
+    url, plain = plan.proxy_url, plain_http_url(plan)
     return [
-        ("HTTPS_PROXY", url), ("HTTP_PROXY", url), ("https_proxy", url), ("http_proxy", url),
+        ("HTTPS_PROXY", url), ("HTTP_PROXY", plain), ("https_proxy", url), ("http_proxy", plain),
         ("NO_PROXY", "localhost,127.0.0.1,::1"), ("no_proxy", "localhost,127.0.0.1,::1"),
         # Node's fetch ignores the proxy variables without this; Claude Code is a Node program.
         ("NODE_USE_ENV_PROXY", "1"),
@@ -1980,9 +2011,9 @@ def agent_spec(plan: Plan, ip: str | None = None, state: str | None = None) -> C
     # The brokered credentials' placeholders and the broker's addresses: no secret, so by value. Then the variables
     # the agent names, by name only: the engine reads the value from its own environment, so it never shows in argv.
     env += [*proxy_env(plan), *agent_env_for(plan.brokered, broker_ports(plan)), *((n, None) for n in plan.env)]
-    # The bottle runs its command itself; an image's ENTRYPOINT is never used. The broker's forwarders start
-    # first, so the command never runs without them.
-    forward = render_forwarders(plan)
+    # The bottle runs its command itself; an image's ENTRYPOINT is never used. The broker's forwarders and the
+    # plain-HTTP forwarder start first, so the command never runs without them.
+    forward = render_forwarders(plan) + render_plain_http_forwarder(plan)
     if plan.self_test:
         entrypoint, command = "/bin/sh", ("-c", forward + GATE, "claude-bottle-gate", *plan.command)
     elif forward:
@@ -2276,11 +2307,18 @@ def _toml_list(items) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
+# What the report and `logs` say of plain HTTP in "tunnel" mode: pipelock sees a CONNECT, never the request.
+PLAIN_HTTP_PER_TUNNEL = ('plain HTTP (plain_http = "tunnel") is counted per CONNECT tunnel, one a request, '
+                         'without its URL')
+
+
 def render_report(plan: Plan, report: dict) -> list:
     """The egress report; `report["live"]` (when present) holds the hosts allowed and denied while it ran."""
     lines = [f"claude-bottle: egress report for session {plan.session}"]
     reached = ", ".join(f"{r['host']} ({r['count']})" for r in report["reached"])
     lines.append(f"  reached: {reached or 'nothing'}")
+    if reached and plan.plain_http == PLAIN_HTTP_TUNNEL:
+        lines.append(f"  {PLAIN_HTTP_PER_TUNNEL}")
     for b in report.get("brokered", ()):
         codes = ", ".join(f"{code} x{n}" for code, n in sorted(b["status"].items()))
         lines.append(f"  brokered: {b['env']} -> {b['host']}: {b['requests']} request"
@@ -5544,6 +5582,257 @@ def state_login_warning(volume: str, agent: str) -> str:
             f"then `claude-bottle logout --state {agent}` to remove it from the volume")
 
 
+# ---- The plain-HTTP forwarder: plain HTTP through a CONNECT tunnel of the sidecar ----
+
+# Each program: listen on 127.0.0.1:argv[1], then go to the background (the foreground process exits 0 once the
+# port accepts connections, so the sh before the agent's command waits exactly as long as the start takes, with
+# no poll and no clock). For each client: a proxy request for http://HOST[:PORT]/PATH becomes a CONNECT HOST:PORT
+# to pipelock (argv[2]:argv[3], the only address it ever connects to), then the request in origin form with
+# `Connection: close` through the tunnel, and the answer copied back. pipelock's refusal of the CONNECT (403 and its
+# reason) is the client's answer. A CONNECT from the client goes to pipelock as it came.
+_HTTP_FORWARD_PY = """\
+import os, socket, sys, threading
+PROXY = (sys.argv[2], int(sys.argv[3]))
+DROP = (b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive")
+def head(s, buf):
+    while b"\\r\\n\\r\\n" not in buf:
+        data = s.recv(65536) if len(buf) < 65536 else b""
+        if not data:
+            raise EOFError
+        buf += data
+    return buf.partition(b"\\r\\n\\r\\n")[::2]
+def answer(c, status, body):
+    c.sendall(b"HTTP/1.1 %s\\r\\nContent-Type: text/plain; charset=utf-8\\r\\nContent-Length: %d\\r\\n"
+              b"Connection: close\\r\\n\\r\\n%s" % (status, len(body), body))
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def serve(c):
+    u = None
+    try:
+        h, rest = head(c, b"")
+        line, _, fields = h.partition(b"\\r\\n")
+        method, target, version = line.split(b" ")
+        try:
+            u = socket.create_connection(PROXY)
+        except OSError:
+            return answer(c, b"502 Bad Gateway", b"claude-bottle: the plain-HTTP forwarder cannot reach pipelock\\n")
+        if method == b"CONNECT":
+            u.sendall(h + b"\\r\\n\\r\\n" + rest)
+        elif target[:7].lower() != b"http://":
+            return answer(c, b"400 Bad Request", b"claude-bottle: the plain-HTTP forwarder takes http:// URLs\\n")
+        else:
+            auth, _, path = target[7:].partition(b"/")
+            auth = auth.rpartition(b"@")[2]
+            if b":" not in auth.rpartition(b"]")[2]:
+                auth += b":80"
+            u.sendall(b"CONNECT %s HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n" % (auth, auth))
+            ph, extra = head(u, b"")
+            status = ph.partition(b"\\r\\n")[0].split(b" ", 1)[1]
+            if not status.startswith(b"200"):
+                length = 0
+                for f in ph.split(b"\\r\\n")[1:]:
+                    k, _, v = f.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                while len(extra) < length:
+                    data = u.recv(65536)
+                    if not data:
+                        break
+                    extra += data
+                return answer(c, status, extra[:length])
+            kept = [f for f in fields.split(b"\\r\\n") if f and f.partition(b":")[0].strip().lower() not in DROP]
+            u.sendall(b"\\r\\n".join([b"%s /%s %s" % (method, path.partition(b"#")[0], version), *kept,
+                                    b"Connection: close", b"", b""]) + rest)
+        t = threading.Thread(target=pipe, args=(u, c), daemon=True)
+        t.start()
+        pipe(c, u)
+        t.join()
+    except (OSError, ValueError, EOFError, IndexError):
+        pass
+    finally:
+        c.close()
+        if u:
+            u.close()
+s = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+if os.fork():
+    os._exit(0)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+# node cannot fork: it starts itself again, detached, and waits for the child's word that it listens.
+_HTTP_FORWARD_JS = """\
+const net = require("net");
+const [port, phost, pport] = process.argv.slice(-3);
+if (process.env.CLAUDE_BOTTLE_FORWARDER !== "serve") {
+  const child = require("child_process").spawn(process.execPath, [...process.execArgv, port, phost, pport],
+    {detached: true, stdio: ["ignore", "pipe", "ignore"], env: {...process.env, CLAUDE_BOTTLE_FORWARDER: "serve"}});
+  child.stdout.on("data", () => process.exit(0));
+  child.on("exit", () => process.exit(1));
+} else {
+const DROP = /^(proxy-connection|proxy-authorization|connection|keep-alive)\\s*:/i;
+function head(s, done) {
+  let buf = Buffer.alloc(0);
+  const more = (d) => {
+    buf = Buffer.concat([buf, d]);
+    const i = buf.indexOf("\\r\\n\\r\\n");
+    if (i >= 0) {
+      s.removeListener("data", more); s.pause();
+      done(buf.subarray(0, i).toString("latin1"), buf.subarray(i + 4));
+    } else if (buf.length > 65536) s.destroy();
+  };
+  s.on("data", more);
+}
+function answer(c, status, body) {
+  c.end(Buffer.concat([Buffer.from("HTTP/1.1 " + status + "\\r\\nContent-Type: text/plain; charset=utf-8\\r\\n" +
+    "Content-Length: " + body.length + "\\r\\nConnection: close\\r\\n\\r\\n", "latin1"), body]));
+}
+net.createServer({allowHalfOpen: true}, (c) => {
+  c.on("error", () => c.destroy());
+  head(c, (h, rest) => {
+    const lines = h.split("\\r\\n"), [method, target, version] = lines[0].split(" ");
+    let relaying = false;
+    const u = net.connect({host: phost, port: Number(pport), allowHalfOpen: true});
+    u.on("error", () => relaying ? c.destroy() :
+      answer(c, "502 Bad Gateway", Buffer.from("claude-bottle: the plain-HTTP forwarder cannot reach pipelock\\n")));
+    c.on("close", () => u.destroy());
+    const relay = (first) => { relaying = true; u.write(first); c.pipe(u); u.pipe(c); };
+    if (method === "CONNECT") return relay(Buffer.concat([Buffer.from(h + "\\r\\n\\r\\n", "latin1"), rest]));
+    const m = /^http:\\/\\/([^\\/]*)(\\/.*)?$/i.exec(target || "");
+    if (!m || !version) {
+      u.destroy();
+      return answer(c, "400 Bad Request", Buffer.from("claude-bottle: the plain-HTTP forwarder takes http:// URLs\\n"));
+    }
+    let auth = m[1].replace(/^.*@/, "");
+    if (!auth.replace(/^\\[.*\\]/, "").includes(":")) auth += ":80";
+    const path = (m[2] || "/").replace(/#.*/s, "");
+    u.write("CONNECT " + auth + " HTTP/1.1\\r\\nHost: " + auth + "\\r\\n\\r\\n");
+    head(u, (ph, extra) => {
+      const status = ph.split("\\r\\n")[0].split(" ").slice(1).join(" ");
+      if (!status.startsWith("200")) {
+        const n = Number((/\\r\\ncontent-length:\\s*(\\d+)/i.exec(ph) || [0, 0])[1]);
+        let body = extra, sent = false;
+        const done = () => { if (!sent) { sent = true; u.destroy(); answer(c, status, body.subarray(0, n)); } };
+        if (body.length >= n) return done();
+        u.on("data", (d) => { body = Buffer.concat([body, d]); if (body.length >= n) done(); });
+        u.on("end", done); u.resume();
+        return;
+      }
+      const kept = lines.slice(1).filter((f) => f && !DROP.test(f));
+      relay(Buffer.concat([Buffer.from([method + " " + path + " " + version, ...kept, "Connection: close", "", ""]
+        .join("\\r\\n"), "latin1"), rest]));
+    });
+  });
+}).listen(Number(port), "127.0.0.1", () => process.stdout.write("up\\n"));
+}
+"""
+_HTTP_FORWARD_PL = """\
+use strict; use IO::Socket::INET; use IO::Select;
+my ($port, $phost, $pport) = @ARGV;
+my $l = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $port, Listen => 128, ReuseAddr => 1)
+  or die "listen: $!";
+exit 0 if fork;
+$SIG{CHLD} = "IGNORE";
+sub head {
+  my ($s, $buf) = @_;
+  until ($buf =~ /\\r\\n\\r\\n/) {
+    return () if length($buf) > 65536;
+    my $n = sysread($s, my $d, 65536);
+    return () unless $n;
+    $buf .= $d;
+  }
+  my $i = index($buf, "\\r\\n\\r\\n");
+  return (substr($buf, 0, $i), substr($buf, $i + 4));
+}
+sub put {
+  my ($h, $buf) = @_;
+  for (my $o = 0; $o < length $buf;) {
+    my $w = syswrite($h, $buf, length($buf) - $o, $o); exit 0 unless defined $w; $o += $w;
+  }
+}
+sub answer {
+  my ($c, $status, $body) = @_;
+  put($c, "HTTP/1.1 $status\\r\\nContent-Type: text/plain; charset=utf-8\\r\\nContent-Length: " . length($body)
+    . "\\r\\nConnection: close\\r\\n\\r\\n$body");
+  exit 0;
+}
+while (1) {
+  my $c = $l->accept or next;
+  if (fork) { close $c; next }
+  close $l;
+  my ($h, $rest) = head($c, "") or exit 0;
+  my ($line, @fields) = split /\\r\\n/, $h;
+  my ($method, $target, $version) = split / /, $line;
+  my $u = IO::Socket::INET->new(PeerAddr => $phost, PeerPort => $pport, Proto => "tcp")
+    or answer($c, "502 Bad Gateway", "claude-bottle: the plain-HTTP forwarder cannot reach pipelock\\n");
+  if ($method eq "CONNECT") {
+    put($u, "$h\\r\\n\\r\\n$rest");
+  } else {
+    $target =~ m{^http://([^/]*)(/.*)?$}is && defined $version
+      or answer($c, "400 Bad Request", "claude-bottle: the plain-HTTP forwarder takes http:// URLs\\n");
+    my ($auth, $path) = ($1, defined $2 ? $2 : "/");
+    $auth =~ s/^.*@//s;
+    (my $tail = $auth) =~ s/^\\[.*\\]//s;
+    $auth .= ":80" unless $tail =~ /:/;
+    $path =~ s/#.*//s;
+    put($u, "CONNECT $auth HTTP/1.1\\r\\nHost: $auth\\r\\n\\r\\n");
+    my ($ph, $extra) = head($u, "") or exit 0;
+    my ($status) = $ph =~ m{^\\S+ ([^\\r\\n]*)};
+    if ($status !~ /^200/) {
+      my ($n) = $ph =~ /\\r\\ncontent-length:\\s*(\\d+)/i;
+      $n = 0 unless defined $n;
+      while (length($extra) < $n) { my $r = sysread($u, my $d, 65536); last unless $r; $extra .= $d }
+      answer($c, $status, substr($extra, 0, $n));
+    }
+    my @kept = grep { length && !/^(proxy-connection|proxy-authorization|connection|keep-alive)\\s*:/i } @fields;
+    put($u, join("\\r\\n", "$method $path $version", @kept, "Connection: close", "", "") . $rest);
+  }
+  my %peer = ($c => $u, $u => $c);
+  my $sel = IO::Select->new($c, $u);
+  while ($sel->count) {
+    for my $h ($sel->can_read) {
+      my $n = sysread($h, my $buf, 65536);
+      if (!$n) { shutdown($peer{$h}, 1); $sel->remove($h); next }
+      put($peer{$h}, $buf);
+    }
+  }
+  exit 0;
+}
+"""
+HTTP_FORWARDER_TOOLS = ("python3", "node", "perl")
+HTTP_FORWARDER_FAILED = "claude-bottle: the plain-HTTP forwarder did not start"
+# An image with none of HTTP_FORWARDER_TOOLS: its command still runs, with plain HTTP through pipelock's own proxy.
+HTTP_FORWARDER_NONE = ("claude-bottle: the agent image has none of python3, node or perl for the plain-HTTP "
+                       "forwarder; plain HTTP goes through pipelock's scanning proxy instead (slow for big downloads)")
+
+
+def render_plain_http_forwarder(plan: Plan) -> str:
+    """POSIX sh, run before the agent's command: start the plain-HTTP forwarder on 127.0.0.1:PLAIN_HTTP_PORT with
+    the first of HTTP_FORWARDER_TOOLS the image has, returning once it listens; "" unless plain_http is "tunnel".
+    Without any of them the command's http_proxy goes back to pipelock."""
+    if plan.plain_http != PLAIN_HTTP_TUNNEL:
+        return ""
+    args = f"{PLAIN_HTTP_PORT} {shlex.quote(plan.sidecar)} {PROXY_PORT}"
+    lines = []
+    for i, tool in enumerate(HTTP_FORWARDER_TOOLS):
+        program = {"python3": _HTTP_FORWARD_PY, "node": _HTTP_FORWARD_JS, "perl": _HTTP_FORWARD_PL}[tool]
+        lines += [f"{'elif' if i else 'if'} command -v {tool} >/dev/null 2>&1; then",
+                  f"{tool} {'-c' if tool == 'python3' else '-e'} {shlex.quote(program)} {args} </dev/null >/dev/null "
+                  f"2>&1 || {{ echo {shlex.quote(HTTP_FORWARDER_FAILED)} >&2; exit 1; }}"]
+    url = shlex.quote(plan.proxy_url)
+    lines += ["else", f"  export http_proxy={url} HTTP_PROXY={url}", f"  echo {shlex.quote(HTTP_FORWARDER_NONE)} >&2",
+              "fi"]
+    return "\n".join(lines) + "\n"
+
+
 # ---- Operating bottles: finding sessions, stopping them, reaping orphans ----
 
 def hostname() -> str:
@@ -6291,6 +6580,8 @@ def cmd_logs(args, command, ctx: Context) -> int:
         raise BottleError(f"session {session['session']} has no pipelock sidecar (any more)")
     import select
     proc = engine.follow_logs(sidecar["name"], follow=args.follow)
+    if not args.json:
+        say(f"claude-bottle: {PLAIN_HTTP_PER_TUNNEL} (with plain_http = \"scan\", per request with its URL)")
     try:
         buffered = b""
         while True:

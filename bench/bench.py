@@ -13,8 +13,8 @@ machine, the engine and the targets of the issues. Measured:
 3. dry-run: `start --dry-run` and `check` on a config of 10 agents.
 4. concurrency: 8, 16, 32 and 64 sessions started at once (--counts), running a short command or all up together,
    next to as many raw sequences at once; and the memory of one idle bottle.
-5. throughput: direct, CONNECT and plain HTTP through the sidecar, and `git clone` over an SSH alias, from servers
-   on a network of the bench's own.
+5. throughput: direct, CONNECT and plain HTTP through the sidecar (plain_http = "tunnel", the default, and
+   "scan"), and `git clone` over an SSH alias, from servers on a network of the bench's own.
 
 Plus one traced start: every docker call claude-bottle makes, with its duration, and where the time goes.
 
@@ -65,7 +65,7 @@ CLONE_MB = (10, 500)
 CLONE_CMD = 'echo "READY $(date +%s.%N)"; echo "SESSION $CLAUDE_BOTTLE_SESSION"; echo new > agent.txt; ' \
             'echo "EXIT $(date +%s.%N)"'
 COUNTS = (8, 16, 32, 64)
-SIZES_MB = (1, 50)
+SIZES_MB = (9, 50)
 REPO_MB = 60
 REPO_FILES = 5
 TRANSFER_TIMEOUT = 300
@@ -843,13 +843,14 @@ for r in $(seq 1 {rounds}); do
       case $way in
         direct) set -- --noproxy '*' ;;
         CONNECT) set -- --proxytunnel --proxy "$HTTPS_PROXY" ;;
-        plain) set -- --proxy "$http_proxy" ;;
+        plain|scan) set -- --proxy "$http_proxy" ;;
       esac
       w=$(curl -s -o /dev/null --max-time {timeout} -w '%{{http_code}} %{{time_total}} %{{size_download}}' \
           "$@" "http://web:8000/$f")
       echo "$r $way $f $? $w"
     done
   done
+  [ -n "{git_url}" ] || continue
   rm -rf /tmp/cbbench-clone
   s=$(date +%s.%N)
   timeout {timeout} git clone -q {git_url} /tmp/cbbench-clone 2> /tmp/cbbench-clone.err
@@ -896,8 +897,9 @@ def start_server(b: Bench, network: str, alias: str, script: str, env: dict, pro
     return name
 
 
-def throughput_config(b: Bench, network: str) -> str:
+def throughput_config(b: Bench, network: str, plain_http: str = "tunnel") -> str:
     return (f'[bottles.tput]\negress_network = "{network}"\nallow = ["web", "git"]\ntrusted = ["web", "git"]\n'
+            f'plain_http = "{plain_http}"\n'
             '[[bottles.tput.ssh]]\nHost = "gitserver"\nHostname = "git"\nUser = "git"\n'
             f'[agents.{AGENT}]\nbottle = "tput"\nimage = "{b.debian}"\nenv = []\n')
 
@@ -920,7 +922,7 @@ def measure_throughput(b: Bench, sizes, repo_mb: int, timeout: int) -> dict:
     rounds_ = b.warmup + runs
     files = [f"{kind}-{mb}MB" for mb in sizes for kind in ("bin", "text")]
     # Every transfer is bounded by `timeout`; this only stops a hung run.
-    budget = rounds_ * (2 * len(files) + 1) * (timeout + 10) + 300
+    budget = rounds_ * (3 * len(files) + 1) * (timeout + 10) + 300
     network = f"cbbench-{b.tag}-outside"
     # Internal: the servers, the plain container and the sidecar reach each other and nothing else.
     docker("network", "create", "--internal", "--label", b.label, network)
@@ -943,23 +945,29 @@ def measure_throughput(b: Bench, sizes, repo_mb: int, timeout: int) -> dict:
                   "--network", network, "--mount", f"type=bind,source={key},target=/cbbench-key,readonly",
                   "--env", f"GIT_SSH_COMMAND={DIRECT_SSH}", b.debian,
                   "sh", "-c", transfers("direct", "git@git:/srv/git/repo.git")], timeout=budget).stdout
-    progress(f"throughput: CONNECT, plain HTTP and git over the SSH alias, inside a bottle: {runs_text(runs)} after "
-             f"{b.warmup} warm-up")
-    ws = b.workspace("throughput", throughput_config(b, network))
-    sample_noise(b)
-    script = ('echo "$CLAUDE_BOTTLE_SESSION" > /workspace/session; exec > /workspace/throughput.txt 2>&1\n'
-              + transfers("CONNECT plain", "gitserver:/srv/git/repo.git"))
-    log = b.tmp / "throughput-cli.log"
-    proc = b.cli("start", "--yes", "-q", AGENT, "--", "sh", "-c", script, cwd=ws, log=log,
-                 env=b.env(SSH_AUTH_SOCK=sock))
-    code = finish(proc, time.monotonic() + budget)
-    session = (ws / "session").read_text().strip() if (ws / "session").exists() else ""
-    left = cb_leftovers(session, proc.pid)
-    if code != 0 or left:
-        raise BenchError(f"the throughput bottle exited {code} and left {left}: {log.read_text()[-800:]}")
-    inside = (ws / "throughput.txt").read_text()
+    def bottle(name: str, plain_http: str, ways: str, git_url: str) -> str:
+        ws = b.workspace(name, throughput_config(b, network, plain_http))
+        sample_noise(b)
+        script = ('echo "$CLAUDE_BOTTLE_SESSION" > /workspace/session; exec > /workspace/throughput.txt 2>&1\n'
+                  + transfers(ways, git_url))
+        log = b.tmp / f"{name}-cli.log"
+        proc = b.cli("start", "--yes", "-q", AGENT, "--", "sh", "-c", script, cwd=ws, log=log,
+                     env=b.env(SSH_AUTH_SOCK=sock))
+        code = finish(proc, time.monotonic() + budget)
+        session = (ws / "session").read_text().strip() if (ws / "session").exists() else ""
+        left = cb_leftovers(session, proc.pid)
+        if code != 0 or left:
+            raise BenchError(f"the {name} bottle exited {code} and left {left}: {log.read_text()[-800:]}")
+        return (ws / "throughput.txt").read_text()
+
+    progress(f"throughput: CONNECT, plain HTTP (plain_http = \"tunnel\") and git over the SSH alias, inside a "
+             f"bottle: {runs_text(runs)} after {b.warmup} warm-up")
+    inside = bottle("throughput", "tunnel", "CONNECT plain", "gitserver:/srv/git/repo.git")
+    progress(f"throughput: plain HTTP in a bottle with plain_http = \"scan\": {runs_text(runs)} after {b.warmup} "
+             f"warm-up (each transfer at most {timeout} s)")
+    scanned = bottle("throughput-scan", "scan", "scan", "")
     got, notes = parse_transfers(direct, b.warmup)
-    got_inside, notes_inside = parse_transfers(inside, b.warmup)
+    got_inside, notes_inside = parse_transfers(inside + scanned, b.warmup)
     return {"runs": runs, "sizes": list(sizes), "timeout": timeout, "direct": got, "bottle": got_inside,
             "notes": [f"direct: {n}" for n in notes] + [f"bottle: {n}" for n in notes_inside]}
 
@@ -1125,7 +1133,9 @@ def report_throughput(tp: dict) -> list:
     out = ["", f"5. throughput: a web and a git server on the bench's own network; median of {runs_text(tp['runs'])}"
            "; MB = 10^6 bytes; per transfer at most",
            f"   {tp['timeout']} s. direct: from a plain container on that network; CONNECT (curl -p) and plain "
-           "HTTP ($http_proxy): from inside the bottle",
+           "HTTP ($http_proxy): from inside a bottle;",
+           "   tunnel: plain_http = \"tunnel\" (the forwarder, a CONNECT per request); scan: plain_http = \"scan\" "
+           "(pipelock's forward proxy)",
            f"  {'':<46} {'time':>10} {'MB/s':>8}  {'min .. max MB/s':<18} {'ratio to direct':>15}"]
 
     def line(name, outcomes, expected, direct_rate=None):
@@ -1147,7 +1157,9 @@ def report_throughput(tp: dict) -> list:
             direct = line(f"{mb} MB {label}: direct", tp["direct"].get(("direct", f)), mb * 1000000)
             line(f"{mb} MB {label}: CONNECT through the sidecar", tp["bottle"].get(("CONNECT", f)), mb * 1000000,
                  direct)
-            line(f"{mb} MB {label}: plain HTTP through the sidecar", tp["bottle"].get(("plain", f)), mb * 1000000,
+            line(f"{mb} MB {label}: plain HTTP, tunnel (default)", tp["bottle"].get(("plain", f)), mb * 1000000,
+                 direct)
+            line(f"{mb} MB {label}: plain HTTP, scan (pipelock)", tp["bottle"].get(("scan", f)), mb * 1000000,
                  direct)
     clones = tp["direct"].get(("git", "clone"), []) + tp["bottle"].get(("git", "clone"), [])
     pack = max((size for *_, size in clones), default=0) / 1e6

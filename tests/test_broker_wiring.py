@@ -103,8 +103,8 @@ class PlanTest(unittest.TestCase):
         self.assertEqual((plan.env, plan.brokered), ((), ()))
         argv = guard.agent_create_argv(plan)
         self.assertFalse([m for m in mounts_of(argv) if "broker" in m])
-        self.assertEqual(argv[argv.index("-c") + 1], cb.GATE)
-        plan = plan._replace(self_test=False)
+        self.assertEqual(argv[argv.index("-c") + 1], cb.render_plain_http_forwarder(plan) + cb.GATE)
+        plan = plan._replace(self_test=False, plain_http="scan")
         argv = guard.agent_create_argv(plan)
         self.assertEqual(argv[argv.index("--entrypoint") + 1], "claude")
         self.assertEqual(cb.render_forwarders(plan), "")
@@ -181,11 +181,12 @@ class PlanTest(unittest.TestCase):
         plan = self.plan(environ={"ANTHROPIC_API_KEY": SECRET}, command=["claude", "-p", "hi"])
         argv = guard.agent_create_argv(plan)
         script = argv[argv.index("-c") + 1]
-        self.assertEqual(script, cb.render_forwarders(plan) + cb.GATE)
+        self.assertEqual(script, cb.render_forwarders(plan) + cb.render_plain_http_forwarder(plan) + cb.GATE)
         self.assertEqual(argv[argv.index("-c") + 2:], ["claude-bottle-gate", "claude", "-p", "hi"])
         argv = guard.agent_create_argv(plan._replace(self_test=False))
         self.assertEqual(argv[argv.index("--entrypoint") + 1], "/bin/sh")
-        self.assertEqual(argv[argv.index("-c") + 1], cb.render_forwarders(plan) + 'exec "$@"')
+        self.assertEqual(argv[argv.index("-c") + 1],
+                         cb.render_forwarders(plan) + cb.render_plain_http_forwarder(plan) + 'exec "$@"')
         self.assertEqual(argv[argv.index("-c") + 2:], ["claude-bottle-broker", "claude", "-p", "hi"])
 
     def run_forwarders(self, plan, tools):

@@ -319,8 +319,12 @@ class Start(CliTest):
         self.assertLess(calls.index(next(a for a in calls if a[:2] == ["network", "connect"])), calls.index(health))
         create = next(a for a in self.fake.argvs() if a[0] == "create")
         self.assertNotIn("claude-bottle-gate", create)
-        self.assertEqual(create[create.index("--entrypoint") + 1], "true")
-        self.assertRegex(create[-1], r"^claude-bottle/agent:[0-9a-f]{12}$", "the command is the entrypoint")
+        # Only the plain-HTTP forwarder's start comes before the command.
+        self.assertEqual(create[create.index("--entrypoint") + 1], "/bin/sh")
+        self.assertRegex(create[-5], r"^claude-bottle/agent:[0-9a-f]{12}$")
+        self.assertEqual(create[-4], "-c")
+        self.assertTrue(create[-3].startswith("if command -v python3") and create[-3].endswith('exec "$@"'))
+        self.assertEqual(create[-2:], ["claude-bottle-broker", "true"])
 
     def test_self_test_failure_tears_down(self):
         rules = [{"match": ["exec"], "contains": "touch /tmp/.claude-bottle", "rc": 1,

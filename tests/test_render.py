@@ -367,8 +367,11 @@ class ArgvTest(Base):
         for name in plan.env:
             self.assertFalse(any(e.startswith(f"{name}=") for e in envs), name)
         proxy = dict(e.split("=", 1) for e in envs if "=" in e)
-        for key in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        for key in ("HTTPS_PROXY", "https_proxy"):
             self.assertEqual(proxy[key], plan.proxy_url)
+        # Plain HTTP goes to the forwarder in the agent's own container, which sends it through pipelock's CONNECT.
+        for key in ("HTTP_PROXY", "http_proxy"):
+            self.assertEqual(proxy[key], f"http://127.0.0.1:{cb.PLAIN_HTTP_PORT}")
         self.assertEqual(proxy["CLAUDE_BOTTLE_SESSION"], plan.session)
         mounts = values_after(argv, "--mount")
         self.assertEqual(mounts[0], f"type=bind,source={WORKSPACE},target=/workspace")
@@ -377,12 +380,18 @@ class ArgvTest(Base):
         self.assertEqual(plan.image, cb.AGENT_IMAGE)
         # The command waits behind the self-test's gate; the image's own ENTRYPOINT is never used.
         self.assertTrue(plan.self_test)
-        self.assertEqual(argv[-9:], ["--entrypoint", "/bin/sh", plan.image, "-c", cb.GATE, "claude-bottle-gate",
+        self.assertEqual(argv[-9:], ["--entrypoint", "/bin/sh", plan.image, "-c",
+                                     cb.render_plain_http_forwarder(plan) + cb.GATE, "claude-bottle-gate",
                                      "claude", "-p", "run the tests"])
 
     def test_agent_command_without_self_test(self):
         plan = self.plan_from("two-hosts")._replace(self_test=False)
         argv = guard.agent_create_argv(plan)
+        # The plain-HTTP forwarder still starts first.
+        self.assertEqual(argv[-9:], ["--entrypoint", "/bin/sh", plan.image, "-c",
+                                     cb.render_plain_http_forwarder(plan) + 'exec "$@"', "claude-bottle-broker",
+                                     "claude", "-p", "run the tests"])
+        argv = guard.agent_create_argv(plan._replace(plain_http="scan"))
         self.assertEqual(argv[-5:], ["--entrypoint", "claude", plan.image, "-p", "run the tests"])
 
     def test_agent_tty_and_ssh_agent(self):

@@ -77,7 +77,7 @@ class Egress(E2ETest):
 # (or of keep-alive lines every second, with `keepalive`). Prints what came back.
 TUNNEL = r"""
 import os, socket, sys, time
-host, port = os.environ["http_proxy"].rsplit("/", 1)[-1].rsplit(":", 1)
+host, port = os.environ["https_proxy"].rsplit("/", 1)[-1].rsplit(":", 1)
 pause, keepalive = float(sys.argv[1]), sys.argv[2] == "1"
 s = socket.create_connection((host, int(port)), timeout=30)
 s.sendall(b"CONNECT web:9000 HTTP/1.1\r\nHost: web:9000\r\n\r\n")
@@ -126,10 +126,11 @@ class TunnelLifetimes(E2ETest):
 
 
 class Dlp(E2ETest):
-    """A secret leaving over plain HTTP is refused, wherever it is in the request, and no report repeats it."""
+    """With plain_http = "scan", a secret leaving over plain HTTP is refused, wherever it is in the request, and no
+    report repeats it."""
 
     def test_a_github_token_in_a_header_the_body_or_the_url_is_refused(self):
-        project = world.project(world.config())
+        project = world.project(world.config(plain_http="scan"))
         report = project / "report.json"
         # GitHub-token shaped, and given to the agent through its environment, so that no command line shows it.
         token = "ghp_" + os.urandom(18).hex()
@@ -156,7 +157,7 @@ class Dlp(E2ETest):
 def build_apt_agent(test, mirror_alias: str) -> str:
     """The built-in image's base stage, its apt sources pointing at our mirror alone; removed after the test."""
     tag = f"claude-bottle-test/apt-agent:{os.urandom(4).hex()}"
-    dockerfile = (f"FROM {world.images['agent-base']}\n"
+    dockerfile = (f"FROM {test.world.images['agent-base']}\n"
                   f"RUN rm -f /etc/apt/sources.list.d/* && echo '{servers.sources_line(mirror_alias)}' "
                   f"> /etc/apt/sources.list\n"
                   "LABEL claude-bottle-test=1\n")

@@ -22,7 +22,7 @@ setUpModule, tearDownModule = module_fixtures(globals())
 AGENT = r"""
 import os, socket, sys, time, urllib.request
 interval = float(sys.argv[1])
-proxy = os.environ["HTTP_PROXY"].split("//")[1]
+proxy = os.environ["HTTPS_PROXY"].split("//")[1]
 host, port = proxy.rsplit(":", 1)
 tunnel = socket.create_connection((host, int(port)), timeout=10)
 tunnel.sendall(b"CONNECT web:9000 HTTP/1.1\r\nHost: web:9000\r\n\r\n")
@@ -126,7 +126,8 @@ class Live(E2ETest):
             # The way to the fix, where the user looks.
             logs = self.cli(project, "logs", session)
             self.assertEqual(logs.returncode, 0, logs.stderr)
-            self.assertRegex(logs.stdout, rf"blocked  GET http://other:8000/ .*\n +fix: claude-bottle allow "
+            # Plain HTTP goes through the forwarder's CONNECT (plain_http = "tunnel"): logged per tunnel.
+            self.assertRegex(logs.stdout, rf"blocked  CONNECT other:8000 .*\n +fix: claude-bottle allow "
                                           rf"{session} other\n")
             self.assertRegex(logs.stdout, r"started  pipelock .*\n")
             self.assertNotIn("anomaly", logs.stdout)

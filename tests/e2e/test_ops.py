@@ -6,6 +6,7 @@ import subprocess
 import sys
 import unittest
 
+import claude_bottle as cb
 from tests.e2e.harness import CLI, READY_ECHO, E2ETest, docker, leftovers, module_fixtures, session_of, wait_ready
 
 world = None
@@ -40,9 +41,11 @@ class Operations(E2ETest):
 
             logs = self.cli(project, "logs", session)
             self.assertEqual(logs.returncode, 0, logs.stderr)
-            self.assertRegex(logs.stdout, r"allowed  GET http://web:8000/ -> 200")
-            self.assertRegex(logs.stdout, r"blocked  GET http://other:8000/ +\(allowlist: domain not in allowlist: "
+            # Plain HTTP through the forwarder's CONNECT (plain_http = "tunnel"): one line per tunnel, no URL.
+            self.assertRegex(logs.stdout, r"allowed  CONNECT web:8000\n")
+            self.assertRegex(logs.stdout, r"blocked  CONNECT other:8000 +\(allowlist: domain not in allowlist: "
                                           r"other\)")
+            self.assertIn(cb.PLAIN_HTTP_PER_TUNNEL, logs.stderr)
 
             stop = self.cli(project, "stop", session)
             self.assertEqual(stop.returncode, 0, stop.stderr)

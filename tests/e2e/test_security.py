@@ -19,6 +19,7 @@ import time
 import unittest
 from pathlib import Path
 
+import claude_bottle as cb
 from tests.e2e.harness import TEST_LABEL, E2ETest, docker, module_fixtures, session_of
 
 world = None
@@ -179,8 +180,10 @@ class Hardening(E2ETest):
             self.assertEqual(env_of(agent).get("CLAUDE_CONFIG_DIR"), volumes[0][1])
         with self.subTest("agent env"):
             env = env_of(agent)
-            for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+            for name in ("HTTPS_PROXY", "https_proxy"):
                 self.assertEqual(env.get(name), proxy, name)
+            for name in ("HTTP_PROXY", "http_proxy"):  # the plain-HTTP forwarder, in the agent's own container
+                self.assertEqual(env.get(name), f"http://127.0.0.1:{cb.PLAIN_HTTP_PORT}", name)
             for name in ("NO_PROXY", "no_proxy"):
                 self.assertIn("127.0.0.1", env[name].split(","))
                 self.assertTrue(set(env[name].split(",")) <= {"localhost", "127.0.0.1", "::1"}, env[name])
