@@ -293,7 +293,7 @@ class Start(CliTest):
             self.assertIn(f"claude-bottle.session={sid}", argv)
         self_test = next(a for a in calls if a[:1] == ["exec"] and a[-2] == "-c")[-1]
         subnets = {a[-1]: a[a.index("--subnet") + 1] for a in creates}
-        run = next(a for a in calls if a[0] == "run")
+        run = next(a for a in calls if a[:2] == ["run", "--detach"])  # the sidecar
         outside = run[run.index("--ip") + 1]
         self.assertEqual(outside.rsplit(".", 1)[0], subnets[egress].rsplit(".", 1)[0], "on the egress subnet")
         self.assertIn(f"http://{outside}:8888/health", self_test, "probes the sidecar's egress-side address")
