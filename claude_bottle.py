@@ -5895,11 +5895,16 @@ def main(argv=None) -> int:
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-        try:
-            sys.stdout.flush()
-        except (OSError, ValueError):
-            # Keep Python from failing (exit 120) on flushing a stream whose reader is gone.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # A stream whose reader is gone keeps what it could not write, and Python's own flush at exit would fail
+        # with status 120 in place of ours: flush here, and point a failed one at /dev/null (Python's docs on
+        # SIGPIPE). PYTHONUNBUFFERED=1 hides this; a fresh machine has buffered streams.
+        for stream in filter(None, (sys.stdout, sys.stderr)):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
 
 
 if __name__ == "__main__":
