@@ -2262,6 +2262,11 @@ def event_host(event: dict) -> str | None:
     return None
 
 
+def unresolved(reason: str) -> bool:
+    """pipelock's SSRF check also refuses a name that does not resolve (same scanner); only its reason tells."""
+    return "DNS resolution error" in reason
+
+
 def egress_report(events) -> dict:
     """Hosts reached (with counts), requests blocked (host, scanner, reason, count), and in learn mode the
     requests pipelock let through that it would have blocked (its `anomaly` events for a request)."""
@@ -2291,7 +2296,8 @@ def egress_report(events) -> dict:
 
 def learned_trusted(report: dict) -> list:
     """Learn mode: the hosts the session tried that pipelock refused, or would have, as private addresses."""
-    return sorted({w["host"] for w in (*report.get("would_block", []), *report["blocked"]) if w["scanner"] == "ssrf"})
+    return sorted({w["host"] for w in (*report.get("would_block", []), *report["blocked"])
+                   if w["scanner"] == "ssrf" and not unresolved(w["reason"])})
 
 
 def learned_allow(report: dict) -> list:
@@ -2351,14 +2357,20 @@ def render_report(plan: Plan, report: dict) -> list:
     for i, b in enumerate(report["blocked"]):
         head = "blocked: " if i == 0 else " " * 9
         lines.append(f"  {head}{b['host']} ({b['count']}) {b['scanner']}: {b['reason']}")
+    # WARNING: no `trusted` for these: it would weaken the bottle and fix nothing, the name did not resolve at all.
+    unknown = sorted({b["host"] for b in report["blocked"] if b["scanner"] == "ssrf" and unresolved(b["reason"])})
+    if unknown:
+        lines.append(f"  {', '.join(unknown)} did not resolve (offline, a typo, or no such name): "
+                     "no config change fixes that")
     if plan.learn:
         return lines  # the learn-mode lines above already say what to allow and trust
     valid = []
     for b in report["blocked"]:
         try:
-            valid.append((check_host(b["host"], "blocked host", wildcard=False), b["scanner"]))
+            host = check_host(b["host"], "blocked host", wildcard=False)
         except ConfigError:
             continue
+        valid.append((host, "dns" if b["scanner"] == "ssrf" and unresolved(b["reason"]) else b["scanner"]))
     # Only the allowlist and the SSRF check have a fix in the config; a DLP refusal or a rate limit has none.
     denied = sorted({h for h, _ in valid if not any(host_matches(p, h) for p in hosts_now)})
     untrusted = sorted({h for h, sc in valid if sc == "ssrf" and h not in denied
@@ -6519,6 +6531,8 @@ def block_fix(event: dict, session: dict) -> str | None:
     if host is None or scanner not in ("allowlist", "ssrf"):
         return None
     where = f"under [bottles.{session['bottle']}] in {CONFIG_NAME}"
+    if scanner == "ssrf" and unresolved(str(event.get("reason", ""))):
+        return "none in the config: the name did not resolve (offline, a typo, or no such name)"
     if scanner == "ssrf":
         return f"it resolves to a private address: add {json.dumps(host)} to trusted {where} and start again"
     if session.get("state") == "running":
@@ -6970,11 +6984,16 @@ def main(argv=None) -> int:
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-        try:
-            sys.stdout.flush()
-        except (OSError, ValueError):
-            # Keep Python from failing (exit 120) on flushing a stream whose reader is gone.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # A stream whose reader is gone keeps what it could not write, and Python's own flush at exit would fail
+        # with status 120 in place of ours: flush here, and point a failed one at /dev/null (Python's docs on
+        # SIGPIPE). PYTHONUNBUFFERED=1 hides this; a fresh machine has buffered streams.
+        for stream in filter(None, (sys.stdout, sys.stderr)):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
 
 
 if __name__ == "__main__":

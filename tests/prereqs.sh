@@ -34,6 +34,7 @@ pyflakes3         `make lint`: the pyflakes3 command it runs
 ca-certificates   HTTPS for apt, debootstrap and curl
 curl              probes of the test servers from the host (e2e/test_security.py)
 strace            e2e/test_remote_rig.py: every file the docker CLI's ssh touches, none in ~/.ssh
+procps            ps: test_lifecycle.py reads a start time without /proc
 PACKAGES
 names=${names# }
 SKIP_HINT="CLAUDE_BOTTLE_NO_INSTALL=1 make test"

@@ -292,7 +292,10 @@ class E2ESecondEngineCannotStart(unittest.TestCase):
 
     def start(self, failure, **environ):
         from tests.e2e import remote
-        with mock.patch.dict(os.environ, environ), mock.patch.object(remote, "RemoteEngine", side_effect=failure):
+        # OpenSSH present, as where the engine itself fails (a fresh machine has no ssh: that skip comes first).
+        with mock.patch.dict(os.environ, environ), mock.patch.object(remote, "RemoteEngine", side_effect=failure), \
+                mock.patch.object(remote.shutil, "which", return_value="/usr/bin/ssh-keygen"), \
+                mock.patch.object(remote, "SSH_BIN", str(PREREQS)):
             if "CI" not in environ:
                 os.environ.pop("CI", None)
             return remote.start_or_skip()

@@ -354,6 +354,7 @@ class OwnerTest(unittest.TestCase):
             self.assertEqual(cb.owner_state(self.record(proc.pid, start="x/1")), "unknown",
                              "a start time that cannot be read is unknown")
 
+    @unittest.skipUnless(shutil.which("ps"), "no ps here (apt-get install procps)")
     def test_start_time_without_proc(self):
         """No /proc (macOS, BSD): `ps -o lstart=` tells the start; no ps either: unknown, not gone."""
         proc = self.process()

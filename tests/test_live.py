@@ -419,8 +419,14 @@ class RealPipelockLinesTest(unittest.TestCase):
         self.assertEqual(cb.block_fix(blocked, session), "claude-bottle allow s-1 other")
         self.assertEqual(cb.block_fix(blocked, {**session, "state": "exited"}),
                          'add "other" to allow under [bottles.b] in claude-bottle.toml')
-        ssrf = fixture_event("blocked", scanner="ssrf")
+        ssrf = fixture_event("blocked", scanner="ssrf", url="http://notrusted:8000/")
         self.assertIn('add "notrusted" to trusted', cb.block_fix(ssrf, session))
+        # The same scanner refuses a name that did not resolve: no config change, above all no `trusted`.
+        for method in ("GET", "CONNECT"):
+            unresolved = fixture_event("blocked", scanner="ssrf", method=method, client_ip="10.213.0.3")
+            self.assertIn("DNS resolution error", unresolved["reason"])
+            self.assertEqual(cb.block_fix(unresolved, session),
+                             "none in the config: the name did not resolve (offline, a typo, or no such name)")
         self.assertIsNone(cb.block_fix(fixture_event("blocked", scanner="ratelimit"), session))
         self.assertIsNone(cb.block_fix(fixture_event("startup"), session))
 
@@ -428,7 +434,8 @@ class RealPipelockLinesTest(unittest.TestCase):
         report = cb.egress_report(cb.parse_events("\n".join(FIXTURE)))
         self.assertEqual(report["reached"], [{"host": "web", "count": 2}])
         self.assertEqual({(b["host"], b["scanner"]) for b in report["blocked"]},
-                         {("other", "allowlist"), ("notrusted", "ssrf"), ("web", "ratelimit"), ("web", "dlp")})
+                         {("other", "allowlist"), ("notrusted", "ssrf"), ("nothing-here.example.test", "ssrf"),
+                          ("web", "ratelimit"), ("web", "dlp")})
         self.assertNotIn("would_block", report, "the start-up anomaly names no request")
 
     def test_live_allow_wait(self):

@@ -133,5 +133,52 @@ class DlpReport(unittest.TestCase):
             self.assertEqual(cb._withhold_url(url), want)
 
 
+class SsrfReport(unittest.TestCase):
+    """pipelock's SSRF check refuses a private address and a name that did not resolve, with one scanner: only a
+    private address gets the `trusted` advice (real 2.3.0 lines)."""
+
+    def events(self, needle):
+        return [e for e in cb.parse_events(REAL) if e.get("scanner") == "ssrf" and needle in e["reason"]]
+
+    def render(self, events, learn=False):
+        text = '[bottles.web]\nallow = ["web", "notrusted", "nothing-here.example.test"]\n[agents.a]\nbottle = "web"\n'
+        plan = Report.plan(Report(), text)._replace(learn=learn)
+        return cb.render_report(plan, cb.egress_report(events))
+
+    def test_a_name_that_did_not_resolve_gets_no_trusted_advice(self):
+        events = self.events("DNS resolution error")
+        self.assertEqual(len(events), 2, "the fixture holds the GET and the CONNECT")
+        lines = self.render(events)
+        self.assertIn("  blocked: nothing-here.example.test (2) ssrf: SSRF check failed: DNS resolution error for "
+                      "nothing-here.example.test: lookup nothing-here.example.test on 127.0.0.11:53: no such host",
+                      lines)
+        self.assertIn("  nothing-here.example.test did not resolve (offline, a typo, or no such name): no config "
+                      "change fixes that", lines)
+        self.assertFalse([line for line in lines if "trusted" in line or "allow =" in line or "private" in line],
+                         lines)
+
+    def test_a_private_address_keeps_the_trusted_advice(self):
+        lines = self.render(self.events("resolves to internal IP"))
+        self.assertIn('    trusted = ["notrusted"]', lines)
+        self.assertFalse([line for line in lines if "did not resolve" in line], lines)
+
+    def test_both_in_one_session(self):
+        lines = self.render(self.events("SSRF"))
+        self.assertIn('    trusted = ["notrusted"]', lines)
+        self.assertIn("  to let notrusted resolve to private addresses, set in /p/claude-bottle.toml, under "
+                      "[bottles.web]:", lines)
+        self.assertIn("  nothing-here.example.test did not resolve (offline, a typo, or no such name): no config "
+                      "change fixes that", lines)
+
+    def test_learn_mode_proposes_no_trusted_for_it(self):
+        events = self.events("SSRF")
+        report = cb.egress_report(events)
+        self.assertEqual(cb.learned_trusted(report), ["notrusted"])
+        lines = self.render(events, learn=True)
+        self.assertIn('    trusted = ["notrusted"]', lines)
+        self.assertIn("  nothing-here.example.test did not resolve (offline, a typo, or no such name): no config "
+                      "change fixes that", lines)
+
+
 if __name__ == "__main__":
     unittest.main()
