@@ -5980,18 +5980,42 @@ def is_orphan(session: dict) -> bool:
 
 
 def teardown_session(engine: Engine, session: dict) -> None:
-    """The same ordered teardown as a session's own exit: agent and sidecar, then its networks and own volumes."""
+    """The same ordered teardown as a session's own exit: agent and sidecar, then its networks, the agent's work
+    brought back (clone mode; its copy goes only then), then its own volumes."""
+    sid = session["session"]
+    workspace = f"{LABEL}-{sid}-workspace"
     with Teardown(engine) as td:
         try:
             # Only a session's own volumes carry its label; a persistent state volume never does.
-            for v in engine.volumes(SESSION_LABEL, session["session"]):
-                td.volume(v["name"])
+            for v in engine.volumes(SESSION_LABEL, sid):
+                if v["name"] == workspace:
+                    td.callback(rescue_work, engine, session, workspace)
+                else:
+                    td.volume(v["name"])
         except BottleError as e:
-            warn(f"could not look for the volumes of session {session['session']}: {e}")
+            warn(f"could not look for the volumes of session {sid}: {e}")
         for n in session["networks"]:
             td.network(n["name"])
         for c in session["containers"]:
             td.container(c["name"])
+
+
+def rescue_work(engine: Engine, session: dict, workspace: str) -> None:
+    """A clone session that ended without its CLI (kill -9, an engine restart): its copy is the only place the
+    agent's work is, so it comes back as the branch, from the clone record its private dir still holds, and only
+    then does the copy go. When it cannot, the copy stays and the user is told where it is."""
+    sid = session["session"]
+    private = session.get("owner-dir") or ""
+    state = read_clone_state(private) if private and Path(private).parent == runtime_base() else None
+    try:
+        if state is None:
+            raise BottleError("its clone record is not on this machine")
+        bring_back(engine, private, state, final=True)
+    except BottleError as e:
+        warn(f"the work of session {sid} could not be brought back ({e}); its copy is kept in the volume "
+             f"{workspace}: the repository is at {AGENT_WORKDIR} in it")
+        return
+    engine.remove("volume", [workspace], timeout=engine.ctx.teardown_timeout)
 
 
 def reap_orphans(engine: Engine, sessions=None) -> list:

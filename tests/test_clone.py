@@ -237,6 +237,34 @@ class CloneTest(unittest.TestCase):
         self.assertEqual(sh(self.repo, "git", "rev-parse", f"{snapshot}^").strip(),
                          sh(self.repo, "git", "rev-parse", "HEAD").strip(), "the snapshot is on top of HEAD")
 
+    def gc(self, plan, engine) -> list:
+        """`gc` of the session, its CLI killed: the private dir it left is where a start makes them."""
+        session = {"session": plan.session, "owner-dir": str(self.private), "networks": [], "containers": []}
+        engine.volumes = lambda label, value=None, keys=(): [{"name": plan.workspace_volume}]
+        engine.calls.clear()
+        with mock.patch.object(cb, "runtime_base", lambda: self.root):
+            cb.teardown_session(engine, session)
+        return [argv for argv, _ in engine.calls if "volume" in argv and plan.workspace_volume in argv]
+
+    def test_gc_of_a_session_whose_cli_was_killed_brings_its_work_back_before_its_copy_goes(self):
+        plan = self.plan()
+        engine, td, snapshot = self.copy(plan)
+        (self.volume / "a.txt").write_text("agent\n")
+        self.in_copy("git", "commit", "-qam", "agent work")
+        removed = self.gc(plan, engine)
+        self.assertIn("agent work", sh(self.repo, "git", "log", "--format=%s", plan.clone_branch))
+        self.assertEqual(len(removed), 1, "the copy goes once its work is in the branch")
+
+    def test_gc_keeps_the_copy_when_its_work_cannot_be_brought_back(self):
+        plan = self.plan()
+        engine, td, snapshot = self.copy(plan)
+        self.in_copy("git", "commit", "--allow-empty", "-qm", "agent work")
+        (self.private / cb.CLONE_STATE).unlink()
+        with mock.patch.object(cb, "warn") as warned:
+            removed = self.gc(plan, engine)
+        self.assertEqual(removed, [], "the only copy of the agent's work stays")
+        self.assertIn(plan.workspace_volume, str(warned.call_args))
+
     def test_a_pull_brings_the_commits_so_far_and_leaves_the_agents_work_alone(self):
         plan = self.plan()
         engine, td, snapshot = self.copy(plan)
