@@ -9,13 +9,15 @@ VERSION = $(shell $(PYTHON) ./claude_bottle.py --version | cut -d' ' -f2)
 
 # Unit tests (fake docker) and end-to-end tests (real engine; images built when missing), after installing the
 # Debian packages they need that are missing (tests/prereqs.sh; CLAUDE_BOTTLE_NO_INSTALL=1 installs nothing).
+# Each test module is a process of its own, three at a time (tests/run.py; TEST_JOBS=1 runs them one by one): the
+# end-to-end modules mostly wait for the engine. One module alone: python3 -m unittest tests.test_cli
 test:
 	sh tests/prereqs.sh
-	$(PYTHON) -m unittest discover -s tests -t . -p 'test_*.py' $(TESTFLAGS)
+	$(PYTHON) tests/run.py $(TESTFLAGS)
 
 unit: export CLAUDE_BOTTLE_E2E = 0
 unit:
-	$(PYTHON) -m unittest discover -s tests -t . -p 'test_*.py' $(TESTFLAGS)
+	$(PYTHON) tests/run.py --unit $(TESTFLAGS)
 
 e2e:
 	$(PYTHON) -m unittest discover -s tests/e2e -t . -p 'test_*.py' $(TESTFLAGS)
