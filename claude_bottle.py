@@ -3134,6 +3134,10 @@ class Teardown:
     def callback(self, fn, *args) -> None:
         self.push(("call", fn, args))
 
+    def keep(self, kind: str, name: str) -> None:
+        """Take a removal off the stack (in place: the unwind under way pops from this same list)."""
+        self.steps[:] = [e for e in self.steps if tuple(e[:2]) != (kind, name)]
+
     def adopt(self, proc) -> None:
         """Wait for `proc` after the containers are gone (the attached agent)."""
         self.procs.append(proc)
@@ -3305,8 +3309,10 @@ def private_files_failed(plan: Plan, e: OSError) -> BottleError:
 
 
 def remove_private_dir(path: str) -> None:
+    """Remove a session's private dir, unless it holds the record of work not yet brought back (WORK_KEPT)."""
     import shutil
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.exists(os.path.join(path, WORK_KEPT)):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class SshAgentRelay:
@@ -3693,7 +3699,7 @@ def prepare_workspace(run) -> str:
         raise BottleError(f"the repository could not be copied into the session's volume (exit {r.status}): "
                           f"{(r.stderr.strip() or 'no output').splitlines()[-1][-300:]}")
     if not plan.discard:
-        run.td.callback(bring_back, engine, plan.private_dir, state)
+        run.td.callback(bring_back_or_keep, run.td, engine, plan.private_dir, state)
     return snapshot
 
 
@@ -3736,6 +3742,24 @@ def harvest(engine, state: CloneState, private_dir: str, final: bool) -> str:
     return (f"the work of session {state.session} is in branch {branch}{moved}: {count} commit"
             f"{'' if count == '1' else 's'} on top of {snapshot[:12]} (your working tree at the start)"
             + (f", {stat}" if stat else "" if based else "; it does not build on that snapshot"))
+
+
+# In a private dir: its session's work is still in its copy, so the dir (and its clone record) stays for `gc`.
+WORK_KEPT = "work-kept"
+
+
+def bring_back_or_keep(td: "Teardown", engine, private_dir: str, state: CloneState) -> None:
+    """Teardown's step in clone mode: the work into the branch; when the engine is gone or the fetch fails, the copy
+    and the private dir stay, and `gc` brings the work back once the engine answers (teardown_session)."""
+    try:
+        if td.lost or td.left:
+            raise BottleError("the engine did not answer")
+        bring_back(engine, private_dir, state)
+    except BottleError as e:
+        td.keep("volume", state.volume)
+        Path(private_dir, WORK_KEPT).touch()
+        warn(f"the work of session {state.session} could not be brought back yet ({e}); it stays in its copy "
+             f"({state.volume}), and `claude-bottle gc` brings it to branch {state.branch} once the engine answers")
 
 
 def bring_back(engine, private_dir: str, state: CloneState, final: bool = True) -> str:
@@ -6016,6 +6040,8 @@ def rescue_work(engine: Engine, session: dict, workspace: str) -> None:
              f"{workspace}: the repository is at {AGENT_WORKDIR} in it")
         return
     engine.remove("volume", [workspace], timeout=engine.ctx.teardown_timeout)
+    Path(private, WORK_KEPT).unlink(missing_ok=True)
+    remove_private_dir(private)
 
 
 def reap_orphans(engine: Engine, sessions=None) -> list:

@@ -265,6 +265,26 @@ class CloneTest(unittest.TestCase):
         self.assertEqual(removed, [], "the only copy of the agent's work stays")
         self.assertIn(plan.workspace_volume, str(warned.call_args))
 
+    def test_work_not_brought_back_at_the_end_keeps_its_copy_and_record_until_gc_brings_it(self):
+        plan = self.plan()
+        engine, td, snapshot = self.copy(plan)
+        td.steps.insert(0, ("volume", plan.workspace_volume))  # the workspace step's own undo, under its callback
+        self.in_copy("git", "commit", "--allow-empty", "-qm", "agent work")
+        real_run = engine.run
+        engine.run = lambda spec, **kw: (cb.Completed(1, b"", "the engine went away\n") if spec.role == "harvest"
+                                         else real_run(spec, **kw))
+        engine.calls.clear()
+        with mock.patch.object(cb, "warn") as warned:
+            td.run()
+        self.assertEqual([a for a, _ in engine.calls if a[:2] == ["volume", "rm"]], [], "the copy is not removed")
+        self.assertIn("claude-bottle gc", str(warned.call_args))
+        cb.remove_private_dir(str(self.private))
+        self.assertTrue((self.private / cb.CLONE_STATE).exists(), "the record stays for gc")
+        engine.run = real_run
+        self.assertEqual(len(self.gc(plan, engine)), 1, "gc removes the copy once the work is in the branch")
+        self.assertIn("agent work", sh(self.repo, "git", "log", "--format=%s", plan.clone_branch))
+        self.assertFalse(self.private.exists(), "and then the private dir")
+
     def test_a_pull_brings_the_commits_so_far_and_leaves_the_agents_work_alone(self):
         plan = self.plan()
         engine, td, snapshot = self.copy(plan)
