@@ -29,6 +29,13 @@ WEIGHTS = {"tests.e2e.test_lifecycle": 300, "tests.e2e.test_faults": 250, "tests
            "tests.e2e.test_clone": 60, "tests.test_cli": 45}
 
 
+# Modules whose tests need the engine to themselves: they run after the others, one at a time, as they would alone.
+# test_ops: a kill -9's orphan, which any other start would reap first. test_clone: twice in parallel runs its
+# copy-mode session's agent was "No such object" to `docker inspect` while it ran (not understood yet; alone it
+# passes).
+ALONE = ("tests.e2e.test_ops", "tests.e2e.test_clone")
+
+
 def modules(unit_only: bool) -> list:
     found = [f"tests.{p.stem}" for p in sorted((ROOT / "tests").glob("test_*.py"))]
     if not unit_only:
@@ -59,10 +66,11 @@ def main(argv=None) -> int:
     env = {**os.environ, "CLAUDE_BOTTLE_E2E_SHARED": "1"}
     if args.unit:
         env["CLAUDE_BOTTLE_E2E"] = "0"
-    lock, results, queue = threading.Lock(), {}, list(todo)
+    lock, results = threading.Lock(), {}
+    queue = [m for m in todo if m not in ALONE]
     started = time.monotonic()
 
-    def worker():
+    def worker(env=env):
         while True:
             with lock:
                 if not queue:
@@ -83,6 +91,8 @@ def main(argv=None) -> int:
         t.start()
     for t in threads:
         t.join()
+    queue = [m for m in todo if m in ALONE]
+    worker({**env, "CLAUDE_BOTTLE_E2E_SHARED": os.environ.get("CLAUDE_BOTTLE_E2E_SHARED", "0")})
     failed = sorted(m for m, (rc, _) in results.items() if rc != 0)
     left = []
     # When the caller shares the engine with other runs (CLAUDE_BOTTLE_E2E_SHARED=1 already set), theirs are not ours.

@@ -75,6 +75,14 @@ def owned_by(pid: int) -> list:
             "--filter", f"label=claude-bottle.owner-start={STARTED.get(pid, '')}"]
 
 
+def engine_events(session: str, since: float) -> list:
+    """The engine's events since `since` (time.time()) that name `session`: what it created or removed, even when
+    gone again. Other runs sharing the engine make events too, so a whole-engine snapshot cannot tell."""
+    out = docker("events", "--since", f"{since - 1:.3f}", "--until", f"{time.time():.3f}",
+                 "--format", "{{json .}}").stdout
+    return [e for e in out.splitlines() if session in e]
+
+
 def leftovers(session: str | None = None) -> list:
     """Containers and networks of claude-bottle still present (of one session, or any)."""
     label = f"label=claude-bottle.session={session}" if session else "label=claude-bottle.session"

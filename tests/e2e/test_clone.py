@@ -36,7 +36,7 @@ def fingerprint(repo: Path) -> dict:
 
 
 def read_until(proc, needle: str, timeout: float = 180) -> str:
-    """The agent's stdout up to the line holding `needle`."""
+    """The agent's stdout up to the line that is `needle` (the preflight's command line holds it too)."""
     seen, deadline = "", time.monotonic() + timeout
     while time.monotonic() < deadline:
         if select.select([proc.stdout], [], [], 0.5)[0]:
@@ -44,7 +44,7 @@ def read_until(proc, needle: str, timeout: float = 180) -> str:
             if not line:
                 break
             seen += line
-            if needle in line:
+            if line.strip() == needle:
                 return seen
     raise AssertionError(f"never saw {needle!r}: {seen}")
 

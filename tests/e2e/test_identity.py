@@ -16,7 +16,7 @@ import unittest
 from pathlib import Path
 
 import claude_bottle as cb
-from tests.e2e.harness import CLI, E2ETest, docker, leftovers, module_fixtures, session_of
+from tests.e2e.harness import CLI, SHARED, E2ETest, docker, engine_events, leftovers, module_fixtures, session_of
 
 world = None
 setUpModule, tearDownModule = module_fixtures(globals())
@@ -173,14 +173,21 @@ class Images(E2ETest):
 
     def test_busybox_with_ssh_is_refused_before_anything(self):
         self.user.write_config(world.images["busybox"], ssh=True)
-        before = docker("ps", "-aq").stdout.split(), docker("network", "ls", "-q").stdout.split()
-        proc = world.start(self.user.project, "echo ran", env=self.user.env(SSH_AUTH_SOCK=self.sock),
+        # A TMPDIR of its own: every object of a session carries its private dir, under it, in a label.
+        tmp = self.user.top / "tmp"
+        tmp.mkdir()
+        os.chown(tmp, self.user.uid, self.user.gid)
+        before, since = (docker("ps", "-aq").stdout.split(), docker("network", "ls", "-q").stdout.split()), time.time()
+        proc = world.start(self.user.project, "echo ran", env=self.user.env(SSH_AUTH_SOCK=self.sock, TMPDIR=str(tmp)),
                            cli=self.user.cli())
         self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
         self.assertEqual(proc.stderr.count("\n"), 1, proc.stderr)
         self.assertIn("has no ssh and no socat and no git", proc.stderr)
         self.assertNotIn("ran", proc.stdout)
-        self.assertEqual((docker("ps", "-aq").stdout.split(), docker("network", "ls", "-q").stdout.split()), before)
+        self.assertEqual(engine_events(str(tmp), since), [], "nothing of the session was made")
+        if not SHARED:  # other runs change the engine at the same time
+            self.assertEqual((docker("ps", "-aq").stdout.split(), docker("network", "ls", "-q").stdout.split()),
+                             before)
 
     def test_busybox_without_ssh_runs_and_self_tests_with_wget(self):
         self.user.write_config(world.images["busybox"])

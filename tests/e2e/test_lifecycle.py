@@ -9,9 +9,8 @@ import sys
 import time
 import unittest
 
-from tests.e2e.harness import (CLI, READY_ECHO, SHARED, E2ETest, docker, leftovers, module_fixtures, owned_by,
-                               remove_owned_by,
-                               session_of, wait_ready)
+from tests.e2e.harness import (CLI, READY_ECHO, SHARED, E2ETest, docker, engine_events, leftovers, module_fixtures,
+                               owned_by, remove_owned_by, session_of, wait_ready)
 
 world = None
 setUpModule, tearDownModule = module_fixtures(globals())
@@ -62,7 +61,12 @@ class Lifecycle(E2ETest):
                 self.assertNoLeftovers(session)
 
     def test_two_sessions_of_one_agent(self):
+        # A repository: started at once, the two may both edit it in place (neither sees the other yet) or the
+        # second may work on a copy, so each one's stop file is made inside its own container.
         project = world.project(world.config())
+        for argv in (["init", "-q"], ["add", "-A"],
+                     ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+            subprocess.run(["git", "-c", "safe.directory=*", *argv], cwd=project, check=True, capture_output=True)
         wait = f"echo {READY_ECHO}; while [ ! -e /workspace/stop-$CLAUDE_BOTTLE_SESSION ]; do sleep 0.1; done"
         a, b = world.popen(project, wait), world.popen(project, wait)
         try:
@@ -73,12 +77,12 @@ class Lifecycle(E2ETest):
             sa, sb = sessions
             self.assertNotEqual(sa, sb)
             self.assertTrue(sa.startswith("e2e-") and sb.startswith("e2e-"))
-            (project / f"stop-{sb}").touch()
+            docker("exec", f"claude-bottle-{sb}", "touch", f"/workspace/stop-{sb}")
             b.communicate(timeout=60)
             self.assertEqual(b.returncode, 0)
             self.assertEqual(leftovers(sb), [])
             self.assertEqual(len(leftovers(sa)), 3, "ending one session must not touch the other")
-            (project / f"stop-{sa}").touch()
+            docker("exec", f"claude-bottle-{sa}", "touch", f"/workspace/stop-{sa}")
             a.communicate(timeout=60)
             self.assertEqual(a.returncode, 0)
             self.assertEqual(leftovers(sa), [])
@@ -88,8 +92,9 @@ class Lifecycle(E2ETest):
 
     def test_more_sessions_at_once_than_dockers_default_pools_hold(self):
         """Each session makes two networks; Docker's default pools hold about 31. Sixteen at once all run."""
-        project = world.project(f'[agents.e2e]\nimage = "{world.debian}"\nenv = []\n')
-        procs = [world.popen(project, "echo ok", "-q") for _ in range(16)]
+        # A project each: two agents are never let into one working tree in place.
+        procs = [world.popen(world.project(f'[agents.e2e]\nimage = "{world.debian}"\nenv = []\n'), "echo ok", "-q")
+                 for _ in range(16)]
         results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
         self.assertEqual([r[0] for r in results], [0] * 16, [r[2] for r in results if r[0]])
         self.assertTrue(all(r[1] == "ok\n" for r in results), results)
@@ -181,10 +186,7 @@ class Lifecycle(E2ETest):
         self.assertIn("dry run: none was run", proc.stdout)
         time.sleep(0.2)
         # The engine's own record of the moment: no event of anything named or labelled with the dry run's session.
-        session = session_of(proc.stdout)
-        events = docker("events", "--since", f"{since - 1:.3f}", "--until", f"{time.time():.3f}",
-                        "--format", "{{json .}}").stdout
-        self.assertEqual([e for e in events.splitlines() if session in e], [])
+        self.assertEqual(engine_events(session_of(proc.stdout), since), [])
         if not SHARED:  # other runs change the engine at the same time
             self.assertEqual(snapshot(), before)
 

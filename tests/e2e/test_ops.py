@@ -91,10 +91,11 @@ class Operations(E2ETest):
         # The built-in image needs Claude Code from a registry: the default agent uses the test image here.
         project = world.project(world.config() + f'[agents.claude]\nimage = "{world.debian}"\n')
         ok = subprocess.run([sys.executable, str(CLI), "doctor"], cwd=project, capture_output=True, text=True,
-                            env=world.env(SSH_AUTH_SOCK=world.agent_sock), timeout=120)
+                            env=world.env(SSH_AUTH_SOCK=world.agent_sock, ANTHROPIC_API_KEY="sk-ant-doctor-test"),
+                            timeout=120)
         self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
         for check in ("docker CLI", "docker daemon", "engine DNS", "config", "pipelock image", "agent image",
-                      "ssh, socat and git in the agent image", "ssh-agent"):
+                      "ssh, socat and git in the agent image", "login", "ssh-agent"):
             self.assertRegex(ok.stdout, rf"(?m)^ok    {check}: ")
         missing = "127.0.0.1:1/nothing@sha256:" + "0" * 64
         bad = subprocess.run([sys.executable, str(CLI), "doctor"], cwd=project, capture_output=True, text=True,
@@ -102,6 +103,7 @@ class Operations(E2ETest):
         self.assertEqual(bad.returncode, 1)
         self.assertIn(f"FAIL  pipelock image: {missing} missing; `docker pull", bad.stdout)
         self.assertIn("FAIL  ssh-agent", bad.stdout)
+        self.assertIn("FAIL  login: none: Claude Code will ask you to log in inside the bottle", bad.stdout)
 
 
 if __name__ == "__main__":
