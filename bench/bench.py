@@ -644,12 +644,15 @@ CONCURRENCY_VARIANTS = (("claude-bottle", False), ("claude-bottle", True),
                         ("raw docker sequence", False), ("raw docker sequence", True))
 
 
-def release_when_up(ws: Path, n: int, finished, timeout: float = 600.0) -> None:
-    """All up together: write /workspace/go once each of the `n` sessions is up (its ready file) or has ended."""
+def release_when_up(ws, n: int, finished, timeout: float = 600.0) -> None:
+    """All up together: write /workspace/go once each of the `n` sessions is up (its ready file) or has ended.
+    `ws`: the workspace they share, or a list of theirs."""
+    wss = ws if isinstance(ws, list) else [ws]
     deadline = time.monotonic() + timeout
-    while len(list(ws.glob("ready-*"))) + finished() < n and time.monotonic() < deadline:
+    while sum(len(list(w.glob("ready-*"))) for w in wss) + finished() < n and time.monotonic() < deadline:
         time.sleep(0.05)
-    (ws / "go").touch()
+    for w in wss:
+        (w / "go").touch()
 
 
 def brief_error(text: str) -> str:
@@ -663,20 +666,21 @@ def brief_error(text: str) -> str:
 
 def concurrency_cb(b: Bench, n: int, together: bool, tag: str) -> dict:
     """`n` claude-bottle starts at once, each a process of its own."""
-    ws = b.workspace(tag, b.config)
+    # A project each, as users run several agents: claude-bottle never lets two into one working tree in place.
+    wss = [b.workspace(f"{tag}-{k}", b.config) for k in range(n)]
     command = UP_TOGETHER_CMD if together else RUN_AND_EXIT_CMD
     logs = [b.tmp / f"{tag}-{k}.log" for k in range(n)]
     launched, procs = [], []
     t0 = time.time()
-    for log in logs:
+    for ws, log in zip(wss, logs):
         launched.append(time.time())
         procs.append(b.cli("start", "--yes", "-q", AGENT, "--", "sh", "-c", command, cwd=ws, log=log))
     if together:
-        release_when_up(ws, n, lambda: sum(p.poll() is not None for p in procs))
+        release_when_up(wss, n, lambda: sum(p.poll() is not None for p in procs))
     deadline = time.monotonic() + 900
     codes = [finish(p, deadline) for p in procs]
     total = time.time() - t0
-    ready_at = {p.name[len("ready-"):]: read_stamp(p) for p in ws.glob("ready-*")}
+    ready_at = {p.name[len("ready-"):]: read_stamp(p) for ws in wss for p in ws.glob("ready-*")}
     readies, errors, sessions = [], [], []
     for log, code, at in zip(logs, codes, launched):
         lines = log.read_text(errors="replace").strip().splitlines()
