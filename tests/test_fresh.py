@@ -244,7 +244,7 @@ class FreshClone(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         lines = proc.stdout.splitlines()
         self.assertEqual(lines[0], "sh tests/prereqs.sh")
-        self.assertTrue(lines[1].startswith("python3 -m unittest discover -s tests "), lines)
+        self.assertTrue(lines[1].startswith("python3 tests/run.py"), lines)
 
     def test_make_test_without_root_stops_before_any_test(self):
         require("make")

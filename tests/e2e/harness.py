@@ -119,10 +119,11 @@ def remove_owned_by(pid: int) -> None:
 
 
 def made_by_tests(path: str, under: Path) -> bool:
-    """A project a test made: under `under`, or in a temporary directory named cbtest-* (tests' own prefix)."""
+    """A project a test made: under `under`, or, when no other run shares the engine, in a temporary directory named
+    cbtest-* (tests' own prefix). Beside other runs those may be theirs, in use right now."""
     tmp = Path(tempfile.gettempdir()).resolve()
     p = Path(path)
-    return p.is_relative_to(under.resolve()) or (p.is_relative_to(tmp) and p != tmp and
+    return p.is_relative_to(under.resolve()) or (not SHARED and p.is_relative_to(tmp) and p != tmp and
                                                    p.relative_to(tmp).parts[0].startswith("cbtest-"))
 
 

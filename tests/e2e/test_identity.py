@@ -16,7 +16,8 @@ import unittest
 from pathlib import Path
 
 import claude_bottle as cb
-from tests.e2e.harness import CLI, SHARED, E2ETest, docker, engine_events, leftovers, module_fixtures, session_of
+from tests.e2e.harness import (CLI, SHARED, E2ETest, docker, engine_events, leftovers, module_fixtures,
+                               remove_state_volumes, session_of)
 
 world = None
 setUpModule, tearDownModule = module_fixtures(globals())
@@ -41,6 +42,7 @@ class HostUser:
             test.addCleanup(subprocess.run, ["userdel", name], capture_output=True)
         self.top = Path(tempfile.mkdtemp(prefix=f"cbtest-u{uid}-"))
         test.addCleanup(shutil.rmtree, self.top, True)
+        test.addCleanup(remove_state_volumes, self.top)
         self.home, self.project = self.top / "home", self.top / "project"
         for d in (self.top, self.home, self.project):
             d.mkdir(exist_ok=True)
