@@ -30,10 +30,8 @@ WEIGHTS = {"tests.e2e.test_lifecycle": 300, "tests.e2e.test_faults": 250, "tests
 
 
 # Modules whose tests need the engine to themselves: they run after the others, one at a time, as they would alone.
-# test_ops: a kill -9's orphan, which any other start would reap first. test_clone: twice in parallel runs its
-# copy-mode session's agent was "No such object" to `docker inspect` while it ran (not understood yet; alone it
-# passes).
-ALONE = ("tests.e2e.test_ops", "tests.e2e.test_clone")
+# test_ops: a kill -9's orphan, which any other start would reap first.
+ALONE = ("tests.e2e.test_ops",)
 
 
 def modules(unit_only: bool) -> list:

@@ -4,7 +4,6 @@ tree, their work comes back as branches, and a session runs with no host file bi
 import hashlib
 import json
 import os
-import select
 import subprocess
 import sys
 import time
@@ -36,17 +35,37 @@ def fingerprint(repo: Path) -> dict:
 
 
 def read_until(proc, needle: str, timeout: float = 180) -> str:
-    """The agent's stdout up to the line that is `needle` (the preflight's command line holds it too)."""
+    """The agent's stdout up to the line that is `needle` (the preflight's command line holds it too).
+
+    A thread reads the lines: select() on the pipe would not see lines already in the file object's buffer, and
+    then waits for the next output, which may be the session's end."""
+    import queue
+    import threading
+    lines = proc.lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in iter(proc.stdout.readline, "")] + [lines.put("")],
+                     daemon=True).start()
     seen, deadline = "", time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if select.select([proc.stdout], [], [], 0.5)[0]:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen += line
-            if line.strip() == needle:
-                return seen
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if not line:
+            break
+        seen += line
+        if line.strip() == needle:
+            return seen
     raise AssertionError(f"never saw {needle!r}: {seen}")
+
+
+def read_rest(proc, timeout: float = 120) -> tuple:
+    """After read_until: (the rest of stdout, stderr) once the CLI has ended."""
+    err = proc.stderr.read()
+    proc.wait(timeout=timeout)
+    rest = ""
+    for line in iter(lambda: proc.lines.get(timeout=timeout), ""):
+        rest += line
+    return rest, err
 
 
 class Clone(E2ETest):
@@ -117,7 +136,7 @@ class Clone(E2ETest):
         self.assertNotIn("later.txt", git(project, "ls-tree", "--name-only", branch), "uncommitted work waits")
         stop = self.cli(project, "stop", sid)
         self.assertEqual(stop.returncode, 0, stop.stderr)
-        out, err = proc.communicate(timeout=120)
+        out, err = read_rest(proc)
         self.assertIn(f"is in branch {branch}: 2 commits", err, "what was left uncommitted came at the end")
         self.assertIn("later.txt", git(project, "ls-tree", "--name-only", branch))
         self.assertNoLeftovers(sid)
@@ -146,10 +165,10 @@ class FilesThroughTheEngine(E2ETest):
         self.assertIn("ssh-ok", out)
         sid = session_of(out)
         for name in (f"claude-bottle-{sid}", f"claude-bottle-{sid}-pipelock"):
-            inspect = docker("inspect", "--format", "{{json .Mounts}}", name, check=False)
+            inspect = docker("container", "inspect", "--format", "{{json .Mounts}}", name, check=False)
             if inspect.returncode:
                 proc.kill()
-                raise AssertionError(f"{name}: {inspect.stderr}; {out}{''.join(proc.communicate())}")
+                raise AssertionError(f"{name}: {inspect.stderr}; {out}{''.join(read_rest(proc))}")
             mounts = json.loads(inspect.stdout)
             binds = [m["Source"] for m in mounts if m["Type"] == "bind"]
             self.assertTrue(all(b.endswith(".sock") for b in binds), f"{name} bind-mounts host files: {binds}")
@@ -157,7 +176,7 @@ class FilesThroughTheEngine(E2ETest):
                                capture_output=True, text=True, timeout=60)
         self.assertEqual(allow.returncode, 0, allow.stderr)
         self.assertIn("pipelock reloaded its config", allow.stdout)
-        out, err = proc.communicate(timeout=120)
+        out, err = read_rest(proc)
         self.assertEqual(proc.returncode, 0, err)
         self.assertIn("reached-other", out)
         self.assertNoLeftovers(sid)
