@@ -1292,6 +1292,11 @@ PLAN_FIELDS = (
 )
 
 
+def workspace_volume_name(session: str) -> str:
+    """Clone mode: the volume holding the session's copy of the repository (a start's, and gc's, one spelling)."""
+    return f"{LABEL}-{session}-workspace"
+
+
 class Plan(namedtuple("Plan", PLAN_FIELDS)):
     """Everything a start does, resolved before anything is created; names derive from `session`."""
 
@@ -1331,7 +1336,7 @@ class Plan(namedtuple("Plan", PLAN_FIELDS)):
     @property
     def workspace_volume(self) -> str:
         """Clone mode: the volume holding the agent's copy of the repository, the session's own."""
-        return f"{LABEL}-{self.session}-workspace"
+        return workspace_volume_name(self.session)
 
     @property
     def clone_branch(self) -> str:
@@ -6007,7 +6012,7 @@ def teardown_session(engine: Engine, session: dict) -> None:
     """The same ordered teardown as a session's own exit: agent and sidecar, then its networks, the agent's work
     brought back (clone mode; its copy goes only then), then its own volumes."""
     sid = session["session"]
-    workspace = f"{LABEL}-{sid}-workspace"
+    workspace = workspace_volume_name(sid)
     with Teardown(engine) as td:
         try:
             # Only a session's own volumes carry its label; a persistent state volume never does.
