@@ -487,7 +487,7 @@ class Start(CliTest):
         sid = self.sid()
         calls = self.fake.argvs()
         self.assertEqual(sum(a[:2] == ["network", "create"] for a in calls), 1)
-        run = next(a for a in calls if a[0] == "run")
+        run = next(a for a in calls if a[:2] == ["run", "--detach"])  # the sidecar; one-off runs may come first
         self.assertEqual(run[run.index("--network") + 1], "corp-egress")
         self.assertEqual(calls[-1], ["network", "rm", f"claude-bottle-{sid}-internal"])
 
